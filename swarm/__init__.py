@@ -1,0 +1,1 @@
+"""swarm: BitTorrent-backed model distribution and compute swarm."""

@@ -1,0 +1,1 @@
+"""Architecture adapters, the chunker and span loading."""

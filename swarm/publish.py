@@ -1,0 +1,173 @@
+"""`swarm seed`'s work: split a model into chunk files, make the torrent, sign the manifest, catalog them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from swarm import signing
+from swarm.catalog import check_name, manifest_path, torrent_path
+from swarm.config import TORRENT_FORMATS, Settings
+from swarm.errors import SwarmError
+from swarm.manifest import Chunk, Manifest, TorrentInfo, file_sha256, load_manifest
+from swarm.model.chunker import PlannedChunk, dominant_dtype, plan_chunks, write_planned_chunk
+from swarm.model.families import family_for
+from swarm.model.safetensors_stream import TensorEntry, read_entries
+from swarm.model.source import locate_model, read_source
+from swarm.progress import ProgressSink, SilentProgress
+from swarm.torrent.create import choose_piece_length, make_torrent
+
+
+@dataclass(frozen=True)
+class Published:
+    manifest: Manifest
+    manifest_path: Path
+    torrent_path: Path
+    content_dir: Path
+    torrent_data: bytes
+    seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(chunk.size for chunk in self.manifest.chunks)
+
+
+def publish(
+    reference: str,
+    name: str,
+    settings: Settings,
+    force: bool = False,
+    progress: ProgressSink | None = None,
+) -> Published:
+    started = time.perf_counter()
+    progress = progress or SilentProgress()
+    check_name(name)
+    if settings.torrent_format not in TORRENT_FORMATS:
+        raise SwarmError(f"unknown torrent format {settings.torrent_format!r}; use {', '.join(TORRENT_FORMATS)}")
+    source = read_source(locate_model(reference))
+    entries: list[TensorEntry] = []
+    for weight_file in source.weight_files:
+        entries.extend(read_entries(weight_file)[0])
+    family = family_for(source.config)
+    planned = plan_chunks(entries, source.config, family, settings.blocks_per_chunk, source.meta_files)
+
+    catalog = settings.catalog
+    _check_writable(catalog)
+    models_dir = settings.models_dir()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    existing_manifest = manifest_path(catalog, name)
+    # Chunks are written to a staging folder first: a failure or a refused name loses nothing on disk.
+    staging_root = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=models_dir))
+    try:
+        content_dir = staging_root / name
+        content_dir.mkdir()
+        hashes = _write_chunks(planned, content_dir, progress)
+        total_bytes = sum(path.stat().st_size for path in content_dir.iterdir())
+        piece_length = settings.piece_length or choose_piece_length(total_bytes)
+        # Every chunk file starts on a piece boundary, so each takes whole pieces of its own.
+        piece_count = sum(-(-path.stat().st_size // piece_length) for path in content_dir.iterdir())
+        progress.stage("hashing pieces", piece_count)
+        made = make_torrent(content_dir, settings.torrent_format, piece_length, lambda _piece: progress.advance())
+        chunks = []
+        for plan in planned:
+            pieces = made.files[f"{name}/{plan.file_name}"]
+            chunks.append(
+                Chunk(
+                    id=plan.id,
+                    kind=plan.kind,
+                    file=pieces.path,
+                    size=pieces.size,
+                    sha256=hashes[plan.id].result(),
+                    first_piece=pieces.first_piece,
+                    last_piece=pieces.last_piece,
+                    blocks=plan.blocks,
+                    requires=plan.requires,
+                )
+            )
+        key = signing.load_or_create_key(settings.keys_dir)
+        manifest = Manifest(
+            name=name,
+            family=family.name if family else None,
+            architecture=(source.config.get("architectures") or [None])[0],
+            config=source.config,
+            dtype=dominant_dtype(entries),
+            num_blocks=family.layer_count(source.config) if family else 0,
+            torrent=TorrentInfo(
+                format=settings.torrent_format,
+                piece_length=made.piece_length,
+                magnet=made.magnet,
+                info_hash_v1=made.info_hash_v1,
+                info_hash_v2=made.info_hash_v2,
+            ),
+            chunks=tuple(chunks),
+            publisher_key=signing.public_key_hex(key),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).signed(key)
+        if existing_manifest.exists() and not force and not _same_content(existing_manifest, manifest):
+            raise SwarmError(
+                f"a model named {name!r} with other content is already in {catalog}; pick another name "
+                "or pass --force to replace it"
+            )
+        final_dir = models_dir / name
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        content_dir.rename(final_dir)
+        torrent_file = torrent_path(catalog, name)
+        _write_atomically(torrent_file, made.data)
+        manifest.save(existing_manifest)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return Published(
+        manifest=manifest,
+        manifest_path=existing_manifest,
+        torrent_path=torrent_file,
+        content_dir=final_dir,
+        torrent_data=made.data,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write_chunks(planned: list[PlannedChunk], directory: Path, progress: ProgressSink) -> dict[str, Future[str]]:
+    """Write every chunk; each file's SHA-256 runs on a worker thread while the next one is written.
+
+    hashlib releases the GIL on large buffers, so the digests overlap the copying and later the
+    libtorrent piece hashing, which holds the GIL on the main thread.
+    """
+    progress.stage("writing chunks", len(planned))
+    digests: dict[str, Future[str]] = {}
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    for plan in planned:
+        path = write_planned_chunk(plan, directory)
+        digests[plan.id] = hasher.submit(file_sha256, path)
+        progress.advance()
+    hasher.shutdown(wait=False)
+    return digests
+
+
+def _same_content(existing_path: Path, manifest: Manifest) -> bool:
+    try:
+        existing = load_manifest(existing_path)
+    except SwarmError:
+        return False
+    return [(c.id, c.sha256) for c in existing.chunks] == [(c.id, c.sha256) for c in manifest.chunks]
+
+
+def _check_writable(catalog: Path) -> None:
+    try:
+        catalog.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SwarmError(f"cannot create the catalog directory {catalog}: {error.strerror}") from error
+    if not os.access(catalog, os.W_OK | os.X_OK):
+        raise SwarmError(f"the catalog directory {catalog} is not writable")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)

@@ -1,0 +1,1 @@
+"""The torrent layer: the only package that imports libtorrent."""

@@ -1,0 +1,114 @@
+"""Making a torrent over a model's chunk files, and the piece map that says which pieces hold which file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+
+from swarm.errors import SwarmError
+
+MIN_PIECE_LENGTH = 16 * 1024
+MAX_PIECE_LENGTH = 16 * 1024 * 1024
+TARGET_PIECES = 4096
+CREATOR = "swarm"
+
+
+def choose_piece_length(total_bytes: int) -> int:
+    """The smallest power of two (16 KiB..16 MiB) that keeps the torrent near TARGET_PIECES pieces.
+
+    Small pieces keep the padding after each chunk file small and let a peer fetch one chunk
+    without neighbours' bytes; the cap keeps the piece list of a large model bounded.
+    """
+    length = MIN_PIECE_LENGTH
+    while length < MAX_PIECE_LENGTH and total_bytes > length * TARGET_PIECES:
+        length *= 2
+    return length
+
+
+@dataclass(frozen=True)
+class FilePieces:
+    path: str  # inside the torrent, root folder first
+    size: int
+    first_piece: int
+    last_piece: int
+
+
+@dataclass(frozen=True)
+class MadeTorrent:
+    data: bytes
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+    magnet: str
+    piece_length: int
+    files: dict[str, FilePieces]
+
+
+def _format_flags(torrent_format: str) -> int:
+    if torrent_format == "v2":
+        return int(lt.create_torrent.v2_only)
+    if torrent_format == "hybrid":
+        return 0
+    if torrent_format == "v1":
+        # BEP 47 pad files keep every chunk file piece-aligned in v1 torrents too.
+        return int(lt.create_torrent.v1_only | lt.create_torrent.canonical_files)
+    raise SwarmError(f"unknown torrent format {torrent_format!r}; use v2, hybrid or v1")
+
+
+def make_torrent(
+    content_dir: Path,
+    torrent_format: str,
+    piece_length: int,
+    on_piece: Callable[[int], None] | None = None,
+) -> MadeTorrent:
+    """Hash every file under content_dir (the torrent's root folder) into a torrent."""
+    files = lt.list_files(str(content_dir), flags=0)
+    if not files:
+        raise SwarmError(f"{content_dir} holds no files to put in a torrent")
+    creator = lt.create_torrent(files, piece_length, _format_flags(torrent_format))
+    creator.set_creator(CREATOR)
+    lt.set_piece_hashes(creator, str(content_dir.parent), on_piece or (lambda _piece: None))
+    data = lt.bencode(creator.generate())
+    return describe_torrent(data)
+
+
+def describe_torrent(data: bytes) -> MadeTorrent:
+    info = lt.torrent_info(data)
+    hashes = info.info_hashes()
+    return MadeTorrent(
+        data=data,
+        info_hash_v1=str(hashes.v1) if hashes.has_v1() else None,
+        info_hash_v2=str(hashes.v2) if hashes.has_v2() else None,
+        magnet=lt.make_magnet_uri(info),
+        piece_length=info.piece_length(),
+        files=piece_map(info),
+    )
+
+
+def piece_map(info: lt.torrent_info) -> dict[str, FilePieces]:
+    """Each real file (pad files left out) with the first and last piece that hold its bytes."""
+    layout = info.layout()
+    length = layout.piece_length()
+    mapped = {}
+    for index in range(layout.num_files()):
+        if layout.file_flags(index) & lt.file_storage.flag_pad_file:
+            continue
+        path = layout.file_path(index)
+        offset = layout.file_offset(index)
+        size = layout.file_size(index)
+        mapped[path] = FilePieces(
+            path=path,
+            size=size,
+            first_piece=offset // length,
+            last_piece=(offset + max(size, 1) - 1) // length,
+        )
+    return mapped
+
+
+def read_torrent(path: Path) -> MadeTorrent:
+    try:
+        return describe_torrent(path.read_bytes())
+    except (OSError, RuntimeError) as error:
+        raise SwarmError(f"cannot read torrent {path}: {error}") from error
