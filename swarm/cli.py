@@ -119,7 +119,7 @@ def seed_forever(settings: Settings, torrent_data: bytes, save_path: Path, name:
     sys.stdout.flush()
     try:
         while not stop.is_set():
-            node.pop_alerts(wait_seconds=0.5)
+            node.pump(wait_seconds=0.5)
     finally:
         node.close()
     if not as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -70,6 +71,7 @@ class TorrentNode:
             # Nodes named only in dht_bootstrap_nodes never enter the routing table on loopback.
             self.session.add_dht_node(parse_host_port(node))
         self.handles: dict[str, lt.torrent_handle] = {}
+        self.listeners: list[Callable[[lt.alert], None]] = []
 
     @property
     def listen_port(self) -> int:
@@ -94,10 +96,22 @@ class TorrentNode:
     def statuses(self) -> list[TorrentStatus]:
         return [_status(handle.status()) for handle in self.handles.values()]
 
-    def pop_alerts(self, wait_seconds: float = 0.0) -> list[lt.alert]:
+    def add_listener(self, listener: Callable[[lt.alert], None]) -> None:
+        """Every alert popped by pump() goes to every listener: one queue per session, many readers."""
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[lt.alert], None]) -> None:
+        self.listeners.remove(listener)
+
+    def pump(self, wait_seconds: float = 0.0) -> list[lt.alert]:
+        """Wait up to wait_seconds for alerts, hand them to the listeners, and return them."""
         if wait_seconds > 0:
             self.session.wait_for_alert(int(wait_seconds * 1000))
-        return list(self.session.pop_alerts())
+        alerts = list(self.session.pop_alerts())
+        for alert in alerts:
+            for listener in list(self.listeners):
+                listener(alert)
+        return alerts
 
     def close(self) -> None:
         self.session.pause()
