@@ -64,7 +64,7 @@ class TorrentNode:
     def __init__(self, listen: str, bootstrap: tuple[str, ...] = (), dht: bool = True) -> None:
         try:
             # The binding takes a plain dict where its stubs say settings_pack.
-            self.session = lt.session(cast(lt.settings_pack, session_settings(listen, bootstrap, dht)))
+            self.session = lt.session(cast("lt.settings_pack", session_settings(listen, bootstrap, dht)))
         except (RuntimeError, ValueError) as error:
             raise SwarmError(f"cannot start a BitTorrent session on {listen}: {error}") from error
         for node in bootstrap:
