@@ -1,0 +1,246 @@
+"""Benchmark: does the swarm beat a server? Swarm fetch vs one HTTP server, on shaped links.
+
+Network namespaces of our own: one seed host and N fetch hosts on one switch, every host's link shaped to
+B with tc tbf. In the same run, for each N: (a) the seed host runs `swarm seedbox` and all N hosts run
+`swarm fetch` at once (keeping seeding while the others finish, as peers do); (b) the seed host runs one
+HTTP server over the same chunk files and N hosts download them at once. Reports each completion time
+(median, max), the physical bound S/B and the ratios.
+
+Usage (root): python tools/bench_distribution.py [--hosts 1,2,4,8] [--rate 100mbit] [--params 64M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import netlab
+
+ROOT = Path(__file__).resolve().parent.parent
+SWARM = str(Path(sys.executable).with_name("swarm"))
+TORRENT_PORT = 6881
+HTTP_PORT = 8000
+MODEL_NAME = "bench"
+
+HTTP_DOWNLOAD = """
+import sys, time, urllib.request
+base, target, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in names:
+    with urllib.request.urlopen(f"{base}/{name}") as response, open(f"{target}/{name}", "wb") as out:
+        while block := response.read(1 << 20):
+            out.write(block)
+print("done", flush=True)
+"""
+
+
+def rate_bits_per_second(rate: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.lower())
+    if not match:
+        raise SystemExit(f"rate must look like 100mbit, got {rate}")
+    return float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
+
+
+def wait_for_line(process: subprocess.Popen[str], predicate, timeout: float) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Read JSON lines from a process until one satisfies predicate."""
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode}")
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and predicate(record):
+            return record
+    raise TimeoutError("no matching line in time")
+
+
+def fetch_finished(record: dict) -> bool:  # type: ignore[type-arg]
+    return record.get("event") in ("complete", "completed", "fetched", "done", "finished")
+
+
+def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeout: float) -> list[float]:
+    seed_host, fetchers = lab.hosts[0], lab.hosts[1:]
+    seed_address = f"{seed_host.address}:{TORRENT_PORT}"
+    seedbox = subprocess.Popen(
+        seed_host.command([SWARM, "seedbox", "--catalog", str(catalog), "--data", str(seed_data),
+                           "--listen", seed_address, "--status", f"{seed_host.address}:8700"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    processes = []
+    try:
+        time.sleep(3)  # the seedbox verifies and starts seeding
+        started = time.monotonic()
+        for host in fetchers:
+            data = work / f"swarm-{host.address}"
+            shutil.rmtree(data, ignore_errors=True)
+            processes.append(
+                subprocess.Popen(
+                    host.command(
+                        [
+                            SWARM,
+                            "fetch",
+                            MODEL_NAME,
+                            "--catalog",
+                            str(catalog),
+                            "--data",
+                            str(data),
+                            "--peer",
+                            seed_address,
+                            "--listen",
+                            f"{host.address}:{TORRENT_PORT}",
+                            "--seed",
+                            "--json",
+                            "--timeout",
+                            str(int(timeout)),
+                        ]
+                    ),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+            )
+        times: list[float] = [0.0] * len(processes)
+
+        def watch(index: int, process: subprocess.Popen[str]) -> None:
+            wait_for_line(process, fetch_finished, timeout)
+            times[index] = time.monotonic() - started
+
+        watchers = [threading.Thread(target=watch, args=(i, p)) for i, p in enumerate(processes)]
+        for watcher in watchers:
+            watcher.start()
+        for watcher in watchers:
+            watcher.join()
+        if not all(times):
+            raise RuntimeError("a swarm fetch did not finish")
+        return times
+    finally:
+        for process in [*processes, seedbox]:
+            process.send_signal(signal.SIGTERM)
+        for process in [*processes, seedbox]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def run_http(lab: netlab.Lab, work: Path, content: Path, timeout: float) -> list[float]:
+    seed_host, fetchers = lab.hosts[0], lab.hosts[1:]
+    server = subprocess.Popen(
+        seed_host.command([sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", seed_host.address,
+                           "--directory", str(content)]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    names = sorted(path.name for path in content.iterdir())
+    try:
+        time.sleep(1.5)
+        started = time.monotonic()
+        processes = []
+        for host in fetchers:
+            target = work / f"http-{host.address}"
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            processes.append(
+                subprocess.Popen(
+                    host.command(
+                        [
+                            sys.executable,
+                            "-c",
+                            HTTP_DOWNLOAD,
+                            f"http://{seed_host.address}:{HTTP_PORT}",
+                            str(target),
+                            *names,
+                        ]
+                    ),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        times = []
+        for process in processes:
+            process.wait(timeout=timeout)
+            times.append(time.monotonic() - started)
+        return times
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", default="1,2,4,8", help="fetch host counts to run (comma-separated)")
+    parser.add_argument("--rate", default="100mbit", help="every host's link rate (tc syntax)")
+    parser.add_argument("--params", default="64M", help="model size for tools/make_model.py (64M ≈ 256 MB fp32)")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true")
+    arguments = parser.parse_args()
+    usable, reason = netlab.available()
+    if not usable:
+        print(f"skipped: {reason}")
+        return
+    counts = [int(item) for item in arguments.hosts.split(",")]
+    work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-dist-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model"
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
+                        arguments.params, "--out", str(model), "--force"], check=True)  # fmt: skip
+    catalog, seed_data = work / "catalog", work / "seed-data"
+    environment = dict(os.environ, SWARM_HOME=str(work / "home"))
+    subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--catalog", str(catalog), "--data",
+                    str(seed_data), "--prepare-only", "--force", "--json"], check=True, env=environment,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    content = seed_data / "models" / MODEL_NAME
+    size = sum(path.stat().st_size for path in content.iterdir())
+    bound = size * 8 / rate_bits_per_second(arguments.rate)
+    rows = []
+    for count in counts:
+        with netlab.Lab(count + 1, rate=arguments.rate) as lab:
+            swarm_times = run_swarm(lab, work, catalog, seed_data, arguments.timeout)
+        with netlab.Lab(count + 1, rate=arguments.rate) as lab:
+            http_times = run_http(lab, work, content, arguments.timeout)
+        rows.append(
+            {
+                "fetchers": count,
+                "swarm_median_s": round(statistics.median(swarm_times), 1),
+                "swarm_max_s": round(max(swarm_times), 1),
+                "http_median_s": round(statistics.median(http_times), 1),
+                "http_max_s": round(max(http_times), 1),
+                "bound_s": round(bound, 1),
+                "swarm_max_over_bound": round(max(swarm_times) / bound, 2),
+                "http_max_over_swarm_max": round(max(http_times) / max(swarm_times), 2),
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if arguments.json:
+        print(json.dumps({"model_bytes": size, "rate": arguments.rate, "rows": rows}))
+        return
+    print(f"model {size / 1e6:.0f} MB, every link {arguments.rate}, bound S/B = {bound:.1f} s")
+    print(
+        "| fetch hosts | swarm median s | swarm max s | HTTP median s | HTTP max s | swarm max / (S/B) | HTTP max / swarm max |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['fetchers']} | {row['swarm_median_s']} | {row['swarm_max_s']} | {row['http_median_s']} | "
+              f"{row['http_max_s']} | {row['swarm_max_over_bound']} | {row['http_max_over_swarm_max']}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
