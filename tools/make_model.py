@@ -22,16 +22,18 @@ import codecs
 import contextlib
 import dataclasses
 import io
+import json
 import math
 import os
 import re
+import secrets
 import shutil
 import string
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -40,7 +42,6 @@ from transformers import (
     BertModel,
     BertTokenizer,
     GenerationConfig,
-    GenerationMixin,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -54,6 +55,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2Tokenizer,
 )
 from transformers.utils.hub import convert_file_size_to_int
 
@@ -78,6 +80,7 @@ PREFERRED_HIDDEN_PER_LAYER = 64.0
 PARAMS_TOLERANCE = 0.05
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<s>", "</s>", "<pad>"
+QWEN2_END_OF_TEXT = "<|endoftext|>"
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 # Original text written for this tool (no copyright claimed), added to the Zen of Python so that
@@ -131,26 +134,50 @@ def zen_of_python() -> str:
 
 
 def train_byte_level_bpe(
-    vocab_size: int, texts: Sequence[str], max_positions: int
+    vocab_size: int, texts: Sequence[str], max_positions: int, *, qwen2_style: bool = False
 ) -> tuple[PreTrainedTokenizerFast, SpecialTokenIds]:
     """Train a GPT-2 style byte-level BPE tokenizer; it never produces unknown tokens.
 
     The tokenizer adds no BOS automatically (like GPT-2 and Qwen2), so a prompt encodes to just
-    its own tokens. The 256 byte symbols and 3 special tokens are always present, so the result
+    its own tokens. The 256 byte symbols and the special tokens are always present, so the result
     can have more than ``vocab_size`` tokens when that is tiny, or fewer when the corpus runs out
-    of merges.
+    of merges. ``qwen2_style`` gives a tokenizer that loads unchanged as ``Qwen2Tokenizer``.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2_style:
+        # AutoTokenizer always loads qwen2 checkpoints as Qwen2Tokenizer, which keeps only the vocab and
+        # merges and rebuilds Qwen's own normaliser and pre-tokenizer around them. Training with that exact
+        # pipeline (and Qwen's single <|endoftext|> special token) makes the loaded tokenizer identical.
+        qwen_pipeline = Qwen2Tokenizer().backend_tokenizer
+        tokenizer.normalizer = qwen_pipeline.normalizer
+        tokenizer.pre_tokenizer = qwen_pipeline.pre_tokenizer
+        special_tokens = [QWEN2_END_OF_TEXT]
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        special_tokens = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BOS_TOKEN, EOS_TOKEN, PAD_TOKEN],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
+
+    if qwen2_style:
+        end_of_text = _token_id(tokenizer, QWEN2_END_OF_TEXT)
+        trained = json.loads(tokenizer.to_str())["model"]
+        # The BPE model wants (left, right) pairs, although the signature only mentions strings.
+        merge_pairs: Any = [tuple(merge) for merge in trained["merges"]]
+        qwen_tokenizer = Qwen2Tokenizer(
+            vocab=trained["vocab"],
+            merges=merge_pairs,
+            model_max_length=max_positions,
+        )
+        # Like Qwen2 checkpoints: no BOS in text, <|endoftext|> doubles as the config's bos/eos/pad.
+        return qwen_tokenizer, SpecialTokenIds(bos=end_of_text, eos=end_of_text, pad=end_of_text)
+
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN,
@@ -159,7 +186,7 @@ def train_byte_level_bpe(
         model_max_length=max_positions,
         clean_up_tokenization_spaces=False,
     )
-    bos, eos, pad = (_token_id(tokenizer, token) for token in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN))
+    bos, eos, pad = (_token_id(tokenizer, token) for token in special_tokens)
     return wrapped, SpecialTokenIds(bos=bos, eos=eos, pad=pad)
 
 
@@ -305,6 +332,9 @@ def build_config(
             num_attention_heads=shape.heads,
             num_key_value_heads=shape.kv_heads,
             max_position_embeddings=shape.max_positions,
+            bos_token_id=special.bos,
+            eos_token_id=special.eos,
+            pad_token_id=special.pad,
         )
         if family == "mixtral":
             config.num_local_experts = shape.experts
@@ -317,6 +347,10 @@ def build_config(
             n_layer=shape.layers,
             n_head=shape.heads,
             n_inner=shape.intermediate,
+            # Replace GPT-2's default id 50256, which does not exist in our vocab.
+            bos_token_id=special.bos,
+            eos_token_id=special.eos,
+            pad_token_id=special.pad,
         )
     elif family == "bert":
         config = BertConfig(
@@ -326,13 +360,10 @@ def build_config(
             num_attention_heads=shape.heads,
             intermediate_size=shape.intermediate,
             max_position_embeddings=shape.max_positions,
+            pad_token_id=special.pad,
         )
     else:
         raise MakeModelError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    # Replace the upstream defaults (e.g. GPT-2's id 50256) with ids that exist in our tokenizer.
-    config.bos_token_id = special.bos
-    config.eos_token_id = special.eos
-    config.pad_token_id = special.pad
     if tie_embeddings is not None:
         config.tie_word_embeddings = tie_embeddings
     return config
@@ -358,11 +389,13 @@ def count_parameters(family: str, config: PretrainedConfig) -> int:
 
 
 def _hidden_candidates(limit: int = 16384) -> Iterator[int]:
-    # Roughly 12% apart: fine enough to hit a target closely, coarse enough to search quickly.
+    # Roughly 12% apart: fine enough to hit a target closely, coarse enough to search quickly. Wider
+    # sizes round to coarser multiples, as real models do, so head counts stay even and GQA-friendly.
     hidden = 64
     while hidden <= limit:
         yield hidden
-        hidden = _round_up(math.ceil(hidden * 1.125), 64 if hidden >= 512 else 32)
+        multiple = 32 if hidden < 512 else 64 if hidden < 1024 else 128 if hidden < 2048 else 256
+        hidden = _round_up(math.ceil(hidden * 1.125), multiple)
 
 
 def shape_for_param_count(
@@ -454,9 +487,12 @@ def staged_output_dir(out_dir: Path, force: bool) -> Iterator[Path]:
             raise MakeModelError(f"{out_dir} already exists; pass --force (force=True) to overwrite it")
         _refuse_dangerous_removal(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    # Not tempfile.mkdtemp: its 0700 mode would survive the rename; mkdir honours the umask instead.
+    staging = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.partial"
+    staging.mkdir()
     try:
         yield staging
+        _give_default_permissions(staging)
         if out_dir.is_dir() and not out_dir.is_symlink():
             shutil.rmtree(out_dir)
         elif out_dir.exists() or out_dir.is_symlink():
@@ -465,6 +501,16 @@ def staged_output_dir(out_dir: Path, force: bool) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _give_default_permissions(directory: Path) -> None:
+    # safetensors 0.8 writes weights as 0600 (it saves through a private temporary file); give every
+    # file the usual umask-based mode so other users and seeding daemons can read the model.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def _refuse_dangerous_removal(out_dir: Path) -> None:
@@ -534,7 +580,7 @@ def make_model(
         if family == "bert":
             tokenizer, special = train_wordpiece(vocab, texts, max_positions)
         else:
-            tokenizer, special = train_byte_level_bpe(vocab, texts, max_positions)
+            tokenizer, special = train_byte_level_bpe(vocab, texts, max_positions, qwen2_style=family == "qwen2")
         # Every token id must have an embedding row: grow the model vocab when the tokenizer's
         # fixed alphabet exceeds the request; a shorter tokenizer simply leaves spare rows.
         model_vocab = max(vocab, len(tokenizer))
@@ -604,12 +650,15 @@ def make_model(
 DEMO_PROMPT = "Beautiful is"
 DEMO_VOCAB = 384
 DEMO_SHAPE = ModelShape(
-    layers=2, hidden=64, heads=4, kv_heads=2, intermediate=192, experts=1, max_positions=256, vocab=DEMO_VOCAB
+    layers=2, hidden=64, heads=4, kv_heads=2, intermediate=192, experts=1, max_positions=512, vocab=DEMO_VOCAB
 )
 DEMO_STEPS = 200
 DEMO_BATCH = 16
-DEMO_WINDOW = 64
-DEMO_LEARNING_RATE = 3e-3
+DEMO_WINDOW = 48
+DEMO_LEARNING_RATE = 4e-3
+# One thread: this model's matrices are too small to split, and on a busy 2-core machine two threads
+# measured 3-5x slower (they stall waiting for each other) than one.
+DEMO_THREADS = 1
 DEMO_WARMUP_STEPS = 20
 
 
@@ -621,7 +670,7 @@ def make_demo(
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train a tiny Llama on the Zen of Python (about 20 s on 2 CPU cores) and save it to ``out_dir``.
+    """Train a tiny Llama on the Zen of Python (about 10 s on one CPU core) and save it to ``out_dir``.
 
     Greedy generation from "Beautiful is" then continues " better than ugly." Returns ``out_dir``.
     """
@@ -642,7 +691,7 @@ def make_demo(
         corpus = torch.tensor(text_ids * repeats, dtype=torch.long)
 
         previous_threads = torch.get_num_threads()
-        torch.set_num_threads(min(2, previous_threads))
+        torch.set_num_threads(DEMO_THREADS)
         started = time.monotonic()
         try:
             with _seeded(seed):
@@ -695,8 +744,12 @@ def _train_on_windows(
             log(f"step {step + 1:4d}/{steps}  loss {loss.item():.3f}")
 
 
+class SupportsGenerate(Protocol):
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 def greedy_continuation(
-    model: GenerationMixin, tokenizer: PreTrainedTokenizerFast, prompt: str, max_new_tokens: int = 12
+    model: SupportsGenerate, tokenizer: PreTrainedTokenizerFast, prompt: str, max_new_tokens: int = 12
 ) -> str:
     """Greedy-decode ``max_new_tokens`` after ``prompt`` and return only the new text."""
     encoded = tokenizer(prompt, return_tensors="pt")
@@ -750,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--family", choices=FAMILIES, help="architecture to generate")
     mode.add_argument(
-        "--demo", action="store_true", help="train the tiny Zen-of-Python Llama demo instead (~20 s on CPU)"
+        "--demo", action="store_true", help="train the tiny Zen-of-Python Llama demo instead (~10 s on CPU)"
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--force", action="store_true", help="replace --out if it already exists")
