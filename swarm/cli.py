@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -17,6 +17,11 @@ from swarm.catalog import resolve
 from swarm.config import Settings, load_settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem
+
+if TYPE_CHECKING:
+    from swarm.discovery import NameRecordKeeper
+    from swarm.publish import Published
+    from swarm.torrent.session import TorrentNode
 
 console = Console()
 errors = Console(stderr=True)
@@ -64,6 +69,9 @@ def stop_event() -> threading.Event:
 @click.option("--blocks-per-chunk", type=click.IntRange(min=1), help="Blocks in each chunk file.")
 @click.option("--piece-length", type=click.IntRange(min=16384), help="Piece length in bytes (power of 2).")
 @click.option("--listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
+@click.option(
+    "--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable): publish the name on the DHT."
+)
 @click.option("--force", is_flag=True, help="Replace a catalog entry of the same name with other content.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_context
@@ -73,8 +81,10 @@ def seed(
     """Split MODEL (a model directory or a cached hub id) into chunks, sign, make the torrent, seed."""
     from swarm.progress import BarProgress, SilentProgress
     from swarm.publish import publish
+    from swarm.torrent.dht import check_addresses
 
     settings = settings_from(ctx, **flags)
+    check_addresses(settings.bootstrap, "bootstrap node")
     if as_json:
         published = publish(model, name, settings, force=force, progress=SilentProgress())
     else:
@@ -105,25 +115,132 @@ def seed(
         console.print(f"magnet   {manifest.torrent.magnet}", soft_wrap=True)
     if prepare_only:
         return
-    seed_forever(settings, published.torrent_data, published.content_dir.parent, manifest.name, as_json)
+    seed_forever(
+        settings, published.torrent_data, published.content_dir.parent, manifest.name, as_json, published=published
+    )
 
 
-def seed_forever(settings: Settings, torrent_data: bytes, save_path: Path, name: str, as_json: bool) -> None:
+def seed_forever(
+    settings: Settings,
+    torrent_data: bytes,
+    save_path: Path,
+    name: str,
+    as_json: bool,
+    published: Published | None = None,
+) -> None:
+    """Seed until SIGINT/SIGTERM; with bootstrap nodes and a freshly `published` model, also publish its
+    name records on the DHT and refresh them (swarm.discovery)."""
+    from swarm.torrent.dht import check_addresses, start_dht
     from swarm.torrent.session import TorrentNode
 
     stop = stop_event()
-    node = TorrentNode(settings.torrent_listen, settings.bootstrap)
+    check_addresses(settings.bootstrap, "bootstrap node")
+    # The DHT starts with the swarm's DHT settings in place (libtorrent's per-address flood block would
+    # otherwise shut out a loopback swarm before they apply).
+    node = TorrentNode(settings.torrent_listen, settings.bootstrap, dht=False)
+    start_dht(node)
     node.seed(torrent_data, save_path)
     message = {"event": "seeding", "name": name, "port": node.listen_port}
     click.echo(json.dumps(message) if as_json else f"seeding {name} on port {node.listen_port}; Ctrl-C stops")
     sys.stdout.flush()
+    keeper = None
     try:
+        if published is not None and settings.bootstrap:
+            keeper = publish_on_dht(node, settings, published, as_json)
         while not stop.is_set():
             node.pump(wait_seconds=0.5)
+            if keeper is not None:
+                keeper.refresh_if_due()
     finally:
+        if keeper is not None:
+            keeper.close()
         node.close()
     if not as_json:
         click.echo("stopped seeding")
+
+
+def publish_on_dht(node: TorrentNode, settings: Settings, published: Published, as_json: bool) -> NameRecordKeeper:
+    """Put the model's name records on the DHT and report where they landed; returns the refreshing keeper."""
+    from swarm import signing
+    from swarm.discovery import publish_name_record
+
+    key = signing.load_or_create_key(settings.keys_dir)
+    manifest = published.manifest
+    keeper = publish_name_record(node, manifest, published.manifest_path, published.torrent_data, key, settings)
+    confirmed = keeper.confirmed
+    if as_json:
+        event = {"event": "discoverable", "name": manifest.name, "fingerprint": manifest.fingerprint}
+        click.echo(json.dumps(event | {"confirmed": confirmed}))
+    else:
+        click.echo(f"published {manifest.name}@{manifest.fingerprint} on the DHT")
+    missing = [slot for slot, found in confirmed.items() if not found]
+    if missing:
+        errors.print(
+            f"warning: the DHT does not return the {', '.join(missing)} record(s) of {manifest.name} yet; "
+            "they are put again every refresh"
+        )
+    sys.stdout.flush()
+    return keeper
+
+
+@main.command("resolve")
+@click.argument("reference")
+@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory.")
+@click.option("--listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
+@click.option("--timeout", "network_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait on the DHT.")
+@click.option("--accept-new-key", is_flag=True, default=None, help="Trust a publisher key other than the pinned one.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: Any) -> None:
+    """Find REFERENCE (name, name@fingerprint, manifest/torrent path or magnet): catalog first, then the DHT.
+
+    A model found on the DHT is verified (record and manifest signatures, hashes) and saved in the catalog;
+    its publisher key is pinned on first use.
+    """
+    from swarm.discovery import parse_reference, resolve_reference
+    from swarm.torrent.dht import any_port, check_addresses, start_dht
+    from swarm.torrent.session import TorrentNode
+
+    settings = settings_from(ctx, **flags)
+    node = transfer = None
+    if parse_reference(reference).kind != "path" and settings.bootstrap:
+        check_addresses(settings.bootstrap, "bootstrap node")
+        # A client needs no fixed port: a free one, unless --listen names one.
+        listen = flags.get("torrent_listen") or any_port(settings.torrent_listen)
+        # A one-shot lookup should not join routing tables it is about to leave: a read-only DHT node for
+        # the lookups, and a session without DHT for the record bundle's transfer.
+        node = TorrentNode(listen, settings.bootstrap, dht=False)
+        start_dht(node, read_only=True)
+        transfer = TorrentNode(any_port(listen), (), dht=False)
+    try:
+        resolution = resolve_reference(reference, node, settings, transfer_node=transfer)
+    finally:
+        for session in (node, transfer):
+            if session is not None:
+                session.close()
+    manifest = resolution.manifest
+    record = resolution.record
+    result = {
+        "name": manifest.name,
+        "fingerprint": manifest.fingerprint,
+        "publisher_key": manifest.publisher_key,
+        "source": resolution.source,
+        "manifest": str(resolution.manifest_file) if resolution.manifest_file else None,
+        "info_hashes": [item for item in (manifest.torrent.info_hash_v2, manifest.torrent.info_hash_v1) if item],
+        "magnet": manifest.torrent.magnet,
+        "issued": record.issued if record else None,
+        "holders": [f"{host}:{port}" for host, port in resolution.holders],
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{manifest.name}@{manifest.fingerprint} from {resolution.source}")
+    for key in ("manifest", "info_hashes", "magnet", "holders"):
+        if result[key]:
+            value = result[key]
+            click.echo(f"  {key}: {', '.join(value) if isinstance(value, list) else value}")
 
 
 @main.command()
@@ -190,6 +307,263 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
         click.echo(json.dumps(manifest.to_dict(with_signature=False) | {"fingerprint": manifest.fingerprint}))
         return
     print_chunk_table(manifest)
+
+
+@main.command()
+@click.option("--model", required=True, help="Model: catalog or DHT name, manifest path or torrent path.")
+@click.option("--blocks", help="Blocks to host, START:END (default: chosen from --memory and the swarm's needs).")
+@click.option("--memory", help="Memory budget for weights, e.g. 2GB or 512MB (default: a share of free RAM).")
+@click.option("--listen", "compute_listen", help="Compute (ZeroMQ) listen address HOST:PORT; port 0 picks one.")
+@click.option("--torrent-listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
+@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--peer", "peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch from directly (repeatable).")
+@click.option("--advertise", help="Host or IP others use to reach this peer (when --listen is a wildcard).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True
+)
+@click.option("--max-sessions", type=click.IntRange(min=1), help="Sessions served at once.")
+@click.option(
+    "--session-timeout", "session_idle_timeout", type=click.FloatRange(min=0.1), help="Idle seconds before a "
+    "session's cache is freed."
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.pass_context
+def join(
+    ctx: click.Context,
+    model: str,
+    blocks: str | None,
+    memory: str | None,
+    peers: tuple[str, ...],
+    advertise: str | None,
+    device: str,
+    dtype: str,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Serve blocks of MODEL to the swarm: pick them, fetch and verify their chunks, compute, keep seeding."""
+    import logging
+
+    from swarm.peer.join import JoinOptions
+    from swarm.peer.join import join as run_join
+    from swarm.peer.selection import parse_block_range, parse_byte_size
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_from(ctx, **flags)
+    options = JoinOptions(
+        model=model,
+        blocks=parse_block_range(blocks) if blocks else None,
+        memory_bytes=parse_byte_size(memory) if memory else None,
+        peers=peers,
+        device=device,
+        dtype=dtype,
+        advertise_host=advertise,
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        elif event["event"] == "fetching":
+            click.echo(f"{event['model']}: hosting blocks {event['blocks'][0]}:{event['blocks'][1]}")
+        elif event["event"] == "serving":
+            what = "a full replica" if event["replica"] else f"blocks {event['blocks'][0]}:{event['blocks'][1]}"
+            click.echo(
+                f"serving {what} of {event['model']} on {event['address']} "
+                f"({event['throughput']:.1f} tokens/s); Ctrl-C stops"
+            )
+        elif event["event"] == "stopped":
+            click.echo("stopped")
+        sys.stdout.flush()
+
+    run_join(options, settings, stop_event(), emit)
+
+
+@main.command()
+@click.option("--model", required=True, help="Model: catalog or DHT name, manifest path or torrent path.")
+@click.option("--prompt", help="Text to continue (causal language models).")
+@click.option("--embed", "embed_text", help="Text to embed (encoder models such as BERT).")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), help="Most tokens to generate (default 64).")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 is greedy.")
+@click.option(
+    "--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Keep the K likeliest (0: off)."
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Keep the likeliest tokens whose probabilities add up to P (1: off).",
+)
+@click.option("--seed", type=int, help="Seed for sampling (and for spreading requests over replicas).")
+@click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
+@click.option("--route", "route_text", help="Pinned peers HOST:PORT[,HOST:PORT...]; each is asked for its blocks.")
+@click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
+@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
+@click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    model: str,
+    prompt: str | None,
+    embed_text: str | None,
+    max_new_tokens: int | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    ban_eos: bool,
+    route_text: str | None,
+    torrent_peers: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Run MODEL on the swarm: stream a continuation of --prompt, or print the embedding of --embed."""
+    from swarm.client.resolve import Resolver, check_run_mode, parse_route
+
+    if (prompt is None) == (embed_text is None):
+        raise SwarmError("give exactly one of --prompt TEXT or --embed TEXT")
+    settings = settings_from(ctx, **flags)
+    resolver = Resolver(settings, torrent_peers)
+    try:
+        # Resolve before importing torch and transformers: a mistyped name fails in a second, not ten.
+        manifest, torrent_data = resolver.manifest(model)
+        check_run_mode(manifest, embed=embed_text is not None)
+        route = parse_route(route_text) if route_text else []
+        from transformers.utils import logging as transformers_logging
+
+        from swarm.client.generate import SamplingParams
+        from swarm.client.run import SwarmClient
+
+        # Loading the local parts would print progress bars and tokenizer notes around the streamed text.
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        params = SamplingParams(temperature, top_k, top_p, seed).check()
+        client = SwarmClient.from_resolved(resolver, manifest, torrent_data, route, spread_seed=seed)
+    finally:
+        resolver.close()
+    with client:
+        if embed_text is not None:
+            embedded = client.embed(embed_text)
+            if as_json:
+                click.echo(json.dumps(embedded.to_json()))
+            else:
+                click.echo(" ".join(f"{value:.6g}" for value in embedded.embedding))
+            return
+
+        def stream(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        result = client.generate(
+            prompt or "",
+            settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            params,
+            on_text=None if as_json else stream,
+            ban_eos=ban_eos,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        click.echo("")
+        timings = result.generation
+        rate = timings.tokens_per_second
+        errors.print(
+            f"[dim]{len(timings.token_ids)} tokens via {len(result.route)} hop(s); prefill "
+            f"{timings.prefill_seconds:.3f} s" + (f", {rate:.1f} tokens/s[/dim]" if rate else "[/dim]")
+        )
+
+
+def _transfer_options(command: Any) -> Any:
+    """Flags shared by fetch and seedbox: where things live, the BitTorrent address, DHT, rate limits."""
+    for option in reversed(
+        [
+            click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory."),
+            click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunks."),
+            click.option("--listen", "torrent_listen", help="BitTorrent (and DHT) listen address HOST:PORT."),
+            click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable)."),
+            click.option("--upload-limit", type=click.IntRange(min=0), help="Upload limit in bytes/s (0: none)."),
+            click.option("--download-limit", type=click.IntRange(min=0), help="Download limit in bytes/s (0: none)."),
+            click.option(
+                "--limit-local-peers", is_flag=True, default=None, help="Apply the limits to loopback/LAN peers too."
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("model")
+@click.option("--blocks", help="Fetch the chunks of blocks START:END (plus meta).")
+@click.option("--chunks", "chunk_ids", help="Fetch these chunk ids, comma-separated (plus meta).")
+@click.option("--peer", "peers", multiple=True, help="Connect to this BitTorrent peer HOST:PORT (repeatable).")
+@click.option("--timeout", "network_timeout", type=click.FloatRange(min=0.1), help="Seconds without progress.")
+@click.option("--seed", "keep_seeding", is_flag=True, help="Keep seeding afterwards until SIGINT/SIGTERM.")
+@_transfer_options
+@click.pass_context
+def fetch(
+    ctx: click.Context,
+    model: str,
+    blocks: str | None,
+    chunk_ids: str | None,
+    peers: tuple[str, ...],
+    keep_seeding: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Fetch MODEL's chunks over BitTorrent and verify them (MODEL: catalog name, manifest, torrent, magnet)."""
+    from swarm.distribute import BarTransfer, JsonTransfer, run_fetch
+
+    settings = settings_from(ctx, **flags)
+    stop = stop_event()
+
+    def emit(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event))
+        elif event["event"] == "verified":
+            sources = event["sources"]
+            click.echo(
+                f"{event['name']}: {len(event['chunks'])} chunks verified ({len(event['already_verified'])} were "
+                f"already here); {event['downloaded_bytes']:,} bytes in {event['seconds']:.1f} s from "
+                f"{len(sources)} peer{'s' if len(sources) != 1 else ''}"
+            )
+        elif event["event"] == "seeding":
+            click.echo(f"seeding {event['name']} on port {event['port']}; Ctrl-C stops")
+        sys.stdout.flush()
+
+    options = dict(blocks=blocks, chunk_ids=chunk_ids, peers=peers, keep_seeding=keep_seeding, stop=stop, emit=emit)
+    if as_json:
+        run_fetch(model, settings, reporter=JsonTransfer(), **options)  # type: ignore[arg-type]
+    else:
+        with BarTransfer() as bars:
+            run_fetch(model, settings, reporter=bars, **options)  # type: ignore[arg-type]
+
+
+@main.command()
+@click.option("--status", "status_listen", help="HTTP status address HOST:PORT (GET /status, /metrics).")
+@click.option("--mirror", is_flag=True, help="Also fetch every chunk of every catalog entry this box lacks.")
+@click.option("--peer", "peers", multiple=True, help="Connect to this BitTorrent peer HOST:PORT (repeatable).")
+@click.option("--rescan", "catalog_rescan_interval", type=click.FloatRange(min=0.1), help="Seconds between scans.")
+@_transfer_options
+@click.pass_context
+def seedbox(ctx: click.Context, mirror: bool, peers: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Seed every catalog entry whose chunks are here, serve /status and /metrics, run until SIGTERM."""
+    from swarm.seedbox import Seedbox
+
+    settings = settings_from(ctx, **flags)
+    stop = stop_event()
+
+    def emit(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event) if as_json else event.get("text", json.dumps(event)))
+        sys.stdout.flush()
+
+    Seedbox(settings, mirror=mirror, peers=peers, emit=emit).run(stop)
 
 
 def print_chunk_table(manifest: Manifest) -> None:

@@ -38,6 +38,41 @@ class Settings:
     network_timeout: float = 30.0
     # Seconds between periodic resume-data saves.
     resume_interval: float = 30.0
+    # Session-wide BitTorrent rate limits in bytes/s; 0 means unlimited.
+    upload_limit: int = 0
+    download_limit: int = 0
+    # libtorrent exempts loopback/LAN peers from rate limits; True applies the limits to them too (benchmarks).
+    limit_local_peers: bool = False
+    # Seconds between a seedbox's rescans of the catalog for new entries.
+    catalog_rescan_interval: float = 30.0
+    # Compute peers (swarm join). Seconds a session may stay idle before its KV cache is freed.
+    session_idle_timeout: float = 300.0
+    # Sessions one peer keeps open at once; more are refused with "busy".
+    max_sessions: int = 16
+    # Longest session (prompt + new tokens) one peer accepts.
+    max_session_tokens: int = 4096
+    # KV-cache tokens all open sessions of one peer may reserve together.
+    max_cached_tokens: int = 65536
+    # Sequences in one step.
+    max_batch: int = 16
+    # Seconds a client waits for the reply to a routed compute request.
+    request_timeout: float = 30.0
+    # Seconds a peer waits to connect to the next hop (or reply_to) before failing the request as unreachable.
+    forward_connect_timeout: float = 2.0
+    # Share of the available RAM a peer budgets for weights when --memory is not given.
+    memory_fraction: float = 0.5
+    # Seconds between a compute peer's DHT announcements.
+    announce_interval: float = 60.0
+    # Compute client (swarm run). Host of the client's reply socket: the last peer of a route connects to it.
+    client_reply_host: str = "127.0.0.1"
+    # Tokens `swarm run` generates when --max-new-tokens is not given.
+    max_new_tokens: int = 64
+    # Seconds `swarm run` waits for DHT answers when looking for compute peers.
+    discovery_timeout: float = 30.0
+    # Seconds between re-puts of a model's DHT name records and holder announcements (both expire otherwise).
+    dht_refresh_interval: float = 600.0
+    # Accept a model name whose DHT record is signed by another key than the one pinned on first use.
+    accept_new_key: bool = False
 
     @property
     def catalog(self) -> Path:
@@ -50,6 +85,11 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def resume_dir(self) -> Path:
+        """libtorrent resume data, one DATA/resume/<infohash>.resume file per torrent."""
+        return self.data / "resume"
 
     def models_dir(self) -> Path:
         """Parent of every model's chunk directory: chunk files live in models_dir()/NAME/."""
@@ -75,6 +115,21 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_BOOTSTRAP": ("bootstrap", _split_list),
     "SWARM_TORRENT_FORMAT": ("torrent_format", str),
     "SWARM_NETWORK_TIMEOUT": ("network_timeout", float),
+    "SWARM_RESUME_INTERVAL": ("resume_interval", float),
+    "SWARM_UPLOAD_LIMIT": ("upload_limit", int),
+    "SWARM_DOWNLOAD_LIMIT": ("download_limit", int),
+    "SWARM_LIMIT_LOCAL_PEERS": ("limit_local_peers", lambda text: text.strip().lower() in ("1", "true", "yes", "on")),
+    "SWARM_CATALOG_RESCAN": ("catalog_rescan_interval", float),
+    "SWARM_SESSION_IDLE_TIMEOUT": ("session_idle_timeout", float),
+    "SWARM_MAX_SESSIONS": ("max_sessions", int),
+    "SWARM_MAX_SESSION_TOKENS": ("max_session_tokens", int),
+    "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
+    "SWARM_MAX_BATCH": ("max_batch", int),
+    "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),
+    "SWARM_MEMORY_FRACTION": ("memory_fraction", float),
+    "SWARM_CLIENT_REPLY_HOST": ("client_reply_host", str),
+    "SWARM_DHT_REFRESH": ("dht_refresh_interval", float),
+    "SWARM_ACCEPT_NEW_KEY": ("accept_new_key", lambda text: text.strip().lower() in ("1", "true", "yes", "on")),
 }
 
 

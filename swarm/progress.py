@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 
 class ProgressSink(Protocol):
@@ -22,23 +30,16 @@ class SilentProgress:
         pass
 
 
-class BarProgress:
-    """One bar per stage, on stderr so stdout stays clean for results."""
+class RichBars:
+    """Rich progress bars on stderr (stdout stays clean for results), shown only on a terminal."""
 
-    def __init__(self) -> None:
-        console = Console(stderr=True)
-        self.bars = Progress(
-            TextColumn("{task.description:<18}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            # Bars are for people at a terminal; logs and pipes get only the final summary.
-            disable=not console.is_terminal,
-        )
+    def __init__(self, *columns: ProgressColumn | str) -> None:
+        self.console = Console(stderr=True)
+        # Bars are for people at a terminal; logs and pipes get only the final summary.
+        self.bars = Progress(*columns, console=self.console, disable=not self.console.is_terminal)
         self.task: TaskID | None = None
 
-    def __enter__(self) -> BarProgress:
+    def __enter__(self) -> Self:
         self.bars.start()
         return self
 
@@ -46,6 +47,13 @@ class BarProgress:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.bars.stop()
+
+
+class BarProgress(RichBars):
+    """One bar per stage."""
+
+    def __init__(self) -> None:
+        super().__init__(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
     def stage(self, description: str, total: int) -> None:
         self.task = self.bars.add_task(description, total=total)

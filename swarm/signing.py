@@ -26,9 +26,7 @@ def load_or_create_key(keys_dir: Path) -> Ed25519PrivateKey:
             raise SwarmError(f"{path} is not an ed25519 private key")
         return key
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
         keys_dir.mkdir(parents=True, exist_ok=True)
         # Created with owner-only permissions from the start, never world-readable for a moment.
@@ -46,9 +44,7 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
 
 def private_seed(key: Ed25519PrivateKey) -> bytes:
     """The 32-byte seed, from which libtorrent derives the same key pair for BEP 44 items."""
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def fingerprint(public_key: str) -> str:
@@ -62,9 +58,7 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> str:
 
 def verify(public_key: str, signature: str, message: bytes) -> bool:
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(
-            bytes.fromhex(signature), message
-        )
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(bytes.fromhex(signature), message)
     except (InvalidSignature, ValueError):
         return False
     return True

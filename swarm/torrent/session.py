@@ -1,9 +1,16 @@
-"""One libtorrent session per process: its settings, the torrents it seeds or fetches, its alerts."""
+"""One libtorrent session per process: its settings, the torrents it seeds or fetches, its alerts.
+
+libtorrent's alert queue has one reader: `TorrentNode.pump`, which hands every alert to the node's own
+bookkeeping (resume data, events) and then to the listeners registered with `add_listener`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import errno
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,11 +18,36 @@ import libtorrent as lt
 
 from swarm.config import parse_host_port
 from swarm.errors import SwarmError
+from swarm.torrent.fetch import WANTED, fetch_params, file_priorities, seed_params, torrent_files
+from swarm.torrent.resume import resume_path, write_resume
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "swarm/0.1"
+# v2 torrents: resume data saved right at the finish may miss pieces (pread backend), so save again later.
+RESAVE_AFTER_FINISH_SECONDS = 3.0
+# How often peers given explicitly (--peer) are dialled again while not connected.
+REDIAL_SECONDS = 5.0
+# How long close() waits for the resume data of every torrent.
+CLOSE_TIMEOUT_SECONDS = 10.0
 
 
-def session_settings(listen: str, bootstrap: tuple[str, ...], dht: bool = True) -> dict[str, Any]:
+# DHT settings every swarm node needs:
+# - libtorrent blocks for dht_block_timeout (300 s) any address that sends it more than dht_block_ratelimit
+#   (default 5) DHT packets a second. All nodes of a loopback or NAT'ed LAN swarm share one address, so one
+#   busy lookup gets the whole swarm blocked (seen on 127.0.0.1: puts stored on 0 nodes, lookups stalled).
+# - dht_upload_rate_limit (default 8000 bytes/s) holds back the puts of a publisher: name records of ~500
+#   bytes to several slots and nodes exceed it, and the puts beyond it landed only ~15 s later.
+SWARM_DHT_SETTINGS: dict[str, Any] = {"dht_block_ratelimit": 10_000, "dht_upload_rate_limit": 1_000_000}
+
+
+def session_settings(
+    listen: str,
+    bootstrap: tuple[str, ...],
+    dht: bool = True,
+    upload_limit: int = 0,
+    download_limit: int = 0,
+) -> dict[str, Any]:
     """Settings for a swarm node: DHT on, no LAN/NAT discovery, many peers per IP (loopback swarms)."""
     host, port = parse_host_port(listen)
     interface = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -24,6 +56,7 @@ def session_settings(listen: str, bootstrap: tuple[str, ...], dht: bool = True) 
         "user_agent": USER_AGENT,
         "enable_dht": dht,
         "dht_bootstrap_nodes": ",".join(bootstrap),
+        **SWARM_DHT_SETTINGS,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
@@ -32,6 +65,9 @@ def session_settings(listen: str, bootstrap: tuple[str, ...], dht: bool = True) 
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_prefer_verified_node_ids": False,
+        # Bytes per second; 0 means unlimited.
+        "upload_rate_limit": max(0, upload_limit),
+        "download_rate_limit": max(0, download_limit),
         "alert_mask": int(
             lt.alert_category.error
             | lt.alert_category.status
@@ -39,6 +75,7 @@ def session_settings(listen: str, bootstrap: tuple[str, ...], dht: bool = True) 
             | lt.alert_category.dht
             | lt.alert_category.dht_operation
             | lt.alert_category.piece_progress
+            | lt.alert_category.peer
         ),
     }
 
@@ -56,45 +93,304 @@ class TorrentStatus:
     total_upload: int
     total_download: int
     is_seeding: bool
+    # Payload bytes moved by this process (total_upload/total_download include earlier runs via resume data).
+    session_upload: int = 0
+    session_download: int = 0
+    wanted_bytes: int = 0
+    wanted_done: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TorrentEvent:
+    """Something that happened to a torrent, rendered from a libtorrent alert."""
+
+    # checked | finished | file_completed | hash_failed | peer_banned | error | resume_saved
+    kind: str
+    key: str
+    name: str
+    message: str
+    piece: int | None = None
+    file: str | None = None
+    peer: str | None = None
+    disk_full: bool = False
+
+
+@dataclass(frozen=True)
+class PeerTransfer:
+    address: str
+    client: str
+    downloaded: int
+    uploaded: int
+
+
+@dataclass
+class _Tracked:
+    handle: lt.torrent_handle
+    resume_file: Path | None
+    direct_peers: set[tuple[str, int]]
+    last_dial: float = 0.0
+    resave_at: float | None = None
+    hash_failures: int = 0
+    # Endpoint → bytes on its open connection at the last look, and bytes of its closed connections
+    # (peer_info forgets a peer when it disconnects).
+    open_totals: dict[str, PeerTransfer] = field(default_factory=dict)
+    closed_totals: dict[str, PeerTransfer] = field(default_factory=dict)
 
 
 class TorrentNode:
-    """A libtorrent session with the swarm's settings."""
+    """A libtorrent session with the swarm's settings: seeds, fetches subsets, saves resume data."""
 
-    def __init__(self, listen: str, bootstrap: tuple[str, ...] = (), dht: bool = True) -> None:
+    def __init__(
+        self,
+        listen: str,
+        bootstrap: tuple[str, ...] = (),
+        dht: bool = True,
+        *,
+        resume_dir: Path | None = None,
+        resume_interval: float = 30.0,
+        upload_limit: int = 0,
+        download_limit: int = 0,
+        limit_local_peers: bool = False,
+    ) -> None:
         try:
+            bootstrap_addresses = [parse_host_port(node) for node in bootstrap]
+        except ValueError as error:
+            raise SwarmError(f"bad bootstrap address: {error}") from error
+        try:
+            settings = session_settings(listen, bootstrap, dht, upload_limit, download_limit)
             # The binding takes a plain dict where its stubs say settings_pack.
-            self.session = lt.session(cast("lt.settings_pack", session_settings(listen, bootstrap, dht)))
+            self.session = lt.session(cast("lt.settings_pack", settings))
         except (RuntimeError, ValueError) as error:
             raise SwarmError(f"cannot start a BitTorrent session on {listen}: {error}") from error
-        for node in bootstrap:
+        for address in bootstrap_addresses:
             # Nodes named only in dht_bootstrap_nodes never enter the routing table on loopback.
-            self.session.add_dht_node(parse_host_port(node))
+            self.session.add_dht_node(address)
         self.handles: dict[str, lt.torrent_handle] = {}
         self.listeners: list[Callable[[lt.alert], None]] = []
+        self.event_listeners: list[Callable[[TorrentEvent], None]] = []
+        self.resume_dir = resume_dir
+        self.resume_interval = resume_interval
+        self._tracked: dict[str, _Tracked] = {}
+        self._pending_saves: set[str] = set()
+        self._next_periodic_save = time.monotonic() + resume_interval
+        if limit_local_peers:
+            self.set_rate_limits(upload_limit, download_limit, limit_local_peers=True)
 
     @property
     def listen_port(self) -> int:
         return int(self.session.listen_port())
 
-    def seed(self, torrent_data: bytes, save_path: Path) -> str:
-        """Seed files already on disk and trusted (just written and hashed): no recheck up front."""
-        params = lt.add_torrent_params()
-        params.ti = lt.torrent_info(torrent_data)
-        params.save_path = str(save_path)
-        params.flags |= lt.torrent_flags.seed_mode
-        params.flags &= ~lt.torrent_flags.auto_managed
-        params.flags &= ~lt.torrent_flags.paused
-        handle = self.session.add_torrent(params)
-        key = _key(handle)
+    # --- rate limits -------------------------------------------------------------------------------------
+
+    def set_rate_limits(self, upload: int, download: int, limit_local_peers: bool = False) -> None:
+        """Session-wide limits in bytes/s (0 = unlimited).
+
+        libtorrent puts loopback and LAN peers in its 'local' class, which no limit applies to; with
+        limit_local_peers every address is put in the global class instead (benchmarks on 127.0.0.1).
+        """
+        self.session.apply_settings(
+            cast("lt.settings_pack", {"upload_rate_limit": max(0, upload), "download_rate_limit": max(0, download)})
+        )
+        classes = lt.ip_filter()
+        if limit_local_peers:
+            everyone = 1 << int(lt.session.global_peer_class_id)
+            classes.add_rule("0.0.0.0", "255.255.255.255", everyone)
+            classes.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+        else:
+            # libtorrent's default: local ranges in the local class, the rest global.
+            everyone = 1 << int(lt.session.global_peer_class_id)
+            local = 1 << int(lt.session.local_peer_class_id)
+            classes.add_rule("0.0.0.0", "255.255.255.255", everyone)
+            for first, last in (
+                ("10.0.0.0", "10.255.255.255"),
+                ("172.16.0.0", "172.31.255.255"),
+                ("192.168.0.0", "192.168.255.255"),
+                ("169.254.0.0", "169.254.255.255"),
+                ("127.0.0.0", "127.255.255.255"),
+            ):
+                classes.add_rule(first, last, local)
+            classes.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+            classes.add_rule("fe80::", "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", local)
+            classes.add_rule("::1", "::1", local)
+        self.session.set_peer_class_filter(classes)
+
+    # --- adding torrents -----------------------------------------------------------------------------------
+
+    def seed(self, torrent_data: bytes, save_path: Path, resume_dir: Path | None = None) -> str:
+        """Seed a complete set of files already on disk: resume data when it agrees with the disk, otherwise
+        seed mode (each piece is hash-checked the first time a peer asks for it, none up front)."""
+        info = _torrent_info(torrent_data)
+        key = _info_key(info)
+        if key in self._tracked:
+            return key
+        resume_file = self._resume_file(key, resume_dir)
+        params, _ = seed_params(info, save_path, resume_file)
+        return self._add(key, params, resume_file, ())
+
+    def fetch(
+        self,
+        torrent_data: bytes,
+        save_path: Path,
+        wanted_file_paths: Collection[str],
+        peers: Iterable[str] = (),
+        resume_dir: Path | None = None,
+    ) -> str:
+        """Fetch only `wanted_file_paths` (paths inside the torrent) into save_path; returns the torrent key.
+
+        Resume data is restored when it agrees with the disk; otherwise libtorrent checks the files present,
+        so pieces already on disk are not downloaded again. Adding a torrent the node already has widens its
+        wanted files to the union.
+        """
+        info = _torrent_info(torrent_data)
+        key = _info_key(info)
+        addresses = [parse_host_port(peer) for peer in peers]
+        tracked = self._tracked.get(key)
+        if tracked is not None:
+            handle = tracked.handle
+            files = torrent_files(info)
+            current = handle.get_file_priorities()
+            already = {file.path for file, priority in zip(files, current, strict=False) if priority > 0}
+            handle.prioritize_files(file_priorities(files, already | set(wanted_file_paths)))
+            tracked.direct_peers.update(addresses)
+            self._dial(tracked, force=True)
+            return key
+        resume_file = self._resume_file(key, resume_dir)
+        params, restored = fetch_params(info, save_path, wanted_file_paths, resume_file)
+        log.info("fetching %s (%s)", info.name(), "resumed" if restored else "files checked")
+        return self._add(key, params, resume_file, addresses)
+
+    def _add(
+        self, key: str, params: lt.add_torrent_params, resume_file: Path | None, peers: Iterable[tuple[str, int]]
+    ) -> str:
+        try:
+            handle = self.session.add_torrent(params)
+        except RuntimeError as error:
+            raise SwarmError(f"cannot add torrent {key[:12]}: {error}") from error
         self.handles[key] = handle
+        tracked = _Tracked(handle=handle, resume_file=resume_file, direct_peers=set(peers))
+        self._tracked[key] = tracked
+        self._dial(tracked, force=True)
         return key
 
-    def add_peer(self, key: str, address: str) -> None:
-        self.handles[key].connect_peer(parse_host_port(address))
+    def _resume_file(self, key: str, resume_dir: Path | None) -> Path | None:
+        directory = resume_dir if resume_dir is not None else self.resume_dir
+        return resume_path(directory, key) if directory is not None else None
+
+    def remove(self, key: str) -> None:
+        """Stop seeding/fetching a torrent; its files stay on disk."""
+        tracked = self._tracked.pop(key, None)
+        self.handles.pop(key, None)
+        if tracked is not None:
+            self.session.remove_torrent(tracked.handle)
+
+    # --- peers ---------------------------------------------------------------------------------------------
+
+    def connect_peer(self, key: str, address: str) -> None:
+        """Dial a peer now and again every few seconds while it is not connected."""
+        tracked = self._tracked_or_error(key)
+        tracked.direct_peers.add(parse_host_port(address))
+        self._dial(tracked, force=True)
+
+    add_peer = connect_peer
+
+    def _dial(self, tracked: _Tracked, force: bool = False) -> None:
+        now = time.monotonic()
+        if not tracked.direct_peers or (not force and now - tracked.last_dial < REDIAL_SECONDS):
+            return
+        tracked.last_dial = now
+        connected = {_endpoint_text(peer.ip) for peer in tracked.handle.get_peer_info()}
+        for address in tracked.direct_peers:
+            if f"{address[0]}:{address[1]}" not in connected:
+                tracked.handle.connect_peer(address)
+
+    def peer_transfers(self, key: str) -> list[PeerTransfer]:
+        """Bytes exchanged with every peer seen so far, summed over reconnections (sampled: bytes moved on a
+        connection after the last call and before it closed are not counted)."""
+        tracked = self._tracked_or_error(key)
+        closed = tracked.closed_totals
+        current: dict[str, PeerTransfer] = {}
+        for peer in tracked.handle.get_peer_info():
+            if peer.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
+                continue
+            address = _endpoint_text(peer.ip)
+            current[address] = PeerTransfer(address, _text(peer.client), int(peer.total_download),
+                                            int(peer.total_upload))  # fmt: skip
+        for address, before in tracked.open_totals.items():
+            now = current.get(address)
+            if now is None or now.downloaded < before.downloaded or now.uploaded < before.uploaded:
+                # That connection closed (a new one restarts its counters from zero): bank what it moved.
+                banked = closed.get(address)
+                closed[address] = PeerTransfer(
+                    address,
+                    before.client,
+                    before.downloaded + (banked.downloaded if banked else 0),
+                    before.uploaded + (banked.uploaded if banked else 0),
+                )
+        tracked.open_totals = current
+        result = dict(closed)
+        for address, now in current.items():
+            banked = closed.get(address)
+            result[address] = PeerTransfer(
+                address,
+                now.client,
+                now.downloaded + (banked.downloaded if banked else 0),
+                now.uploaded + (banked.uploaded if banked else 0),
+            )
+        return list(result.values())
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def status_of(self, key: str) -> TorrentStatus:
+        return _status(self._tracked_or_error(key).handle.status())
+
+    progress_of = status_of
 
     def statuses(self) -> list[TorrentStatus]:
-        return [_status(handle.status()) for handle in self.handles.values()]
+        return [_status(tracked.handle.status()) for tracked in self._tracked.values()]
+
+    def keys(self) -> list[str]:
+        return list(self._tracked)
+
+    def hash_failures(self, key: str) -> int:
+        return self._tracked_or_error(key).hash_failures
+
+    def finished_files(self, key: str) -> set[str]:
+        """Paths (inside the torrent) of files whose every piece is downloaded and passed its hash check."""
+        handle = self._tracked_or_error(key).handle
+        info = handle.torrent_file()
+        if info is None:
+            return set()
+        layout = info.layout()
+        # Piece granularity counts only whole pieces we have, i.e. pieces that passed the hash check.
+        progress = handle.file_progress(flags=lt.torrent_handle.piece_granularity)
+        finished = set()
+        for index in range(layout.num_files()):
+            if layout.file_flags(index) & lt.file_storage.flag_pad_file:
+                continue
+            if progress[index] >= layout.file_size(index):
+                finished.add(layout.file_path(index))
+        return finished
+
+    def flush(self, key: str, timeout: float = 10.0) -> None:
+        """Wait until libtorrent has written every finished piece to its file."""
+        handle = self._tracked_or_error(key).handle
+        done: list[bool] = []
+
+        def on_alert(alert: lt.alert) -> None:
+            if isinstance(alert, lt.cache_flushed_alert) and alert.handle == handle:
+                done.append(True)
+
+        self.add_listener(on_alert)
+        try:
+            handle.flush_cache()
+            deadline = time.monotonic() + timeout
+            while not done and time.monotonic() < deadline:
+                self.pump(0.1)
+        finally:
+            self.remove_listener(on_alert)
+
+    # --- alerts --------------------------------------------------------------------------------------------
 
     def add_listener(self, listener: Callable[[lt.alert], None]) -> None:
         """Every alert popped by pump() goes to every listener: one queue per session, many readers."""
@@ -103,18 +399,142 @@ class TorrentNode:
     def remove_listener(self, listener: Callable[[lt.alert], None]) -> None:
         self.listeners.remove(listener)
 
+    def add_event_listener(self, listener: Callable[[TorrentEvent], None]) -> None:
+        """Torrent events (finished, hash failed, disk error, ...) without libtorrent types."""
+        self.event_listeners.append(listener)
+
+    def remove_event_listener(self, listener: Callable[[TorrentEvent], None]) -> None:
+        self.event_listeners.remove(listener)
+
     def pump(self, wait_seconds: float = 0.0) -> list[lt.alert]:
-        """Wait up to wait_seconds for alerts, hand them to the listeners, and return them."""
+        """Wait up to wait_seconds for alerts, hand them to the listeners, do periodic upkeep; return them."""
         if wait_seconds > 0:
             self.session.wait_for_alert(int(wait_seconds * 1000))
         alerts = list(self.session.pop_alerts())
         for alert in alerts:
+            self._on_alert(alert)
             for listener in list(self.listeners):
                 listener(alert)
+        self._upkeep()
         return alerts
 
-    def close(self) -> None:
+    def _on_alert(self, alert: lt.alert) -> None:
+        if isinstance(alert, lt.save_resume_data_alert):
+            self._write_resume(alert)
+            return
+        if isinstance(alert, lt.save_resume_data_failed_alert):
+            self._pending_saves.discard(_alert_key(alert) or "")
+            return
+        if not isinstance(alert, lt.torrent_alert):
+            return
+        key = _alert_key(alert)
+        tracked = self._tracked.get(key or "")
+        if key is None or tracked is None:
+            return
+        name = _text(alert.torrent_name)
+        event: TorrentEvent | None = None
+        if isinstance(alert, lt.torrent_finished_alert):
+            event = TorrentEvent("finished", key, name, "finished")
+            self._request_save(key)
+            tracked.resave_at = time.monotonic() + RESAVE_AFTER_FINISH_SECONDS
+        elif isinstance(alert, lt.torrent_checked_alert):
+            event = TorrentEvent("checked", key, name, "checked")
+        elif isinstance(alert, lt.file_completed_alert):
+            info = tracked.handle.torrent_file()
+            path = info.layout().file_path(alert.index) if info is not None else str(alert.index)
+            event = TorrentEvent("file_completed", key, name, f"{path} complete", file=path)
+        elif isinstance(alert, lt.hash_failed_alert):
+            tracked.hash_failures += 1
+            event = TorrentEvent("hash_failed", key, name, f"piece {alert.piece_index} failed its hash check",
+                                 piece=int(alert.piece_index))  # fmt: skip
+        elif isinstance(alert, lt.peer_ban_alert):
+            peer = _endpoint_text(alert.endpoint)
+            event = TorrentEvent("peer_banned", key, name, f"banned {peer} (sent data that failed hash checks)",
+                                 peer=peer)  # fmt: skip
+        elif isinstance(alert, (lt.file_error_alert, lt.torrent_error_alert)):
+            error = alert.error
+            disk_full = error.value() in (errno.ENOSPC, errno.EDQUOT)
+            file = _text(alert.filename()) if hasattr(alert, "filename") else None
+            reason = "no space left on device" if disk_full else error.message()
+            event = TorrentEvent("error", key, name, f"{reason}" + (f" ({file})" if file else ""), file=file,
+                                 disk_full=disk_full)  # fmt: skip
+        if event is not None:
+            for listener in list(self.event_listeners):
+                listener(event)
+
+    def _upkeep(self) -> None:
+        now = time.monotonic()
+        for key, tracked in list(self._tracked.items()):
+            if tracked.resave_at is not None and now >= tracked.resave_at:
+                tracked.resave_at = None
+                self._request_save(key)
+            self._dial(tracked)
+        if now >= self._next_periodic_save:
+            self._next_periodic_save = now + self.resume_interval
+            for key, tracked in self._tracked.items():
+                if tracked.handle.need_save_resume_data():
+                    self._request_save(key)
+
+    # --- resume data ---------------------------------------------------------------------------------------
+
+    def _request_save(self, key: str) -> None:
+        tracked = self._tracked.get(key)
+        if tracked is None or tracked.resume_file is None or not tracked.handle.is_valid():
+            return
+        # Flushing first makes the pieces the resume data lists actually be on disk if the process dies next.
+        tracked.handle.save_resume_data(lt.torrent_handle.save_info_dict | lt.torrent_handle.flush_disk_cache)
+        self._pending_saves.add(key)
+
+    def _write_resume(self, alert: lt.save_resume_data_alert) -> None:
+        key = _alert_key(alert)
+        if key is None:
+            return
+        self._pending_saves.discard(key)
+        tracked = self._tracked.get(key)
+        if tracked is None or tracked.resume_file is None:
+            return
+        try:
+            write_resume(tracked.resume_file, alert.params)
+        except OSError as error:
+            log.warning("cannot write resume data %s: %s", tracked.resume_file, error)
+            return
+        for listener in list(self.event_listeners):
+            listener(TorrentEvent("resume_saved", key, _text(alert.torrent_name), str(tracked.resume_file)))
+
+    def save_resume_data(self, wait_seconds: float = 0.0) -> bool:
+        """Ask for the resume data of every torrent; with wait_seconds, pump until all are written.
+
+        Returns whether every requested save was written in time."""
+        for key in self._tracked:
+            self._request_save(key)
+        deadline = time.monotonic() + wait_seconds
+        while self._pending_saves and time.monotonic() < deadline:
+            self.pump(0.1)
+        return not self._pending_saves
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Save every torrent's resume data (waiting up to timeout), then stop the session."""
+        if not self.save_resume_data(wait_seconds=timeout):
+            log.warning("resume data of %d torrents was not saved in %.0f s", len(self._pending_saves), timeout)
         self.session.pause()
+
+    def _tracked_or_error(self, key: str) -> _Tracked:
+        tracked = self._tracked.get(key)
+        if tracked is None:
+            raise SwarmError(f"no torrent {key[:12]} in this session")
+        return tracked
+
+
+def _torrent_info(torrent_data: bytes) -> lt.torrent_info:
+    try:
+        return lt.torrent_info(torrent_data)
+    except RuntimeError as error:
+        raise SwarmError(f"cannot read the torrent: {error}") from error
+
+
+def _info_key(info: lt.torrent_info) -> str:
+    hashes = info.info_hashes()
+    return str(hashes.v2) if hashes.has_v2() else str(hashes.v1)
 
 
 def _key(handle: lt.torrent_handle) -> str:
@@ -122,7 +542,26 @@ def _key(handle: lt.torrent_handle) -> str:
     return str(hashes.v2) if hashes.has_v2() else str(hashes.v1)
 
 
+def _alert_key(alert: Any) -> str | None:
+    handle = getattr(alert, "handle", None)
+    if handle is None or not handle.is_valid():
+        return None
+    return _key(handle)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _endpoint_text(endpoint: Any) -> str:
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def _status(status: lt.torrent_status) -> TorrentStatus:
+    error = status.errc.message() if status.errc.value() else None
+    if error and status.errc.value() in (errno.ENOSPC, errno.EDQUOT):
+        error = "no space left on device"
     return TorrentStatus(
         name=status.name,
         info_hash=str(status.info_hashes.v2) if status.info_hashes.has_v2() else str(status.info_hashes.v1),
@@ -135,4 +574,12 @@ def _status(status: lt.torrent_status) -> TorrentStatus:
         total_upload=int(status.all_time_upload),
         total_download=int(status.all_time_download),
         is_seeding=bool(status.is_seeding),
+        session_upload=int(status.total_payload_upload),
+        session_download=int(status.total_payload_download),
+        wanted_bytes=int(status.total_wanted),
+        wanted_done=int(status.total_wanted_done),
+        error=error,
     )
+
+
+__all__ = ["WANTED", "PeerTransfer", "TorrentEvent", "TorrentNode", "TorrentStatus", "session_settings"]

@@ -1,0 +1,1 @@
+"""The compute client: model resolution, route planning, inference sessions over the swarm, generation."""

@@ -1,0 +1,344 @@
+"""One `swarm run`: resolve the model, find peers, plan the route, load the local parts, generate or embed.
+
+`SwarmClient` is also the library entry point (tests, benchmarks, concurrent sessions): it holds the model's
+local parts once and opens one session per request, each on its own sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from swarm import transport
+from swarm.client.generate import Generation, SamplingParams, generate
+from swarm.client.local_parts import LocalParts
+from swarm.client.resolve import Resolver
+from swarm.client.routing import PeerInfo, fails_over, peers_for_model, plan_route, route_without
+from swarm.client.session import (
+    SEND_FAILED,
+    TIMEOUT,
+    ComputeClient,
+    InferenceSession,
+    PeerFailure,
+    expect_hidden,
+    expect_logits,
+    query_peers,
+    run_encoder,
+)
+from swarm.config import Settings
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest
+from swarm.wire import DTYPES, Hop
+
+# Failovers one generation may go through before it gives up.
+MAX_FAILOVERS = 3
+
+
+def route_record(route: Sequence[Hop]) -> list[dict[str, Any]]:
+    return [{"address": hop.address, "blocks": list(hop.blocks)} for hop in route]
+
+
+@dataclass
+class RunResult:
+    generation: Generation
+    # The route that produced the last token (another one than at the start after a failover).
+    route: list[Hop]
+    # One record per failover: the peer that failed and why.
+    failovers: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "text": self.generation.text,
+            "tokens": self.generation.token_ids,
+            "prompt_tokens": len(self.generation.prompt_ids),
+            "stopped_on_eos": self.generation.stopped_on_eos,
+            "route": route_record(self.route),
+            "failovers": self.failovers,
+            "timings": self.generation.timings(),
+        }
+        return record
+
+
+@dataclass
+class EmbedResult:
+    embedding: list[float]
+    tokens: int
+    route: list[Hop]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "embedding": self.embedding,
+            "dimensions": len(self.embedding),
+            "tokens": self.tokens,
+            "route": route_record(self.route),
+            "timings": {"seconds": round(self.seconds, 6)},
+        }
+
+
+class SwarmClient:
+    """A model's local parts plus the peers that serve its blocks."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        parts: LocalParts,
+        peers: Sequence[PeerInfo],
+        settings: Settings,
+        spread_seed: int | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.parts = parts
+        self.peers = list(peers)
+        self.settings = settings
+        self.context = transport.Context()
+        # Counts requests, to take turns among equally good routes; clients started apart begin apart.
+        self._requests = itertools.count(random.randrange(1 << 16) if spread_seed is None else spread_seed)
+        # Tokenizers are not safe to share between threads; the torch modules are (inference only).
+        self._tokenizer_lock = threading.Lock()
+
+    @classmethod
+    def connect(
+        cls, reference: str, settings: Settings, route: Sequence[str] = (), spread_seed: int | None = None
+    ) -> SwarmClient:
+        """Resolve `reference`, fetch and load the local parts, and find the peers: the pinned `route` addresses,
+        else those the DHT knows."""
+        resolver = Resolver(settings)
+        try:
+            manifest, torrent_data = resolver.manifest(reference)
+            return cls.from_resolved(resolver, manifest, torrent_data, route, spread_seed)
+        finally:
+            resolver.close()
+
+    @classmethod
+    def from_resolved(
+        cls,
+        resolver: Resolver,
+        manifest: Manifest,
+        torrent_data: bytes | None,
+        route: Sequence[str] = (),
+        spread_seed: int | None = None,
+    ) -> SwarmClient:
+        """Like `connect`, for a manifest already resolved (the caller closes `resolver`)."""
+        parts = LocalParts(manifest, resolver.client_chunks(manifest, torrent_data))
+        addresses = list(route) or resolver.compute_addresses(manifest)
+        client = cls(manifest, parts, [], resolver.settings, spread_seed)
+        try:
+            client.peers = client.discover(addresses, pinned=bool(route))
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def discover(self, addresses: Sequence[str], pinned: bool) -> list[PeerInfo]:
+        """Ask each address for its info; the peers that serve this model. A pinned peer that does not answer,
+        or serves another model, is an error; a discovered one is skipped."""
+        with self.endpoint() as endpoint:
+            infos = query_peers(endpoint, addresses, timeout=self.settings.request_timeout)
+        return peers_for_model(self.manifest, infos, pinned=pinned)
+
+    def plan(self, spread: int | None = None) -> list[Hop]:
+        return plan_route(self.manifest.num_blocks, self.peers, next(self._requests) if spread is None else spread)
+
+    def endpoint(self) -> ComputeClient:
+        """A new client endpoint (reply socket and dealers) for one request: sockets are not shared by threads."""
+        return ComputeClient(self.settings.client_reply_host, self.settings.request_timeout, self.context)
+
+    # ----- generation -----
+
+    def encode(self, prompt: str) -> list[int]:
+        with self._tokenizer_lock:
+            return self.parts.encode_prompt(prompt)
+
+    def fit_to_context(self, prompt_length: int, max_new_tokens: int) -> int:
+        """New tokens that fit the model's context after the prompt; SwarmError when the prompt alone does not."""
+        context = self.parts.context_length
+        if context is None:
+            return max_new_tokens
+        if prompt_length >= context:
+            raise SwarmError(
+                f"the prompt has {prompt_length} tokens, but {self.manifest.name} takes at most {context} positions "
+                "(prompt and generated tokens together); shorten the prompt"
+            )
+        return min(max_new_tokens, context - prompt_length)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        on_text: Callable[[str], None] | None = None,
+        ban_eos: bool = False,
+        route: Sequence[Hop] | None = None,
+    ) -> RunResult:
+        """Generate a continuation of `prompt` (text, or token ids) through the swarm."""
+        if not self.parts.causal:
+            raise SwarmError(f"{self.manifest.name} is an encoder: use --embed instead of --prompt")
+        prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        max_new_tokens = self.fit_to_context(len(prompt_ids), max_new_tokens)
+        if ban_eos:
+            params = SamplingParams(
+                params.temperature,
+                params.top_k,
+                params.top_p,
+                params.seed,
+                tuple(sorted(set(params.banned_tokens) | self.parts.eos_token_ids)),
+            )
+        steps = _FailoverSteps(self, list(route) if route is not None else None, len(prompt_ids) + max_new_tokens)
+        try:
+            generation = generate(
+                steps,
+                prompt_ids,
+                max_new_tokens,
+                params,
+                eos_token_ids=set() if ban_eos else self.parts.eos_token_ids,
+                on_text=on_text,
+                tokenizer=_LockedDecoder(self.parts.tokenizer, self._tokenizer_lock),
+            )
+        finally:
+            steps.close()
+        return RunResult(generation, steps.route, steps.failovers)
+
+    def run_step(self, session: InferenceSession, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """New tokens `ids` at positions [start, ...) through the session's route: last position's logits."""
+        last_peer = session.route[-1].address
+        positions = (start, start + ids.shape[1])
+        if self.parts.span is None:
+            # A whole replica: token ids in, logits out.
+            logits = expect_logits(
+                session.step({"input_ids": ids.contiguous()}, positions), last_peer, self.parts.vocab_size
+            )
+            if logits.shape[0] != ids.shape[0]:
+                raise SwarmError(
+                    f"peer {last_peer} returned logits for {logits.shape[0]} sequences, not {ids.shape[0]}"
+                )
+            return logits.float()
+        outputs = session.step({"hidden": self.hidden_for(session.route[0], self.parts.embed(ids, start))}, positions)
+        hidden = expect_hidden(outputs, last_peer, self.parts.hidden_size)
+        if tuple(hidden.shape[:2]) != tuple(ids.shape):
+            raise SwarmError(
+                f"peer {last_peer} returned hidden states of shape {list(hidden.shape)} for {list(ids.shape)} tokens"
+            )
+        return self.parts.head(hidden)
+
+    def hidden_for(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states in the dtype the first hop computes in (it says so in its info; peers may run a
+        half-precision checkpoint in float32, or the other way round)."""
+        wanted = next((DTYPES.get(peer.dtype) for peer in self.peers if peer.address == hop.address), None)
+        if wanted is None or not wanted.is_floating_point or wanted == hidden.dtype:
+            return hidden
+        return hidden.to(wanted)
+
+    # ----- embeddings -----
+
+    def embed(self, text: str, route: Sequence[Hop] | None = None) -> EmbedResult:
+        """The pooled last hidden state of `text` through an encoder's route."""
+        if self.parts.causal:
+            raise SwarmError(f"{self.manifest.name} is a causal language model: use --prompt instead of --embed")
+        with self._tokenizer_lock:
+            input_ids, attention_mask = self.parts.encode_for_embedding(text)
+        context = self.parts.context_length
+        if context is not None and input_ids.shape[1] > context:
+            raise SwarmError(
+                f"the text has {input_ids.shape[1]} tokens, but {self.manifest.name} takes at most {context}; "
+                "shorten it"
+            )
+        hops = list(route) if route is not None else self.plan()
+        started = time.perf_counter()
+        with self.endpoint() as endpoint:
+            hidden = run_encoder(
+                endpoint, hops, self.hidden_for(hops[0], self.parts.embed_whole(input_ids)), attention_mask
+            )
+        if tuple(hidden.shape[:2]) != tuple(input_ids.shape):
+            raise SwarmError(f"peer {hops[-1].address} returned hidden states of shape {list(hidden.shape)}")
+        vector = self.parts.pool(hidden, attention_mask)[0]
+        return EmbedResult(
+            [float(value) for value in vector], int(input_ids.shape[1]), hops, time.perf_counter() - started
+        )
+
+    def close(self) -> None:
+        self.context.close(linger_ms=0)
+
+    def __enter__(self) -> SwarmClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class _FailoverSteps:
+    """The `NextLogits` of one generation: runs steps in a session along a route, and when a peer fails in a way
+    another route can avoid (it is gone, busy, lost the session), plans a route without it, opens a new session
+    and replays every token so far as one prefill, so generation goes on where it was.
+
+    A route given by the caller is pinned: failures then propagate.
+    """
+
+    def __init__(self, client: SwarmClient, pinned_route: list[Hop] | None, max_length: int) -> None:
+        self.client = client
+        self.pinned = pinned_route is not None
+        self.route = pinned_route if pinned_route is not None else client.plan()
+        self.max_length = max_length
+        self.endpoint = client.endpoint()
+        self.session: InferenceSession | None = None
+        self.history: torch.Tensor | None = None
+        self.failovers: list[dict[str, str]] = []
+        self.excluded: set[str] = set()
+
+    def __call__(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        while True:
+            try:
+                if self.session is None:
+                    self.session = InferenceSession(self.endpoint, self.route, self.max_length)
+                    self.session.open()
+                    if self.history is not None:
+                        # A new route: replay everything the old one had cached.
+                        replay = torch.cat([self.history, ids], dim=1)
+                        logits = self.client.run_step(self.session, replay, 0)
+                        break
+                logits = self.client.run_step(self.session, ids, start)
+                break
+            except PeerFailure as failure:
+                self._fail_over(failure)
+        self.history = ids if self.history is None else torch.cat([self.history, ids], dim=1)
+        return logits
+
+    def _fail_over(self, failure: PeerFailure) -> None:
+        if self.pinned or not fails_over(failure.code) or len(self.failovers) >= MAX_FAILOVERS:
+            raise failure
+        self.failovers.append({"peer": failure.address, "code": failure.code, "error": str(failure)})
+        self.excluded.add(failure.address)
+        # A hop that stopped answering would not answer close_session either: its idle timeout frees the caches.
+        self._drop_session(close=failure.code not in (TIMEOUT, SEND_FAILED))
+        try:
+            self.route = route_without(
+                self.client.manifest.num_blocks, self.client.peers, self.excluded, len(self.failovers)
+            )
+        except SwarmError as error:
+            raise SwarmError(f"{failure}; no other route: {error}") from failure
+
+    def _drop_session(self, close: bool = True) -> None:
+        if self.session is not None and close:
+            self.session.close()
+        self.session = None
+
+    def close(self) -> None:
+        self._drop_session()
+        self.endpoint.close()
+
+
+class _LockedDecoder:
+    def __init__(self, tokenizer: Any, lock: threading.Lock) -> None:
+        self.tokenizer = tokenizer
+        self.lock = lock
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        with self.lock:
+            return str(self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens))

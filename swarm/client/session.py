@@ -1,0 +1,350 @@
+"""Talking to compute peers: direct queries (info, ping) and inference sessions along a route.
+
+The client binds its own ROUTER (its `reply_to` address) and sends through one DEALER per first hop. A routed
+request goes to the first hop only; its result comes from the last hop to the ROUTER, and an error from
+whichever peer failed (to the ROUTER, or back on the DEALER when the peer could not read `reply_to`). Every wait
+has a deadline; when it passes, the hops are pinged to name the peer that stopped answering.
+
+Sockets are not thread-safe: use one ComputeClient per thread (they may share a transport Context).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from swarm import transport
+from swarm.client.routing import PeerInfo
+from swarm.errors import SwarmError
+from swarm.wire import (
+    PROTOCOL_VERSION,
+    Header,
+    Hop,
+    Kind,
+    WireError,
+    decode,
+    encode,
+    expect_tensor,
+    format_address,
+)
+
+# A ping that takes longer than this while diagnosing a timeout counts as no answer.
+PING_SECONDS = 2.0
+# PeerFailure codes of the client's own making: a peer that did not answer in time, one it could not send to.
+TIMEOUT = "timeout"
+SEND_FAILED = "send_failed"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def describe_hop(hop: Hop) -> str:
+    start, end = hop.blocks
+    return f"{hop.address} (blocks {start}..{end - 1})"
+
+
+class PeerFailure(SwarmError):
+    """A request failed at a known peer: it refused (an `error` reply with `code`) or did not answer ("timeout")."""
+
+    def __init__(self, message: str, address: str, code: str) -> None:
+        super().__init__(message)
+        self.address = address
+        self.code = code
+
+
+def peer_error(header: Header, fallback_peer: str, route: Sequence[Hop] = ()) -> PeerFailure:
+    """The error for an `error` reply, naming the peer that sent it.
+
+    The body's `peer` is believed only when it names a hop of the route: it comes from the network, and the
+    client stops using the peer it names.
+    """
+    body = header.body
+    claimed = body.get("peer")
+    peer = claimed if isinstance(claimed, str) and claimed in {hop.address for hop in route} else fallback_peer
+    code, message = str(body.get("code", "error")), str(body.get("message", ""))[:500]
+    if code == "busy":
+        return PeerFailure(f"peer {peer} is busy: {message}", peer, code)
+    return PeerFailure(f"peer {peer} refused the request ({code}): {message}", peer, code)
+
+
+@dataclass(frozen=True)
+class Reply:
+    header: Header
+    tensors: dict[str, torch.Tensor]
+    seconds: float
+
+
+class ComputeClient:
+    """One client endpoint: a reply ROUTER, DEALERs to peers, and request/reply with deadlines."""
+
+    def __init__(
+        self,
+        reply_host: str = "127.0.0.1",
+        timeout: float = 30.0,
+        context: transport.Context | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._owns_context = context is None
+        self.context = context or transport.Context()
+        try:
+            self.router, bound = self.context.bind_router(f"tcp://{reply_host}:0")
+        except SwarmError:
+            if self._owns_context:
+                self.context.close(linger_ms=0)
+            raise
+        # The bound endpoint may spell the host differently (e.g. an IPv6 literal); rebuild it in wire form.
+        port = int(bound.rsplit(":", 1)[1])
+        self.reply_to = format_address(reply_host, port)
+        self.dealers = transport.DealerPool(self.context, identity_prefix=f"client-{new_id()[:8]}")
+        self.closed = False
+
+    # ----- direct requests -----
+
+    def ask_many(
+        self, addresses: Sequence[str], kind: Kind, body: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Reply | SwarmError]:
+        """Send `kind` to every address at once; each gets its reply or a SwarmError (no answer, error reply)."""
+        timeout = self.timeout if timeout is None else timeout
+        pending: dict[str, str] = {}  # request id → address
+        results: dict[str, Reply | SwarmError] = {}
+        sent_at: dict[str, float] = {}
+        for address in addresses:
+            request_id = new_id()
+            try:
+                frames = encode(Header(kind=kind, request_id=request_id, body=dict(body or {})))
+                transport.send_frames(self.dealers.get(address), frames)
+            except SwarmError as error:
+                results[address] = PeerFailure(f"cannot reach peer {address}: {error}", address, SEND_FAILED)
+                continue
+            pending[request_id] = address
+            sent_at[request_id] = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for sock in transport.poll(list(self.dealers.sockets().values()), remaining):
+                received = transport.recv_frames(sock, 0)
+                if received is None:
+                    continue
+                try:
+                    header, tensors = decode(received[1])
+                except WireError:
+                    continue  # a garbled reply: the request then times out and is reported as unanswered
+                if header.request_id not in pending:
+                    continue
+                address = pending.pop(header.request_id)
+                if header.kind is Kind.ERROR:
+                    results[address] = peer_error(header, address)
+                else:
+                    seconds = time.perf_counter() - sent_at[header.request_id]
+                    results[address] = Reply(header, tensors, seconds)
+        for address in pending.values():
+            results[address] = PeerFailure(
+                f"peer {address} did not answer {kind.value} within {timeout:g} s", address, TIMEOUT
+            )
+            # A socket to a silent peer keeps the unanswered request queued: start afresh next time.
+            self.dealers.drop(address)
+        return results
+
+    def ask(
+        self, address: str, kind: Kind, body: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Reply:
+        result = self.ask_many([address], kind, body, timeout)[address]
+        if isinstance(result, SwarmError):
+            raise result
+        return result
+
+    # ----- routed requests -----
+
+    def request(
+        self,
+        route: Sequence[Hop],
+        header: Header,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send a routed message to route[0] and wait for the last hop's result (or any hop's error)."""
+        if not route:
+            raise SwarmError("a routed request needs at least one hop")
+        timeout = self.timeout if timeout is None else timeout
+        header = replace(header, route=tuple(route), reply_to=self.reply_to)
+        first = route[0].address
+        try:
+            frames = encode(header, tensors)
+            sent = time.perf_counter()
+            transport.send_frames(self.dealers.get(first), frames)
+        except WireError:
+            raise  # a malformed request is this client's fault, not the peer's
+        except SwarmError as error:
+            raise PeerFailure(f"cannot send to peer {first}: {error}", first, SEND_FAILED) from error
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout_error(route, header.kind, timeout)
+            first_dealer = self.dealers.get(first)
+            for sock in transport.poll([self.router, first_dealer], remaining):
+                received = transport.recv_frames(sock, 0)
+                if received is None:
+                    continue
+                try:
+                    reply, reply_tensors = decode(received[1])
+                except WireError:
+                    continue
+                if reply.request_id != header.request_id:
+                    continue  # a late reply to an earlier request that already timed out
+                if reply.kind is Kind.ERROR:
+                    raise peer_error(reply, first if sock is first_dealer else route[-1].address, route)
+                if reply.kind is not Kind.RESULT:
+                    raise SwarmError(f"peer {route[-1].address} answered {header.kind.value} with {reply.kind.value}")
+                return Reply(reply, reply_tensors, time.perf_counter() - sent)
+
+    def _timeout_error(self, route: Sequence[Hop], kind: Kind, timeout: float) -> SwarmError:
+        """Name the first hop that does not answer a ping; otherwise say the route as a whole was too slow."""
+        addresses = list(dict.fromkeys(hop.address for hop in route))
+        pongs = self.ask_many(addresses, Kind.PING, timeout=min(PING_SECONDS, timeout))
+        for hop in route:
+            if isinstance(pongs.get(hop.address), SwarmError):
+                message = f"peer {describe_hop(hop)} did not answer {kind.value} within {timeout:g} s"
+                return PeerFailure(message, hop.address, TIMEOUT)
+        chain = " -> ".join(describe_hop(hop) for hop in route)
+        return SwarmError(
+            f"no {kind.value} result within {timeout:g} s from the route {chain}; every peer answers ping, "
+            "so one of them is overloaded (raise --timeout or try again)"
+        )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.dealers.close()
+        self.context.forget(self.router, linger_ms=0)
+        if self._owns_context:
+            self.context.close(linger_ms=0)
+
+    def __enter__(self) -> ComputeClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class InferenceSession:
+    """A session along a route: every hop keeps the KV cache of its blocks under one session id.
+
+    Steps must come in order; each carries only the new positions. `close()` frees the caches (peers also
+    expire idle sessions, so a client that dies leaks nothing for long).
+    """
+
+    def __init__(self, client: ComputeClient, route: Sequence[Hop], max_length: int, timeout: float | None = None):
+        self.client = client
+        self.route = tuple(route)
+        self.max_length = max_length
+        self.timeout = timeout
+        self.session_id = new_id()
+        self.step_index = 0
+        self.is_open = False
+
+    def open(self) -> None:
+        header = Header(kind=Kind.OPEN_SESSION, request_id=new_id(), session_id=self.session_id)
+        header = replace(header, body={"max_length": self.max_length})
+        reply = self.client.request(self.route, header, timeout=self.timeout)
+        if reply.header.body.get("opened") is not True:
+            raise SwarmError(f"peer {self.route[-1].address} did not confirm the session")
+        self.is_open = True
+
+    def step(self, tensors: Mapping[str, torch.Tensor], positions: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Run one step (new tokens at `positions`) through the route; the last hop's output tensors."""
+        if not self.is_open:
+            raise SwarmError("the session is not open")
+        header = Header(
+            kind=Kind.STEP,
+            request_id=new_id(),
+            session_id=self.session_id,
+            step=self.step_index,
+            positions=positions,
+        )
+        reply = self.client.request(self.route, header, tensors, timeout=self.timeout)
+        self.step_index += 1
+        return reply.tensors
+
+    def close(self) -> None:
+        """Free the session on every hop; a failure here is not worth failing the whole run for."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        header = Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id)
+        # On failure the peers' idle timeout frees it.
+        with contextlib.suppress(SwarmError):
+            self.client.request(self.route, header, timeout=min(self.timeout or self.client.timeout, 5.0))
+
+    def __enter__(self) -> InferenceSession:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def run_encoder(
+    client: ComputeClient,
+    route: Sequence[Hop],
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    timeout: float | None = None,
+) -> torch.Tensor:
+    """One sessionless pass of a whole sequence through an encoder's route; the last hop's hidden states."""
+    tensors = {"hidden": hidden.contiguous()}
+    if attention_mask is not None:
+        tensors["attention_mask"] = attention_mask.to(torch.int64).contiguous()
+    header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, hidden.shape[1]))
+    reply = client.request(route, header, tensors, timeout=timeout)
+    return expect_hidden(reply.tensors, route[-1].address, hidden.shape[-1])
+
+
+def expect_hidden(tensors: Mapping[str, torch.Tensor], peer: str, hidden_size: int) -> torch.Tensor:
+    """The result's "hidden" tensor, checked for rank and width (it comes from the network)."""
+    try:
+        return expect_tensor(tensors, "hidden", rank=3, last_dim=hidden_size)
+    except WireError as error:
+        raise SwarmError(f"peer {peer} returned a bad result: {error.message}") from error
+
+
+def expect_logits(tensors: Mapping[str, torch.Tensor], peer: str, vocab_size: int | None) -> torch.Tensor:
+    try:
+        return expect_tensor(tensors, "logits", rank=2, last_dim=vocab_size)
+    except WireError as error:
+        raise SwarmError(f"peer {peer} returned a bad result: {error.message}") from error
+
+
+def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float) -> dict[str, PeerInfo | SwarmError]:
+    """Ask every address for its `info` at once; each gets a PeerInfo or the error that explains why not."""
+    replies = client.ask_many(addresses, Kind.INFO, timeout=timeout)
+    infos: dict[str, PeerInfo | SwarmError] = {}
+    for address in addresses:
+        reply = replies[address]
+        if isinstance(reply, Reply):
+            infos[address] = _peer_info(reply, address)
+        else:
+            infos[address] = reply
+    return infos
+
+
+def _peer_info(reply: Reply, address: str) -> PeerInfo | SwarmError:
+    if reply.header.kind is not Kind.INFO:
+        return SwarmError(f"peer {address} answered info with {reply.header.kind.value}")
+    version = reply.header.body.get("version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        return SwarmError(f"peer {address} speaks compute protocol {version!r}, this client {PROTOCOL_VERSION}")
+    try:
+        return PeerInfo.from_info(reply.header.body, address, latency=reply.seconds)
+    except SwarmError as error:
+        return error

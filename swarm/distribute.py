@@ -1,0 +1,633 @@
+"""Distribution: which chunks a node needs (pure selection), and fetching them verified over BitTorrent.
+
+Selection functions take a manifest and return chunks in manifest order, meta first; `fetch_chunks` brings
+exactly those chunk files onto disk through a TorrentNode, checks each against the manifest's SHA-256, and
+leaves the torrent in the node so it goes on seeding them.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import re
+import shutil
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from swarm.catalog import NAME_PATTERN, resolve, torrent_path
+from swarm.config import Settings
+from swarm.errors import SwarmError
+from swarm.manifest import Chunk, Manifest, chunk_problem, load_manifest
+from swarm.progress import RichBars
+from swarm.torrent.create import describe_torrent
+from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
+
+# How often a fetch reports progress lines (--json) at most.
+REPORT_SECONDS = 1.0
+# libtorrent states in which no bytes arrive but work is being done (hashing files already on disk).
+BUSY_STATES = ("checking_files", "checking_resume_data", "allocating")
+
+
+# --- selection (pure) ---------------------------------------------------------------------------------------
+
+
+def _in_manifest_order(manifest: Manifest, ids: Iterable[str]) -> list[Chunk]:
+    wanted = set(ids)
+    return [chunk for chunk in manifest.chunks if chunk.id in wanted]
+
+
+def _with_requirements(manifest: Manifest, ids: Iterable[str]) -> set[str]:
+    """The ids plus everything they require, transitively; a requirement missing from the manifest is an error."""
+    known = {chunk.id: chunk for chunk in manifest.chunks}
+    result: set[str] = set()
+    pending = list(ids)
+    while pending:
+        chunk_id = pending.pop()
+        if chunk_id in result:
+            continue
+        if chunk_id not in known:
+            raise SwarmError(f"manifest {manifest.name} has no chunk {chunk_id!r}")
+        result.add(chunk_id)
+        pending.extend(known[chunk_id].requires)
+    return result
+
+
+def _meta_ids(manifest: Manifest) -> set[str]:
+    return {chunk.id for chunk in manifest.chunks if chunk.kind == "meta"}
+
+
+def chunks_for_blocks(manifest: Manifest, start: int, end: int) -> list[Chunk]:
+    """Meta plus every blocks chunk overlapping [start, end); a model kept whole gives meta plus its full chunk."""
+    full = [chunk.id for chunk in manifest.chunks if chunk.kind == "full"]
+    if start < 0 or end <= start or (manifest.num_blocks and end > manifest.num_blocks):
+        raise SwarmError(f"block range {start}:{end} is not inside {manifest.name}'s blocks 0:{manifest.num_blocks}")
+    if full:
+        return _in_manifest_order(manifest, _with_requirements(manifest, [*_meta_ids(manifest), *full]))
+    if not manifest.num_blocks:
+        raise SwarmError(f"{manifest.name} has no blocks")
+    overlapping = [
+        chunk.id
+        for chunk in manifest.chunks
+        if chunk.kind == "blocks" and chunk.blocks is not None and chunk.blocks[0] < end and start < chunk.blocks[1]
+    ]
+    covered = {
+        index for chunk in _in_manifest_order(manifest, overlapping) if chunk.blocks for index in range(*chunk.blocks)
+    }
+    missing = [index for index in range(start, end) if index not in covered]
+    if missing:
+        raise SwarmError(f"manifest {manifest.name} has no chunk for blocks {missing[0]}..{missing[-1]}")
+    return _in_manifest_order(manifest, _with_requirements(manifest, [*_meta_ids(manifest), *overlapping]))
+
+
+def chunks_for_client(manifest: Manifest) -> list[Chunk]:
+    """What a client runs locally: meta, embeddings and head (and what they require); whole models: full."""
+    ids = [chunk.id for chunk in manifest.chunks if chunk.kind in ("meta", "embed", "head")]
+    if not any(chunk.kind in ("embed", "head") for chunk in manifest.chunks):
+        ids += [chunk.id for chunk in manifest.chunks if chunk.kind == "full"]
+    return _in_manifest_order(manifest, _with_requirements(manifest, ids))
+
+
+def chunks_by_ids(manifest: Manifest, ids: Iterable[str]) -> list[Chunk]:
+    """The named chunks, their requirements and meta; an unknown id is an error."""
+    return _in_manifest_order(manifest, _with_requirements(manifest, [*_meta_ids(manifest), *ids]))
+
+
+def all_chunks(manifest: Manifest) -> list[Chunk]:
+    return list(manifest.chunks)
+
+
+def parse_block_range(text: str) -> tuple[int, int]:
+    """'A:B' → (A, B) for --blocks."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise SwarmError(f"--blocks takes START:END (e.g. 0:4), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_chunk_ids(text: str) -> list[str]:
+    ids = [item.strip() for item in text.split(",") if item.strip()]
+    if not ids:
+        raise SwarmError("--chunks takes a comma-separated list of chunk ids")
+    return ids
+
+
+def select_chunks(manifest: Manifest, blocks: str | None, chunk_ids: str | None) -> list[Chunk]:
+    """What `swarm fetch` fetches: --blocks, --chunks (both: the union), or the whole model."""
+    if blocks is None and chunk_ids is None:
+        return all_chunks(manifest)
+    ids: set[str] = set()
+    if blocks is not None:
+        ids.update(chunk.id for chunk in chunks_for_blocks(manifest, *parse_block_range(blocks)))
+    if chunk_ids is not None:
+        ids.update(chunk.id for chunk in chunks_by_ids(manifest, parse_chunk_ids(chunk_ids)))
+    return _in_manifest_order(manifest, ids)
+
+
+def disk_space_problem(needed_bytes: int, free: int | None) -> str | None:
+    """Why `needed_bytes` will not fit in `free` bytes (None: unknown, let the writes tell), or None."""
+    if free is None or needed_bytes <= free:
+        return None
+    return f"no space left on device: the chunks need {needed_bytes:,} bytes and {free:,} are free"
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free bytes on the file system that holds (or will hold) directory."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+# --- references: names, paths, magnets ----------------------------------------------------------------------
+
+MAGNET_HASH = re.compile(r"^urn:(btih:([0-9a-fA-F]{40}|[A-Za-z2-7]{32})|btmh:1220([0-9a-fA-F]{64}))$")
+
+
+def parse_magnet(uri: str) -> tuple[str | None, str | None]:
+    """(v1 info hash, v2 info hash) of a magnet URI, lower-case hex; raises SwarmError when malformed."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "magnet":
+        raise SwarmError(f"malformed magnet link {uri[:80]!r}: expected magnet:?xt=urn:btih:... or urn:btmh:...")
+    v1 = v2 = None
+    for value in urllib.parse.parse_qs(parsed.query).get("xt", []):
+        match = MAGNET_HASH.match(value)
+        if not match:
+            raise SwarmError(f"malformed magnet link: cannot read the info hash in {value[:80]!r}")
+        if match.group(3):
+            v2 = match.group(3).lower()
+        elif len(match.group(2)) == 40:
+            v1 = match.group(2).lower()
+        else:
+            v1 = base64.b32decode(match.group(2).upper()).hex()
+    if v1 is None and v2 is None:
+        raise SwarmError(f"malformed magnet link {uri[:80]!r}: it has no info hash (xt=urn:btih: or urn:btmh:)")
+    return v1, v2
+
+
+def _catalog_entry_for_hashes(catalog: Path, v1: str | None, v2: str | None) -> Path | None:
+    if not catalog.is_dir():
+        return None
+    for path in sorted(catalog.glob("*.json")):
+        try:
+            manifest = load_manifest(path)
+        except SwarmError:
+            continue
+        torrent = manifest.torrent
+        if (v2 and torrent.info_hash_v2 == v2) or (v1 and torrent.info_hash_v1 == v1):
+            return path
+    return None
+
+
+def _discovery_resolver() -> Callable[..., Any] | None:
+    """The discovery module's resolve_model(reference, node, settings) when this build has it."""
+    try:
+        discovery = importlib.import_module("swarm.discovery")
+    except ImportError:
+        return None
+    resolver = getattr(discovery, "resolve_model", None)
+    return resolver if callable(resolver) else None
+
+
+def resolve_model(reference: str, settings: Settings, node: TorrentNode | None = None) -> tuple[Manifest, bytes]:
+    """A catalog name, manifest path, torrent path or magnet URI → (manifest, torrent bytes).
+
+    The local catalog answers first (also for a magnet whose info hash it holds); otherwise the DHT
+    discovery module resolves the reference when this build has it.
+    """
+    if reference.startswith("magnet:"):
+        v1, v2 = parse_magnet(reference)
+        local = _catalog_entry_for_hashes(settings.catalog, v1, v2)
+        if local is not None:
+            return _local_entry(str(local), settings)
+        resolver = _discovery_resolver()
+        if resolver is None or node is None:
+            raise SwarmError(
+                "magnet resolution needs DHT discovery (swarm.discovery.resolve_model), which this build lacks; "
+                "put the model's NAME.json and NAME.torrent in the catalog, or pass their path"
+            )
+        return _unpack(resolver(reference, node, settings), settings)
+    try:
+        return _local_entry(reference, settings)
+    except SwarmError as local_error:
+        resolver = _discovery_resolver()
+        if resolver is None or node is None or not NAME_PATTERN.match(reference) or not settings.bootstrap:
+            raise local_error from None
+        return _unpack(resolver(reference, node, settings), settings)
+
+
+def _unpack(resolved: Any, settings: Settings) -> tuple[Manifest, bytes]:
+    if not (isinstance(resolved, tuple) and len(resolved) == 2 and isinstance(resolved[0], Manifest)):
+        raise SwarmError("model discovery returned no manifest")
+    manifest, torrent_data = resolved
+    if not torrent_data:
+        path = torrent_path(settings.catalog, manifest.name)
+        if not path.is_file():
+            raise SwarmError(f"found the manifest of {manifest.name} but not its torrent")
+        torrent_data = path.read_bytes()
+    return manifest, bytes(torrent_data)
+
+
+def _local_entry(reference: str, settings: Settings) -> tuple[Manifest, bytes]:
+    manifest, manifest_file = resolve(reference, settings.catalog)
+    candidates = [manifest_file.with_suffix(".torrent"), torrent_path(settings.catalog, manifest.name)]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return manifest, candidate.read_bytes()
+            except OSError as error:
+                raise SwarmError(f"cannot read {candidate}: {error.strerror}") from error
+    raise SwarmError(f"{manifest.name} has a manifest but no torrent ({candidates[0]})")
+
+
+def check_torrent_matches(manifest: Manifest, torrent_data: bytes) -> None:
+    """The torrent must be the one the signed manifest names, with every chunk file where the manifest says."""
+    try:
+        made = describe_torrent(torrent_data)
+    except RuntimeError as error:
+        raise SwarmError(f"the torrent of {manifest.name} is unreadable: {error}") from error
+    expected = manifest.torrent
+    if (expected.info_hash_v2 and made.info_hash_v2 != expected.info_hash_v2) or (
+        expected.info_hash_v1 and made.info_hash_v1 != expected.info_hash_v1
+    ):
+        raise SwarmError(f"the torrent of {manifest.name} is not the one its signed manifest names (info hash differs)")
+    for chunk in manifest.chunks:
+        pieces = made.files.get(chunk.file)
+        if pieces is None or pieces.size != chunk.size or pieces.first_piece != chunk.first_piece:
+            raise SwarmError(f"the torrent of {manifest.name} does not hold chunk {chunk.id} as the manifest says")
+
+
+def check_manifest(manifest: Manifest) -> None:
+    if not manifest.signature_valid():
+        raise SwarmError(f"the manifest of {manifest.name} has an invalid signature: refusing it")
+
+
+# --- progress -------------------------------------------------------------------------------------------------
+
+
+class TransferReporter(Protocol):
+    def started(self, name: str, chunks: Sequence[Chunk], already: Sequence[str]) -> None: ...
+    def update(self, status: TorrentStatus, peers: int) -> None: ...
+    def event(self, event: TorrentEvent) -> None: ...
+    def finished(self, summary: dict[str, Any]) -> None: ...
+
+
+class SilentTransfer:
+    def started(self, name: str, chunks: Sequence[Chunk], already: Sequence[str]) -> None:
+        pass
+
+    def update(self, status: TorrentStatus, peers: int) -> None:
+        pass
+
+    def event(self, event: TorrentEvent) -> None:
+        pass
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+class JsonTransfer:
+    """One JSON object per line on stdout: started, progress (at most once a second), events, done."""
+
+    def __init__(self, emit: Callable[[str], None] | None = None) -> None:
+        self.emit = emit or (lambda line: click.echo(line))
+        self.last_report = 0.0
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.emit(json.dumps(record))
+
+    def started(self, name: str, chunks: Sequence[Chunk], already: Sequence[str]) -> None:
+        self._write(
+            {
+                "event": "fetching",
+                "name": name,
+                "chunks": [chunk.id for chunk in chunks],
+                "bytes": sum(chunk.size for chunk in chunks),
+                "already_verified": list(already),
+            }
+        )
+
+    def update(self, status: TorrentStatus, peers: int) -> None:
+        now = time.monotonic()
+        if now - self.last_report < REPORT_SECONDS:
+            return
+        self.last_report = now
+        self._write(
+            {
+                "event": "progress",
+                "state": status.state,
+                "bytes_done": status.wanted_done,
+                "bytes_wanted": status.wanted_bytes,
+                "download_rate": status.download_rate,
+                "upload_rate": status.upload_rate,
+                "peers": peers,
+            }
+        )
+
+    def event(self, event: TorrentEvent) -> None:
+        if event.kind in ("hash_failed", "peer_banned", "error", "file_completed"):
+            record: dict[str, Any] = {"event": event.kind, "message": event.message}
+            for field_name in ("piece", "file", "peer"):
+                value = getattr(event, field_name)
+                if value is not None:
+                    record[field_name] = value
+            self._write(record)
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        # The caller reports the verified result; nothing more to say here.
+        pass
+
+
+class BarTransfer(RichBars):
+    """A rich bar on stderr: bytes, rate, peers, time left; one line per notable event."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[peers]} peers"),
+            TimeRemainingColumn(),
+        )
+
+    def started(self, name: str, chunks: Sequence[Chunk], already: Sequence[str]) -> None:
+        total = sum(chunk.size for chunk in chunks)
+        self.task = self.bars.add_task(f"fetching {name}", total=total, peers=0)
+        if already:
+            self.bars.console.print(f"{len(already)} of {len(chunks)} chunks already on disk and verified")
+
+    def update(self, status: TorrentStatus, peers: int) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, completed=status.wanted_done, total=max(status.wanted_bytes, 1), peers=peers)
+
+    def event(self, event: TorrentEvent) -> None:
+        if event.kind in ("hash_failed", "peer_banned", "error"):
+            self.bars.console.print(f"{event.kind.replace('_', ' ')}: {event.message}")
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+# --- fetching -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    key: str
+    chunks: tuple[str, ...]
+    already_verified: tuple[str, ...]
+    seconds: float
+    downloaded_bytes: int
+    hash_failures: int
+    # Peer address → payload bytes received from it.
+    sources: dict[str, int]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "chunks": list(self.chunks),
+            "already_verified": list(self.already_verified),
+            "seconds": round(self.seconds, 3),
+            "downloaded_bytes": self.downloaded_bytes,
+            "hash_failures": self.hash_failures,
+            "sources": self.sources,
+        }
+
+
+class ChunkFetch:
+    """A fetch in progress, driven by whoever pumps the node (fetch_chunks below, or the seedbox loop)."""
+
+    def __init__(
+        self,
+        node: TorrentNode,
+        manifest: Manifest,
+        torrent_data: bytes,
+        chunks: Sequence[Chunk],
+        models_dir: Path,
+        *,
+        peers: Iterable[str] = (),
+        resume_dir: Path | None = None,
+    ) -> None:
+        check_manifest(manifest)
+        check_torrent_matches(manifest, torrent_data)
+        self.node = node
+        self.manifest = manifest
+        self.chunks = list(chunks)
+        self.models_dir = models_dir
+        self.started_at = time.monotonic()
+        self.errors: list[TorrentEvent] = []
+        # Verified chunks already on disk are not fetched again: libtorrent finds their pieces when it checks
+        # the files (or from resume data), and they need no second SHA-256 pass at the end.
+        self.already = [chunk.id for chunk in self.chunks if chunk_problem(manifest, chunk, models_dir) is None]
+        needed = sum(chunk.size for chunk in self.chunks if chunk.id not in self.already)
+        problem = disk_space_problem(needed, free_bytes(models_dir))
+        if problem:
+            raise SwarmError(f"cannot fetch {manifest.name} into {models_dir}: {problem}")
+        self.key = node.fetch(
+            torrent_data,
+            models_dir,
+            [chunk.file for chunk in self.chunks],
+            peers=peers,
+            resume_dir=resume_dir if resume_dir is not None else models_dir.parent / "resume",
+        )
+        self.verified: dict[str, str | None] = {chunk_id: None for chunk_id in self.already}
+        # Alerts are only dispatched by pump(), so no event of this torrent can have been missed.
+        node.add_event_listener(self._on_event)
+
+    def _on_event(self, event: TorrentEvent) -> None:
+        if event.key == self.key and event.kind == "error":
+            self.errors.append(event)
+
+    def close(self) -> None:
+        if self._on_event in self.node.event_listeners:
+            self.node.remove_event_listener(self._on_event)
+
+    def pending(self) -> list[Chunk]:
+        """Chunks not yet downloaded and hash-checked by libtorrent."""
+        finished = self.node.finished_files(self.key)
+        return [chunk for chunk in self.chunks if chunk.id not in self.verified and chunk.file not in finished]
+
+    def failure(self) -> str | None:
+        """A reason the fetch cannot go on (disk full, write error), or None."""
+        status = self.node.status_of(self.key)
+        if self.errors:
+            event = self.errors[-1]
+            return f"cannot write {self.manifest.name}'s chunks in {self.models_dir}: {event.message}"
+        if status.error:
+            return f"cannot fetch {self.manifest.name}: {status.error}"
+        return None
+
+    def verify(self) -> dict[str, str]:
+        """SHA-256 of every chunk not verified yet; returns {chunk id: problem} for those that fail."""
+        self.node.flush(self.key)
+        problems = {}
+        for chunk in self.chunks:
+            if chunk.id in self.verified:
+                continue
+            problem = chunk_problem(self.manifest, chunk, self.models_dir)
+            if problem is None:
+                self.verified[chunk.id] = None
+            else:
+                problems[chunk.id] = problem
+        return problems
+
+    def result(self) -> FetchResult:
+        status = self.node.status_of(self.key)
+        return FetchResult(
+            key=self.key,
+            chunks=tuple(chunk.id for chunk in self.chunks),
+            already_verified=tuple(self.already),
+            seconds=time.monotonic() - self.started_at,
+            downloaded_bytes=status.session_download,
+            hash_failures=self.node.hash_failures(self.key),
+            sources={peer.address: peer.downloaded for peer in self.node.peer_transfers(self.key) if peer.downloaded},
+        )
+
+
+def fetch_chunks(
+    node: TorrentNode,
+    manifest: Manifest,
+    torrent_data: bytes,
+    chunk_ids: Iterable[str],
+    models_dir: Path,
+    *,
+    peers: Iterable[str] = (),
+    timeout: float,
+    progress: TransferReporter | None = None,
+    resume_dir: Path | None = None,
+    stop: threading.Event | None = None,
+) -> FetchResult:
+    """Fetch exactly the chunks `chunk_ids` (plus meta) into models_dir and verify each against the manifest.
+
+    `timeout` is how long the fetch may go without any progress (no byte arriving, no file being checked)
+    before it gives up with an error naming the chunks still missing and how many peers were seen. The
+    torrent stays in the node afterwards, seeding what was fetched.
+    """
+    reporter = progress or SilentTransfer()
+    chunks = chunks_by_ids(manifest, chunk_ids)
+    fetch = ChunkFetch(node, manifest, torrent_data, chunks, models_dir, peers=peers, resume_dir=resume_dir)
+    node.add_event_listener(reporter.event)
+    try:
+        reporter.started(manifest.name, chunks, fetch.already)
+        last_progress = time.monotonic()
+        last_done = -1
+        while True:
+            node.pump(0.2)
+            if stop is not None and stop.is_set():
+                raise SwarmError(f"fetching {manifest.name} was interrupted")
+            status = node.status_of(fetch.key)
+            peers_seen = len(node.peer_transfers(fetch.key))
+            reporter.update(status, status.peers)
+            failure = fetch.failure()
+            if failure:
+                raise SwarmError(failure)
+            if not fetch.pending():
+                break
+            now = time.monotonic()
+            if status.wanted_done != last_done or status.state in BUSY_STATES:
+                last_done = status.wanted_done
+                last_progress = now
+            elif now - last_progress > timeout:
+                missing = ", ".join(chunk.id for chunk in fetch.pending())
+                raise SwarmError(
+                    f"fetching {manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
+                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen"
+                )
+        problems = fetch.verify()
+        # A write error (disk full) can surface only now, after libtorrent hash-checked the bytes in memory.
+        failure = fetch.failure()
+        if failure:
+            raise SwarmError(failure)
+        if problems:
+            listing = ", ".join(f"{chunk_id} ({problem})" for chunk_id, problem in problems.items())
+            raise SwarmError(f"chunks of {manifest.name} failed verification after download: {listing}")
+        result = fetch.result()
+        reporter.finished(result.summary())
+        return result
+    finally:
+        node.remove_event_listener(reporter.event)
+        fetch.close()
+
+
+# --- the fetch command --------------------------------------------------------------------------------------
+
+
+def open_node(settings: Settings) -> TorrentNode:
+    """A TorrentNode with the settings' listen address, bootstrap nodes, rate limits and resume directory."""
+    return TorrentNode(
+        settings.torrent_listen,
+        settings.bootstrap,
+        resume_dir=settings.resume_dir,
+        resume_interval=settings.resume_interval,
+        upload_limit=settings.upload_limit,
+        download_limit=settings.download_limit,
+        limit_local_peers=settings.limit_local_peers,
+    )
+
+
+def run_fetch(
+    reference: str,
+    settings: Settings,
+    *,
+    blocks: str | None,
+    chunk_ids: str | None,
+    peers: Sequence[str],
+    keep_seeding: bool,
+    stop: threading.Event,
+    reporter: TransferReporter,
+    emit: Callable[[dict[str, Any]], None],
+) -> FetchResult:
+    """`swarm fetch`: resolve the model, fetch and verify the selected chunks, optionally seed until stopped."""
+    for peer in peers:
+        _check_address(peer, "--peer")
+    node = open_node(settings)
+    try:
+        manifest, torrent_data = resolve_model(reference, settings, node)
+        check_manifest(manifest)
+        selected = select_chunks(manifest, blocks, chunk_ids)
+        result = fetch_chunks(
+            node,
+            manifest,
+            torrent_data,
+            [chunk.id for chunk in selected],
+            settings.models_dir(),
+            peers=peers,
+            timeout=settings.network_timeout,
+            progress=reporter,
+            resume_dir=settings.resume_dir,
+            stop=stop,
+        )
+        emit({"event": "verified", "name": manifest.name, **result.summary()})
+        if keep_seeding:
+            emit({"event": "seeding", "name": manifest.name, "port": node.listen_port})
+            while not stop.is_set():
+                node.pump(0.5)
+        return result
+    finally:
+        node.close()
+
+
+def _check_address(text: str, option: str) -> None:
+    from swarm.config import parse_host_port
+
+    try:
+        parse_host_port(text)
+    except ValueError as error:
+        raise SwarmError(f"{option}: {error}") from error

@@ -1,0 +1,299 @@
+"""`swarm join`: decide what to host, fetch and verify those chunks, load them, serve, keep seeding.
+
+Threads: the main thread runs the compute loop (PeerServer.serve); one background thread owns the
+TorrentNode (libtorrent is not thread-safe here): it pumps alerts, re-announces the peer in the DHT and
+saves resume data. The node is handed to that thread only after the fetch, so it is never shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from swarm import transport, wire
+from swarm.config import Settings, parse_host_port
+from swarm.discovery import announce_compute_peer, find_compute_peers
+from swarm.distribute import check_manifest, chunks_for_blocks, fetch_chunks, open_node, resolve_model
+from swarm.errors import SwarmError
+from swarm.manifest import Chunk, Manifest
+from swarm.peer.admission import AdmissionLimits
+from swarm.peer.replica import ReplicaRunner
+from swarm.peer.runner import SpanRunner, check_device, resolve_dtype
+from swarm.peer.selection import HostingPlan, coverage_from_spans, plan_hosting
+from swarm.peer.server import PeerIdentity, PeerServer
+from swarm.torrent.session import TorrentNode
+
+log = logging.getLogger("swarm.peer")
+
+Emit = Callable[[dict[str, Any]], None]
+# Seconds to wait for `info` answers from the peers already serving, when choosing a span.
+_INFO_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    model: str
+    blocks: tuple[int, int] | None = None
+    memory_bytes: int | None = None
+    peers: tuple[str, ...] = ()
+    device: str = "cpu"
+    dtype: str = "auto"
+    advertise_host: str | None = None
+
+
+def check_addresses(options: JoinOptions, settings: Settings) -> None:
+    """Every HOST:PORT given, checked before anything starts, so a typo is one clear line."""
+    named = [("--peer", peer) for peer in options.peers]
+    named += [("--bootstrap", node) for node in settings.bootstrap]
+    named += [("--torrent-listen", settings.torrent_listen), ("--listen", settings.compute_listen)]
+    for option, text in named:
+        try:
+            parse_host_port(text.removeprefix("tcp://"))
+        except ValueError as error:
+            raise SwarmError(f"{option}: {error}") from None
+
+
+def memory_budget(options: JoinOptions, settings: Settings) -> int:
+    if options.memory_bytes is not None:
+        return options.memory_bytes
+    return int(psutil.virtual_memory().available * settings.memory_fraction)
+
+
+def bytes_per_block(manifest: Manifest, compute_itemsize: int) -> int:
+    """Largest weight bytes per block over the block chunks, scaled to the compute dtype."""
+    per_block = [
+        chunk.size / (chunk.blocks[1] - chunk.blocks[0])
+        for chunk in manifest.chunks
+        if chunk.kind == "blocks" and chunk.blocks is not None
+    ]
+    if not per_block:
+        return 1
+    stored_itemsize = wire.DTYPES[manifest.dtype].itemsize if manifest.dtype in wire.DTYPES else 4
+    return max(1, int(max(per_block) * compute_itemsize / stored_itemsize))
+
+
+def chunks_to_fetch(manifest: Manifest, plan: HostingPlan) -> list[Chunk]:
+    """Meta plus the full chunk (replica) or every blocks chunk overlapping the span, with what they require."""
+    return chunks_for_blocks(manifest, plan.start, plan.end)
+
+
+def query_infos(addresses: Sequence[str], timeout: float) -> list[dict[str, Any]]:
+    """`info` bodies of the peers at `addresses` that answer within `timeout` seconds (others are skipped)."""
+    answers: list[dict[str, Any]] = []
+    with transport.Context() as context:
+        pending: list[Any] = []
+        for address in addresses:
+            try:
+                dealer = context.connect_dealer(address)
+                request = wire.Header(kind=wire.Kind.INFO, request_id=uuid.uuid4().hex[:16])
+                transport.send_frames(dealer, wire.encode(request))
+            except (transport.TransportError, wire.WireError) as error:
+                log.info("peer %s: %s", address, error)
+                continue
+            pending.append(dealer)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for dealer in transport.poll(pending, deadline - time.monotonic()):
+                pending.remove(dealer)
+                received = transport.recv_frames(dealer, 0)
+                try:
+                    header, _ = wire.decode(received[1]) if received is not None else (None, None)
+                except wire.WireError:
+                    continue
+                if header is not None and header.kind is wire.Kind.INFO:
+                    answers.append(header.body)
+    return answers
+
+
+def swarm_coverage(manifest: Manifest, node: TorrentNode, settings: Settings) -> list[int]:
+    """Per-block count of the compute peers already serving `manifest`, found in the DHT and asked for `info`.
+
+    Zeros without bootstrap nodes or when the lookup fails: the joiner then picks as if alone.
+    """
+    coverage = [0] * manifest.num_blocks
+    if not settings.bootstrap:
+        return coverage
+    try:
+        # A first peer finds nobody and waits the whole discovery timeout.
+        found = find_compute_peers(node, manifest, timeout=settings.discovery_timeout)
+    except SwarmError as error:
+        log.warning("cannot look up compute peers: %s", error)
+        return coverage
+    addresses = [wire.format_address(host, port) for host, port in found]
+    spans: list[tuple[int, int]] = []
+    for info in query_infos(addresses, _INFO_TIMEOUT):
+        blocks = info.get("blocks")
+        if info.get("model") != manifest.name or not isinstance(blocks, list) or len(blocks) != 2:
+            continue
+        if all(isinstance(value, int) and not isinstance(value, bool) for value in blocks):
+            spans.append((blocks[0], blocks[1]))
+    return coverage_from_spans(manifest.num_blocks, spans)
+
+
+def fetch_verified(
+    manifest: Manifest,
+    torrent_data: bytes,
+    chunks: list[Chunk],
+    node: TorrentNode,
+    options: JoinOptions,
+    settings: Settings,
+    stop: threading.Event,
+) -> None:
+    """Bring `chunks` onto disk over BitTorrent (chunks already there and verified are kept), check every
+    SHA-256, and leave the torrent in the node so it goes on seeding them."""
+    fetch_chunks(
+        node,
+        manifest,
+        torrent_data,
+        [chunk.id for chunk in chunks],
+        settings.models_dir(),
+        peers=options.peers,
+        timeout=settings.network_timeout,
+        resume_dir=settings.resume_dir,
+        stop=stop,
+    )
+
+
+class TorrentKeeper(threading.Thread):
+    """Owns the TorrentNode after the fetch: pumps alerts (the node saves resume data from there), re-announces
+    this peer in the DHT, and closes the node at the end."""
+
+    def __init__(self, node: TorrentNode, manifest: Manifest, compute_port: int, settings: Settings) -> None:
+        super().__init__(name="torrent", daemon=True)
+        self.node = node
+        self.manifest = manifest
+        self.compute_port = compute_port
+        self.settings = settings
+        self.stop_event = threading.Event()
+
+    def _announce(self) -> None:
+        if not self.settings.bootstrap:
+            return
+        try:
+            announce_compute_peer(self.node, self.manifest, self.compute_port)
+        except SwarmError as error:
+            log.warning("DHT announce failed: %s", error)
+
+    def run(self) -> None:
+        next_announce = 0.0
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if now >= next_announce:
+                    self._announce()
+                    next_announce = now + self.settings.announce_interval
+                # The node saves resume data periodically from its pump, and once more on close.
+                self.node.pump(wait_seconds=0.25)
+        except Exception:  # seeding trouble must not take the compute server down
+            log.exception("torrent thread failed")
+        finally:
+            try:
+                self.node.close()
+            except Exception:
+                log.exception("closing the torrent session failed")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=15)
+
+
+def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: Emit) -> None:
+    """Everything `swarm join` does, until `stop` is set."""
+    device = check_device(options.device)
+    check_addresses(options, settings)
+    node = open_node(settings)
+    try:
+        manifest, torrent_data = resolve_model(options.model, settings, node)
+        check_manifest(manifest)
+        dtype = resolve_dtype(options.dtype, manifest.dtype, device)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        coverage = [0] * manifest.num_blocks
+        if options.blocks is None and manifest.num_blocks:
+            coverage = swarm_coverage(manifest, node, settings)
+        plan = plan_hosting(
+            num_blocks=manifest.num_blocks,
+            bytes_per_block=bytes_per_block(manifest, itemsize),
+            full_bytes=sum(chunk.size for chunk in manifest.chunks if chunk.kind == "full"),
+            budget_bytes=memory_budget(options, settings),
+            coverage=coverage,
+            requested=options.blocks,
+        )
+        chunks = chunks_to_fetch(manifest, plan)
+        emit(
+            {
+                "event": "fetching",
+                "model": manifest.name,
+                "blocks": [plan.start, plan.end],
+                "replica": plan.replica,
+                "chunks": [chunk.id for chunk in chunks],
+            }
+        )
+        fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
+        runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
+        throughput = runner.benchmark()
+        limits = AdmissionLimits(
+            max_sessions=settings.max_sessions,
+            max_session_tokens=settings.max_session_tokens,
+            max_total_tokens=settings.max_cached_tokens,
+            max_batch=settings.max_batch,
+        )
+        server = PeerServer(
+            runner,
+            PeerIdentity(
+                model=manifest.name,
+                info_hash=manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1 or "",
+                family=manifest.family,
+                dtype=str(dtype).removeprefix("torch."),
+            ),
+            settings.compute_listen,
+            limits,
+            settings.session_idle_timeout,
+            advertise_host=options.advertise_host,
+            throughput=round(throughput, 3),
+            connect_timeout=settings.forward_connect_timeout,
+        )
+    except BaseException:
+        node.close()
+        raise
+    torrent_port = node.listen_port
+    # From here on only the keeper's thread touches the node.
+    keeper = TorrentKeeper(node, manifest, int(server.address.rpartition(":")[2]), settings)
+    keeper.start()
+    try:
+        emit(
+            {
+                "event": "serving",
+                "address": server.address,
+                "model": manifest.name,
+                "blocks": [runner.start, runner.end],
+                "replica": runner.replica,
+                "dtype": server.identity.dtype,
+                "throughput": server.throughput,
+                "torrent_port": torrent_port,
+            }
+        )
+        server.serve(stop)
+    finally:
+        server.close()
+        keeper.stop()
+    emit({"event": "stopped", "address": server.address})
+
+
+def _load(
+    manifest: Manifest, plan: HostingPlan, chunks: list[Chunk], models_dir: Path, device: str, dtype: torch.dtype
+) -> SpanRunner | ReplicaRunner:
+    if plan.replica:
+        meta = next(chunk for chunk in chunks if chunk.kind == "meta")
+        full = next(chunk for chunk in chunks if chunk.kind == "full")
+        return ReplicaRunner(manifest, models_dir / meta.file, models_dir / full.file, device, dtype)
+    paths = [models_dir / chunk.file for chunk in chunks if chunk.kind == "blocks"]
+    return SpanRunner(manifest, plan.start, plan.end, paths, device, dtype)

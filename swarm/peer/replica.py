@@ -1,0 +1,91 @@
+"""A whole-model replica for architectures without a block adapter (their manifest has one `full` chunk).
+
+Such a peer is the entire route: a step carries token ids and returns the next-token logits.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+from transformers.utils import logging as transformers_logging
+
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest
+from swarm.model.chunker import extract_meta_archive
+
+_BENCHMARK_PROMPT_TOKENS = 4
+_BENCHMARK_STEPS = 3
+
+
+class ReplicaRunner:
+    """The whole model, loaded with transformers from the meta chunk (config) and the full chunk (weights)."""
+
+    replica = True
+    causal = True
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        meta_path: Path,
+        full_path: Path,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.start, self.end = 0, max(1, manifest.num_blocks)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        transformers_logging.disable_progress_bar()
+        # from_pretrained wants a model directory: the meta files plus the weights under their usual name.
+        with tempfile.TemporaryDirectory(prefix="swarm-replica-") as folder:
+            directory = Path(folder)
+            extract_meta_archive(meta_path, directory)
+            os.symlink(full_path.resolve(), directory / "model.safetensors")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map={"": str(device)})
+            except (OSError, ValueError, KeyError) as error:
+                raise SwarmError(f"cannot load {manifest.name} as a causal language model: {error}") from error
+        self.model = model.eval()
+        self.config = self.model.config
+        self.hidden_size = int(getattr(self.config, "hidden_size", 0) or 0)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+
+    def covers(self, blocks: tuple[int, int]) -> bool:
+        # A replica runs everything whatever range the route names.
+        return True
+
+    def new_cache(self) -> Any:
+        return DynamicCache(config=self.config)
+
+    @torch.no_grad()
+    def run_tokens(self, input_ids: torch.Tensor, cache: Any, positions: tuple[int, int]) -> torch.Tensor:
+        """Next-token logits (float32, [batch, vocab]) after `input_ids` at `positions`, appended to `cache`."""
+        input_ids = input_ids.to(self.device)
+        position_ids = torch.arange(positions[0], positions[1], device=self.device).unsqueeze(0)
+        position_ids = position_ids.expand(input_ids.shape[0], -1)
+        output = self.model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1, :].float()
+
+    def cached_length(self, cache: Any) -> int:
+        return int(cache.get_seq_length()) if cache is not None else 0
+
+    def benchmark(self) -> float:
+        cache = self.new_cache()
+        self.run_tokens(
+            torch.zeros(1, _BENCHMARK_PROMPT_TOKENS, dtype=torch.long), cache, (0, _BENCHMARK_PROMPT_TOKENS)
+        )
+        started = time.perf_counter()
+        for step in range(_BENCHMARK_STEPS):
+            position = _BENCHMARK_PROMPT_TOKENS + step
+            self.run_tokens(torch.zeros(1, 1, dtype=torch.long), cache, (position, position + 1))
+        return _BENCHMARK_STEPS / max(time.perf_counter() - started, 1e-9)

@@ -1,0 +1,132 @@
+"""Span execution for a compute peer: load the hosted blocks from verified chunk files and run them.
+
+A peer hosts blocks [start, end) of a model; a request may ask for any sub-range of them (the client
+splits work between peers as it likes), so the runner keeps one view of the loaded span per sub-range.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest
+from swarm.model.span import Span, load_tensors, make_positions
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Tokens of the startup benchmark: a short prompt, then single-token steps as in generation.
+_BENCHMARK_PROMPT_TOKENS = 4
+_BENCHMARK_STEPS = 3
+
+
+def resolve_dtype(requested: str, manifest_dtype: str, device: str) -> torch.dtype:
+    """The compute dtype: `auto` keeps the checkpoint's float dtype, except half precision on a CPU."""
+    if requested not in DTYPE_CHOICES:
+        raise SwarmError(f"unknown dtype {requested!r}; choose from {', '.join(DTYPE_CHOICES)}")
+    if requested != "auto":
+        return _TORCH_DTYPES[requested]
+    # float16 matmuls on CPU are slow and partly unsupported; bfloat16 is fine there.
+    if manifest_dtype == "float16" and device == "cpu":
+        return torch.float32
+    return _TORCH_DTYPES.get(manifest_dtype, torch.float32)
+
+
+def check_device(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise SwarmError(f"unknown device {device!r}; choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SwarmError("--device cuda was asked for, but torch sees no CUDA device on this machine")
+    return device
+
+
+class SpanRunner:
+    """Blocks [start, end) of a block-chunked model (hidden states in, hidden states out)."""
+
+    replica = False
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        start: int,
+        end: int,
+        chunk_paths: Sequence[Path],
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if manifest.family is None:
+            raise SwarmError(f"{manifest.name} has no block adapter; it can only be served as a full replica")
+        self.start, self.end = start, end
+        # A peer's stderr is its log; a weight-loading progress bar there is noise.
+        transformers_logging.disable_progress_bar()
+        self.span = Span(
+            manifest.config,
+            manifest.family,
+            start,
+            end,
+            has_embed=False,
+            has_head=False,
+            tensors=load_tensors(chunk_paths),
+            device=device,
+            dtype=dtype,
+        )
+        self.dtype = self.span.dtype
+        self.causal = self.span.layout.causal
+        self.hidden_size = int(self.span.config.hidden_size)
+        self.vocab_size = int(getattr(self.span.config, "vocab_size", 0) or 0)
+        self._views: dict[tuple[int, int], Span] = {(start, end): self.span}
+
+    def covers(self, blocks: tuple[int, int]) -> bool:
+        return self.start <= blocks[0] < blocks[1] <= self.end
+
+    def _view(self, blocks: tuple[int, int]) -> Span:
+        """The loaded span restricted to a sub-range: same modules, narrower loop."""
+        view = self._views.get(blocks)
+        if view is None:
+            view = copy.copy(self.span)
+            offset = blocks[0] - self.start
+            view.start, view.end = blocks
+            # Span keeps the attention type of each of its blocks; the view takes its own slice.
+            view._layer_types = self.span._layer_types[offset : offset + blocks[1] - blocks[0]]
+            self._views[blocks] = view
+        return view
+
+    def new_cache(self) -> Any:
+        return self.span.new_session_cache()
+
+    def run(
+        self,
+        blocks: tuple[int, int],
+        hidden: torch.Tensor,
+        cache: Any,
+        positions: tuple[int, int] | None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run `blocks` over `hidden` (new tokens at `positions` for causal models, appended to `cache`)."""
+        view = self._view(blocks)
+        position_ids = None
+        if positions is not None:
+            position_ids = make_positions(positions[0], positions[1] - positions[0], self.span.device)
+        return view.forward(hidden, session_cache=cache, positions=position_ids, attention_mask=attention_mask)
+
+    def benchmark(self) -> float:
+        """Tokens per second of the whole span: a short prompt, then a few single-token steps."""
+        cache = self.new_cache()
+        prompt = torch.randn(1, _BENCHMARK_PROMPT_TOKENS, self.hidden_size, dtype=self.dtype)
+        blocks = (self.start, self.end)
+        if not self.causal:
+            started = time.perf_counter()
+            self.run(blocks, prompt, None, None)
+            return _BENCHMARK_PROMPT_TOKENS / max(time.perf_counter() - started, 1e-9)
+        self.run(blocks, prompt, cache, (0, _BENCHMARK_PROMPT_TOKENS))
+        started = time.perf_counter()
+        for step in range(_BENCHMARK_STEPS):
+            position = _BENCHMARK_PROMPT_TOKENS + step
+            self.run(blocks, torch.randn(1, 1, self.hidden_size, dtype=self.dtype), cache, (position, position + 1))
+        return _BENCHMARK_STEPS / max(time.perf_counter() - started, 1e-9)

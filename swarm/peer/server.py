@@ -1,0 +1,424 @@
+"""The compute peer's ROUTER loop: validate, run the hosted span, forward to the next hop or reply.
+
+Protocol (compute protocol v1, see swarm/wire.py for the framing):
+- `hello`/`info` → `info`; `ping` → `pong`: answered on the same connection.
+- `open_session`, `step`, `close_session` are routed: `route[0]` is this peer. It runs its blocks, pops
+  the hop and forwards to the next hop through a cached DEALER; the last hop sends `result` to `reply_to`.
+- A failure becomes an `error` (body: code, message, peer) sent to `reply_to` when the message had one,
+  else back to the sender. Nothing a client sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from swarm import transport, wire
+from swarm.peer.admission import AdmissionLimits, admit_batch, free_sessions
+from swarm.peer.replica import ReplicaRunner
+from swarm.peer.runner import SpanRunner
+from swarm.peer.sessions import Session, SessionTable
+from swarm.wire import ErrorCode, Header, Kind, WireError
+
+log = logging.getLogger("swarm.peer")
+
+INFO_VERSION = 1
+# Error codes of the compute protocol beyond swarm.wire.ErrorCode.
+UNKNOWN_SESSION = "unknown_session"
+BAD_STEP = "bad_step"
+BUSY = "busy"
+WRONG_BLOCKS = "wrong_blocks"
+INTERNAL = "internal"
+SHUTTING_DOWN = "shutting_down"
+UNREACHABLE = "unreachable"
+
+_ROUTED_KINDS = frozenset({Kind.OPEN_SESSION, Kind.STEP, Kind.CLOSE_SESSION})
+_FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# How long one loop iteration waits for a message before housekeeping (session expiry, the tick callback).
+_POLL_SECONDS = 0.2
+
+Runner = SpanRunner | ReplicaRunner
+
+
+class PeerError(Exception):
+    """A request this peer refuses; becomes an `error` reply with `code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """What `info` says about the model this peer serves."""
+
+    model: str
+    info_hash: str
+    family: str | None
+    dtype: str
+
+
+class PeerServer:
+    """Serves one runner on a ROUTER socket until `stop` is set."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        identity: PeerIdentity,
+        listen: str,
+        limits: AdmissionLimits,
+        idle_timeout: float,
+        *,
+        advertise_host: str | None = None,
+        throughput: float = 0.0,
+        connect_timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.identity = identity
+        self.limits = limits
+        self.throughput = throughput
+        self.context = transport.Context()
+        self.router, self.bound_address = self.context.bind_router(listen)
+        self.address = _public_address(self.bound_address, advertise_host)
+        # Our DEALERs name themselves after this peer, so receivers can tell who sent what.
+        self.dealers = transport.DealerPool(self.context, identity_prefix=self.address, connect_timeout=connect_timeout)
+        self.sessions = SessionTable(limits, idle_timeout, clock)
+        self.handled = 0
+        self._closed = False
+
+    # ----- loop -----
+
+    def serve(self, stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
+        """Handle messages until `stop` is set; `tick` runs between messages (at least every 0.2 s)."""
+        while not stop.is_set():
+            received = transport.recv_frames(self.router, _POLL_SECONDS)
+            if received is not None:
+                sender, frames = received
+                self.handle(sender, frames)
+            self._drain_dealers()
+            for session in self.sessions.expire():
+                log.info("session %s expired after %.0f s idle", session.session_id, self.sessions.idle_timeout)
+            if tick is not None:
+                tick()
+
+    def _drain_dealers(self) -> None:
+        # Nothing is expected back on our outward DEALERs (peers answer to reply_to), but a misbehaving
+        # peer could send: read and drop, so its messages do not pile up.
+        for sock in self.dealers.sockets().values():
+            while transport.recv_frames(sock, 0) is not None:
+                pass
+
+    def handle(self, sender: bytes | None, frames: list[Any]) -> None:
+        """Handle one message; every failure becomes an error reply."""
+        self.handled += 1
+        header: Header | None = None
+        try:
+            header, tensors = wire.decode(frames)
+            self._dispatch(sender, header, tensors)
+        except WireError as error:
+            self._send_error(header, sender, error.code, error.message)
+        except PeerError as error:
+            self._send_error(header, sender, error.code, error.message)
+        except Exception as error:  # the loop must outlive any bug a message can trigger
+            log.exception("internal error handling a message")
+            if header is not None and header.session_id is not None and header.kind is Kind.STEP:
+                # The cache may be half updated: the session cannot continue.
+                self.sessions.close(header.session_id)
+            self._send_error(header, sender, INTERNAL, f"{type(error).__name__}: {error}")
+
+    def _dispatch(self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor]) -> None:
+        if header.kind in (Kind.HELLO, Kind.INFO):
+            reply = Header(kind=Kind.INFO, request_id=header.request_id, body=self.info_body())
+            self._send_direct(sender, wire.encode(reply))
+        elif header.kind is Kind.PING:
+            self._send_direct(sender, wire.encode(Header(kind=Kind.PONG, request_id=header.request_id)))
+        elif header.kind in _ROUTED_KINDS:
+            self._routed(sender, header, tensors)
+        else:
+            raise PeerError(ErrorCode.BAD_KIND, f"a peer does not accept {header.kind.value!r} messages")
+
+    # ----- routed messages -----
+
+    def _routed(self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor]) -> None:
+        if not header.route:
+            raise PeerError(ErrorCode.BAD_ROUTE, f"{header.kind.value} needs a route whose first hop is this peer")
+        if len(header.route) > 1 and header.reply_to is None:
+            raise PeerError(ErrorCode.BAD_ROUTE, "a route of several hops needs reply_to")
+        hop = header.route[0]
+        if not self.runner.covers(hop.blocks):
+            raise PeerError(
+                WRONG_BLOCKS,
+                f"route[0] asks for blocks [{hop.blocks[0]}, {hop.blocks[1]}), this peer hosts "
+                f"[{self.runner.start}, {self.runner.end})",
+            )
+        if self.runner.replica and len(header.route) > 1 and header.kind is Kind.STEP:
+            raise PeerError(ErrorCode.BAD_ROUTE, "a full replica returns logits: it must be the last hop")
+        outputs: dict[str, torch.Tensor] = {}
+        body: dict[str, Any] = {}
+        if header.kind is Kind.OPEN_SESSION:
+            self._open(header, hop.blocks)
+            body = {"opened": True}
+        elif header.kind is Kind.CLOSE_SESSION:
+            if header.session_id is None:
+                raise PeerError(ErrorCode.BAD_HEADER, "close_session needs a session_id")
+            self.sessions.close(header.session_id)
+            body = {"closed": True}
+        else:
+            outputs = self._step(header, hop.blocks, tensors)
+        remaining = header.route[1:]
+        if remaining:
+            forwarded = replace(header, route=remaining, tensors=())
+            self._send_to(remaining[0].address, wire.encode(forwarded, outputs), header, sender)
+            return
+        result = Header(
+            kind=Kind.RESULT,
+            request_id=header.request_id,
+            session_id=header.session_id,
+            step=header.step,
+            positions=header.positions,
+            body=body,
+        )
+        frames = wire.encode(result, outputs)
+        if header.reply_to is None:
+            self._send_direct(sender, frames)
+        else:
+            self._send_to(header.reply_to, frames, header, sender)
+
+    def _open(self, header: Header, blocks: tuple[int, int]) -> None:
+        if header.session_id is None:
+            raise PeerError(ErrorCode.BAD_HEADER, "open_session needs a session_id")
+        max_length = header.body.get("max_length")
+        if not isinstance(max_length, int) or isinstance(max_length, bool):
+            raise PeerError(ErrorCode.BAD_HEADER, "open_session body needs an integer max_length")
+        if not self.runner.causal:
+            raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: it keeps no sessions, send steps alone")
+        session, admission = self.sessions.open(header.session_id, blocks, max_length, self.runner.new_cache)
+        if session is None:
+            raise PeerError(admission.code, admission.reason)
+        session.reply_to = header.reply_to
+        session.request_id = header.request_id
+
+    def _step(
+        self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        if not self.runner.causal:
+            return self._encoder_step(header, blocks, tensors)
+        session = self._session_for_step(header, blocks)
+        if header.positions is None:
+            raise PeerError(ErrorCode.BAD_HEADER, "a step needs the positions [start, end) of its new tokens")
+        start, end = header.positions
+        cached = session.cached_tokens if session is not None else 0
+        if start != cached:
+            raise PeerError(BAD_STEP, f"positions start at {start}, but this peer's cache holds {cached} tokens")
+        max_length = session.max_length if session is not None else self.limits.max_session_tokens
+        if end > max_length:
+            raise PeerError(ErrorCode.TOO_LARGE, f"positions end at {end}, past the session's max_length {max_length}")
+        if self.runner.replica:
+            inputs = _checked_tensor(tensors, "input_ids", {torch.int64}, rank=2)
+            if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= self.runner.vocab_size):
+                raise PeerError(ErrorCode.BAD_TENSOR, f"input_ids must lie in [0, {self.runner.vocab_size})")
+        else:
+            inputs = _checked_tensor(tensors, "hidden", _FLOAT_DTYPES, rank=3, last_dim=self.runner.hidden_size)
+        batch, new_tokens = int(inputs.shape[0]), int(inputs.shape[1])
+        self._check_batch(batch, session)
+        if new_tokens != end - start:
+            raise PeerError(
+                ErrorCode.BAD_TENSOR, f"{new_tokens} new tokens, but positions [{start}, {end}) span {end - start}"
+            )
+        cache = session.cache if session is not None else self.runner.new_cache()
+        if isinstance(self.runner, ReplicaRunner):
+            output = {"logits": self.runner.run_tokens(inputs, cache, (start, end))}
+        else:
+            output = {"hidden": self.runner.run(blocks, inputs, cache, (start, end))}
+        if session is not None:
+            session.cached_tokens = end
+            session.next_step += 1
+            session.batch = batch
+        return output
+
+    def _session_for_step(self, header: Header, blocks: tuple[int, int]) -> Session | None:
+        """The step's session, checked; None for a stateless request (a whole sequence from position 0)."""
+        if header.session_id is None:
+            return None
+        session = self.sessions.get(header.session_id)
+        if session is None:
+            raise PeerError(UNKNOWN_SESSION, f"no open session {header.session_id!r} (never opened, closed or expired)")
+        if session.blocks != blocks:
+            raise PeerError(
+                WRONG_BLOCKS,
+                f"session {header.session_id!r} runs blocks [{session.blocks[0]}, {session.blocks[1]}) here, "
+                f"the step asks for [{blocks[0]}, {blocks[1]})",
+            )
+        if header.step != session.next_step:
+            raise PeerError(
+                BAD_STEP, f"expected step {session.next_step} of session {header.session_id!r}, got {header.step}"
+            )
+        session.reply_to = header.reply_to or session.reply_to
+        session.request_id = header.request_id
+        return session
+
+    def _check_batch(self, batch: int, session: Session | None) -> None:
+        admission = admit_batch(self.limits, batch)
+        if not admission.admitted:
+            raise PeerError(admission.code, admission.reason)
+        if session is not None and session.batch is not None and batch != session.batch:
+            raise PeerError(ErrorCode.BAD_TENSOR, f"the session has batch {session.batch}, this step has {batch}")
+
+    def _encoder_step(
+        self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        if header.session_id is not None:
+            raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: steps carry no session_id")
+        hidden = _checked_tensor(tensors, "hidden", _FLOAT_DTYPES, rank=3, last_dim=self.runner.hidden_size)
+        self._check_batch(int(hidden.shape[0]), None)
+        if hidden.shape[1] > self.limits.max_session_tokens:
+            raise PeerError(
+                ErrorCode.TOO_LARGE, f"{hidden.shape[1]} tokens, this peer's cap is {self.limits.max_session_tokens}"
+            )
+        mask = None
+        if "attention_mask" in tensors:
+            mask = _checked_tensor(tensors, "attention_mask", {torch.int64}, rank=2)
+            if tuple(mask.shape) != tuple(hidden.shape[:2]):
+                raise PeerError(
+                    ErrorCode.BAD_TENSOR,
+                    f"attention_mask has shape {list(mask.shape)}, hidden needs {list(hidden.shape[:2])}",
+                )
+            if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 1):
+                raise PeerError(ErrorCode.BAD_TENSOR, "attention_mask must hold only 0 and 1")
+        if not isinstance(self.runner, SpanRunner):  # encoders are never replicas; keeps the types honest
+            raise PeerError(INTERNAL, "an encoder step reached a replica")
+        return {"hidden": self.runner.run(blocks, hidden, None, None, attention_mask=mask)}
+
+    # ----- replies -----
+
+    def info_body(self) -> dict[str, Any]:
+        return {
+            "version": INFO_VERSION,
+            "model": self.identity.model,
+            "info_hash": self.identity.info_hash,
+            "family": self.identity.family,
+            "blocks": [self.runner.start, self.runner.end],
+            "dtype": self.identity.dtype,
+            "throughput": self.throughput,
+            "free_sessions": free_sessions(self.limits, len(self.sessions)),
+            "max_sessions": self.limits.max_sessions,
+            "address": self.address,
+            "serves_embed_head": self.runner.replica,
+            "replica": self.runner.replica,
+            "hidden_size": self.runner.hidden_size,
+            "max_length": self.limits.max_session_tokens,
+            "max_batch": self.limits.max_batch,
+            "causal": self.runner.causal,
+        }
+
+    def _send_direct(self, sender: bytes | None, frames: list[Any]) -> None:
+        if sender is None:
+            return
+        try:
+            transport.send_frames(self.router, frames, identity=sender)
+        except transport.TransportError as error:
+            log.warning("cannot answer a sender: %s", error)
+
+    def _send_to(self, address: str, frames: list[Any], header: Header, sender: bytes | None) -> None:
+        """Send to another peer or a client's reply_to; a failure is reported like any other error."""
+        try:
+            self.dealers.send(address, frames)
+        except transport.TransportError as error:
+            self.dealers.drop(address)
+            if address != header.reply_to:
+                raise PeerError(UNREACHABLE, f"cannot send to the next hop {address}: {error}") from None
+            log.warning("cannot send a reply to %s: %s", address, error)
+
+    def _send_error(self, header: Header | None, sender: bytes | None, code: str, message: str) -> None:
+        body = {"code": code, "message": message[: wire.MAX_ERROR_MESSAGE_CHARS], "peer": self.address}
+        if header is None:
+            reply = Header(kind=Kind.ERROR, request_id=wire.UNKNOWN_REQUEST_ID, body=body)
+        else:
+            reply = Header(
+                kind=Kind.ERROR,
+                request_id=header.request_id,
+                session_id=header.session_id,
+                step=header.step,
+                body=body,
+            )
+        try:
+            frames = wire.encode(reply)
+        except WireError:
+            log.exception("cannot encode an error reply")
+            return
+        if header is not None and header.kind in _ROUTED_KINDS and header.reply_to is not None:
+            try:
+                self.dealers.send(header.reply_to, frames)
+                return
+            except transport.TransportError as error:
+                log.warning("cannot send an error to %s: %s", header.reply_to, error)
+        self._send_direct(sender, frames)
+
+    # ----- shutdown -----
+
+    def close(self) -> None:
+        """Fail every open session (error "shutting_down" to its client), then close the sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in self.sessions.drain():
+            if session.reply_to is None:
+                continue
+            body = {
+                "code": SHUTTING_DOWN,
+                "message": f"peer {self.address} is shutting down; session {session.session_id} is gone",
+                "peer": self.address,
+            }
+            reply = Header(kind=Kind.ERROR, request_id=session.request_id, session_id=session.session_id, body=body)
+            try:
+                self.dealers.send(session.reply_to, wire.encode(reply))
+            except (transport.TransportError, WireError) as error:
+                log.warning("cannot tell %s about the shutdown: %s", session.reply_to, error)
+        self.context.close()
+
+
+def _checked_tensor(
+    tensors: dict[str, torch.Tensor],
+    name: str,
+    dtypes: frozenset[torch.dtype] | set[torch.dtype],
+    rank: int,
+    last_dim: int | None = None,
+) -> torch.Tensor:
+    tensor = tensors.get(name)
+    if tensor is None:
+        raise PeerError(ErrorCode.BAD_TENSOR, f"the message has no tensor {name!r} (it has {sorted(tensors)})")
+    if tensor.dtype not in dtypes:
+        raise PeerError(
+            ErrorCode.BAD_TENSOR,
+            f"tensor {name!r} has dtype {tensor.dtype}, expected one of {sorted(map(str, dtypes))}",
+        )
+    if tensor.dim() != rank:
+        raise PeerError(ErrorCode.BAD_TENSOR, f"tensor {name!r} has shape {list(tensor.shape)}, expected rank {rank}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise PeerError(ErrorCode.BAD_TENSOR, f"tensor {name!r} has shape {list(tensor.shape)}: nothing to run")
+    if last_dim is not None and tensor.shape[-1] != last_dim:
+        raise PeerError(
+            ErrorCode.BAD_TENSOR, f"tensor {name!r} has shape {list(tensor.shape)}, the last dim must be {last_dim}"
+        )
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise PeerError(ErrorCode.BAD_TENSOR, f"tensor {name!r} holds NaN or infinite values")
+    return tensor
+
+
+def _public_address(bound: str, advertise_host: str | None) -> str:
+    """The address other machines should use: the bound one, with `advertise_host` for a wildcard bind."""
+    host, _, port = bound[len("tcp://") :].rpartition(":")
+    if advertise_host:
+        return wire.format_address(advertise_host, int(port))
+    if host in ("0.0.0.0", "[::]", "*"):
+        # A wildcard is not an address anyone can connect to; loopback at least works on this machine.
+        return wire.format_address("127.0.0.1", int(port))
+    return bound

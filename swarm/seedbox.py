@@ -1,0 +1,378 @@
+"""`swarm seedbox`: a long-running node that seeds every catalog entry it holds and answers /status, /metrics.
+
+Startup does not re-hash what is known good: an entry whose resume data agrees with the files on disk is
+restored from it (libtorrent wrote it after checking every piece); otherwise libtorrent checks the files
+present (one hash pass; file sizes alone prove nothing, a killed fetch leaves sparse full-size files) and
+serves only the pieces that pass. Chunks fetched while running (--mirror) are also checked against the
+manifest's SHA-256 before they are reported as fetched. Resume data is saved periodically, when a torrent
+finishes and on SIGTERM; after a SIGKILL the partial files are re-checked at the next start, so nothing that
+was written and verified is downloaded again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from swarm.catalog import manifest_path, torrent_path
+from swarm.config import Settings, parse_host_port
+from swarm.distribute import check_manifest, check_torrent_matches, open_node
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest, chunk_problem, load_manifest
+from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
+# Seconds between refreshes of the status snapshot the HTTP thread serves.
+SNAPSHOT_SECONDS = 1.0
+
+
+@dataclass
+class SeededEntry:
+    """One catalog entry this seedbox holds (or mirrors)."""
+
+    name: str
+    manifest: Manifest
+    torrent_data: bytes
+    key: str
+    mirror: bool
+    # Chunk ids whose files are complete (every piece hash-checked) — and SHA-256-checked when fetched here.
+    held: set[str] = field(default_factory=set)
+    # Chunk ids fetched by this process that failed the manifest's SHA-256.
+    corrupt: set[str] = field(default_factory=set)
+    announced_seeding: bool = False
+    reported_fetched: bool = False
+    # Files complete once the startup check (or resume data) settled: trusted, not hashed again.
+    startup_checked: bool = False
+
+
+EntryHook = Callable[[TorrentNode, SeededEntry], None]
+
+
+class Seedbox:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mirror: bool = False,
+        peers: tuple[str, ...] = (),
+        emit: Emit | None = None,
+        entry_hooks: list[EntryHook] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mirror = mirror
+        # Peers dialled for every entry (no DHT needed: LANs, tests).
+        self.peers = peers
+        self.emit: Emit = emit or (lambda event: None)
+        self.models_dir = settings.models_dir()
+        self.entries: dict[str, SeededEntry] = {}
+        # Entries refused (bad signature, torrent mismatch) with the manifest mtime they were refused at.
+        self.refused: dict[str, float] = {}
+        self.node = open_node(settings)
+        self.node.add_event_listener(self._on_event)
+        # Called once for each entry when it starts seeding: the place for DHT name records.
+        self.entry_hooks: list[EntryHook] = list(entry_hooks or []) + _discovery_hooks(settings, self)
+        self.keepers: list[Any] = []
+        self._snapshot_lock = threading.Lock()
+        self._snapshot: list[dict[str, Any]] = []
+
+    # --- catalog ---------------------------------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Add catalog entries not seeded yet (and, without --mirror, ones whose chunks have appeared)."""
+        catalog = self.settings.catalog
+        if not catalog.is_dir():
+            return
+        for manifest_file in sorted(catalog.glob("*.json")):
+            name = manifest_file.stem
+            if name in self.entries:
+                continue
+            try:
+                modified = manifest_file.stat().st_mtime
+            except OSError:
+                continue
+            if self.refused.get(name) == modified:
+                continue
+            try:
+                self._add_entry(name)
+            except SwarmError as error:
+                self.refused[name] = modified
+                self.emit({"event": "refused", "name": name, "reason": str(error), "text": f"refused {name}: {error}"})
+
+    def _add_entry(self, name: str) -> None:
+        catalog = self.settings.catalog
+        manifest = load_manifest(manifest_path(catalog, name))
+        try:
+            torrent_data = torrent_path(catalog, name).read_bytes()
+        except OSError as error:
+            raise SwarmError(f"no torrent beside the manifest: {error.strerror}") from error
+        check_manifest(manifest)
+        check_torrent_matches(manifest, torrent_data)
+        files_present = [chunk for chunk in manifest.chunks if (self.models_dir / chunk.file).is_file()]
+        # Files of full size may still be sparse (a fetch killed midway), so size says nothing about
+        # completeness: resume data that agrees with the disk does, and otherwise libtorrent checks the files.
+        if self.mirror:
+            key = self.node.fetch(torrent_data, self.models_dir, [chunk.file for chunk in manifest.chunks])
+            if len(files_present) < len(manifest.chunks):
+                self.emit({"event": "fetching", "name": name, "text": f"fetching {name} (mirror)"})
+        elif files_present:
+            key = self.node.fetch(torrent_data, self.models_dir, [chunk.file for chunk in files_present])
+        else:
+            return
+        for peer in self.peers:
+            self.node.connect_peer(key, peer)
+        self.entries[name] = SeededEntry(name, manifest, torrent_data, key, mirror=self.mirror)
+
+    # --- events ----------------------------------------------------------------------------------------------
+
+    def _on_event(self, event: TorrentEvent) -> None:
+        if event.kind in ("error", "hash_failed", "peer_banned"):
+            self.emit({"event": event.kind, "name": event.name, "message": event.message,
+                       "text": f"{event.name}: {event.message}"})  # fmt: skip
+
+    def _update_entry(self, entry: SeededEntry) -> None:
+        status = self.node.status_of(entry.key)
+        if status.state in ("checking_files", "checking_resume_data"):
+            return
+        finished = self.node.finished_files(entry.key)
+        # What libtorrent found complete at startup (piece-checked, or resume data it wrote after checking) is
+        # trusted; a chunk that completes later was downloaded here and is checked against the manifest.
+        trusted = not entry.startup_checked and status.session_download == 0
+        entry.startup_checked = True
+        for chunk in entry.manifest.chunks:
+            if chunk.file not in finished or chunk.id in entry.held:
+                continue
+            if not trusted:
+                # Downloaded by this process: check it against the signed manifest before counting it.
+                self.node.flush(entry.key)
+                problem = chunk_problem(entry.manifest, chunk, self.models_dir)
+                if problem is not None:
+                    entry.corrupt.add(chunk.id)
+                    self.emit({"event": "error", "name": entry.name, "chunk": chunk.id, "message": problem,
+                               "text": f"{entry.name}: chunk {chunk.id} is {problem} after download"})  # fmt: skip
+                    continue
+            entry.held.add(chunk.id)
+        total = len(entry.manifest.chunks)
+        if entry.mirror and len(entry.held) == total and not entry.reported_fetched:
+            entry.reported_fetched = True
+            self.emit(
+                {
+                    "event": "fetched",
+                    "name": entry.name,
+                    "chunks": total,
+                    "downloaded_bytes": status.session_download,
+                    "text": f"fetched {entry.name}: {total} chunks verified, {status.session_download:,} bytes",
+                }
+            )
+        if entry.held and not entry.announced_seeding and (not entry.mirror or entry.reported_fetched):
+            entry.announced_seeding = True
+            self.emit(
+                {
+                    "event": "seeding",
+                    "name": entry.name,
+                    "info_hash": status.info_hash,
+                    "chunks": len(entry.held),
+                    "chunks_total": total,
+                    "text": f"seeding {entry.name} ({len(entry.held)}/{total} chunks)",
+                }
+            )
+            for hook in self.entry_hooks:
+                try:
+                    hook(self.node, entry)
+                except SwarmError as error:
+                    self.emit({"event": "warning", "name": entry.name, "message": str(error),
+                               "text": f"{entry.name}: {error}"})  # fmt: skip
+
+    # --- status ----------------------------------------------------------------------------------------------
+
+    def _refresh_snapshot(self) -> None:
+        records = []
+        for entry in self.entries.values():
+            records.append(torrent_record(entry, self.node.status_of(entry.key)))
+        with self._snapshot_lock:
+            self._snapshot = records
+
+    def status_document(self) -> dict[str, Any]:
+        with self._snapshot_lock:
+            torrents = list(self._snapshot)
+        return {"version": 1, "listen_port": self.node.listen_port, "mirror": self.mirror, "torrents": torrents}
+
+    # --- main loop -------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        server = self._start_http()
+        try:
+            self.emit(
+                {
+                    "event": "listening",
+                    "torrent_port": self.node.listen_port,
+                    "dht_port": self.node.listen_port,
+                    "status_port": server.server_address[1],
+                    "text": f"seedbox: BitTorrent and DHT on port {self.node.listen_port}, "
+                    f"status on http://{_host_text(str(server.server_address[0]))}:{server.server_address[1]}/status",
+                }
+            )
+            next_scan = 0.0
+            next_snapshot = 0.0
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_scan:
+                    self.scan()
+                    next_scan = now + self.settings.catalog_rescan_interval
+                self.node.pump(0.2)
+                for entry in list(self.entries.values()):
+                    self._update_entry(entry)
+                for keeper in self.keepers:
+                    _refresh_keeper(keeper)
+                if time.monotonic() >= next_snapshot:
+                    self._refresh_snapshot()
+                    next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
+        finally:
+            server.shutdown()
+            server.server_close()
+            for keeper in self.keepers:
+                _close_keeper(keeper)
+            self.node.close()
+            self.emit({"event": "stopped", "text": "seedbox stopped; resume data saved"})
+
+    def _start_http(self) -> ThreadingHTTPServer:
+        try:
+            host, port = parse_host_port(self.settings.status_listen)
+        except ValueError as error:
+            raise SwarmError(f"--status: {error}") from error
+        seedbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/status":
+                    body = json.dumps(seedbox.status_document(), indent=1).encode()
+                    self._reply(200, "application/json", body)
+                elif path == "/metrics":
+                    body = render_metrics(seedbox.status_document()["torrents"]).encode()
+                    self._reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
+                else:
+                    self._reply(404, "text/plain", b"not found: try /status or /metrics\n")
+
+            def _reply(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("status %s", format % args)
+
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            self.node.close()
+            raise SwarmError(f"cannot serve status on {self.settings.status_listen}: {error.strerror}") from error
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
+        return server
+
+
+def torrent_record(entry: SeededEntry, status: TorrentStatus) -> dict[str, Any]:
+    """One torrent in GET /status."""
+    return {
+        "name": entry.name,
+        "info_hash": status.info_hash,
+        "state": status.state,
+        "progress": round(status.progress, 6),
+        "peers": status.peers,
+        "seeds": status.seeds,
+        "upload_rate": status.upload_rate,
+        "download_rate": status.download_rate,
+        "bytes_uploaded": status.total_upload,
+        "bytes_downloaded": status.total_download,
+        "session_bytes_uploaded": status.session_upload,
+        "session_bytes_downloaded": status.session_download,
+        "chunks_held": sorted(entry.held),
+        "chunks_total": len(entry.manifest.chunks),
+        "mirror": entry.mirror,
+        "error": status.error,
+    }
+
+
+# name, type, help, field of the torrent record
+METRICS = (
+    ("swarm_bytes_uploaded_total", "counter", "Payload bytes uploaded (all runs).", "bytes_uploaded"),
+    ("swarm_bytes_downloaded_total", "counter", "Payload bytes downloaded (all runs).", "bytes_downloaded"),
+    ("swarm_upload_rate_bytes", "gauge", "Current upload rate in bytes/s.", "upload_rate"),
+    ("swarm_download_rate_bytes", "gauge", "Current download rate in bytes/s.", "download_rate"),
+    ("swarm_peers", "gauge", "Connected peers.", "peers"),
+    ("swarm_progress_ratio", "gauge", "Share of wanted bytes present (0..1).", "progress"),
+    ("swarm_chunks_held", "gauge", "Chunks held and verified.", "chunks_held"),
+    ("swarm_chunks_total", "gauge", "Chunks in the model's manifest.", "chunks_total"),
+)
+
+
+def render_metrics(torrents: list[dict[str, Any]]) -> str:
+    """Prometheus text exposition format (version 0.0.4)."""
+    lines = [
+        "# HELP swarm_seedbox_torrents Torrents this seedbox holds.",
+        "# TYPE swarm_seedbox_torrents gauge",
+        f"swarm_seedbox_torrents {len(torrents)}",
+    ]
+    for metric, kind, help_text, field_name in METRICS:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+        for torrent in torrents:
+            value = torrent[field_name]
+            if isinstance(value, list):
+                value = len(value)
+            labels = f'model="{_label(torrent["name"])}",info_hash="{_label(torrent["info_hash"])}"'
+            lines.append(f"{metric}{{{labels}}} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --- DHT name records: the discovery module's hook, when this build has it ----------------------------------
+
+
+def _discovery_hooks(settings: Settings, seedbox: Seedbox) -> list[EntryHook]:
+    try:
+        from swarm import discovery
+    except ImportError:
+        return []
+    keep = getattr(discovery, "keep_name_records", None)
+    if keep is None:
+        return []
+
+    def publish_records(node: TorrentNode, entry: SeededEntry) -> None:
+        keeper = keep(node, entry.manifest, settings)
+        if keeper is not None:
+            seedbox.keepers.append(keeper)
+
+    return [publish_records]
+
+
+def _refresh_keeper(keeper: Any) -> None:
+    try:
+        keeper.refresh_if_due()
+    except SwarmError as error:
+        log.warning("DHT record refresh failed: %s", error)
+
+
+def _close_keeper(keeper: Any) -> None:
+    try:
+        keeper.close()
+    except SwarmError as error:
+        log.warning("closing a DHT record keeper failed: %s", error)
+
+
+__all__ = ["Seedbox", "SeededEntry", "render_metrics", "torrent_record"]
