@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import click
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -303,11 +302,15 @@ class SilentTransfer:
         pass
 
 
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
 class JsonTransfer:
     """One JSON object per line on stdout: started, progress (at most once a second), events, done."""
 
     def __init__(self, emit: Callable[[str], None] | None = None) -> None:
-        self.emit = emit or (lambda line: click.echo(line))
+        self.emit = emit or _print_line
         self.last_report = 0.0
 
     def _write(self, record: dict[str, Any]) -> None:
