@@ -2,7 +2,7 @@
 
 Network namespaces of our own: one seed host and N fetch hosts on one switch, every host's link shaped to
 B with tc tbf. In the same run, for each N: (a) the seed host runs `swarm seedbox` and all N hosts run
-`swarm fetch` at once, each told the others' addresses as a tracker would (keeping seeding while the
+`swarm fetch` at once, each told the addresses of those started before it, as a tracker would (keeping seeding while the
 others finish, as peers do); (b) the seed host runs one
 HTTP server over the same chunk files and N hosts download them at once. Reports each completion time
 (median, max), the physical bound S/B and the ratios.
@@ -91,9 +91,10 @@ def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeo
         for host in fetchers:
             data = work / f"swarm-{host.address}"
             shutil.rmtree(data, ignore_errors=True)
-            # Every fetcher knows every other fetcher's address, as a tracker would hand them out; the
+            # Each fetcher dials the fetchers started before it, as a tracker would hand out addresses, so
+            # every pair gets one connection (two dialling each other churn duplicate connections). The
             # DHT (bootstrapped at the seed) finds them too, but more slowly than a benchmark should wait.
-            others = [f"--peer={other.address}:{TORRENT_PORT}" for other in fetchers if other is not host]
+            others = [f"--peer={other.address}:{TORRENT_PORT}" for other in fetchers[: fetchers.index(host)]]
             processes.append(
                 subprocess.Popen(
                     host.command(
