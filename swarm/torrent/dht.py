@@ -452,29 +452,11 @@ def download_small_torrent(
                 handle.connect_peer(address)
             announced = now
         node.pump(POLL_SECONDS)
-    _flush(node, handle, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+    node.flush_handle(handle, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
     info = handle.torrent_file()
     if info is None:
         raise SwarmError(f"torrent {info_hash[:16]} finished without metadata")
     return save_path / info.name()
-
-
-def _flush(node: TorrentNode, handle: lt.torrent_handle, timeout: float) -> None:
-    """Wait until the downloaded pieces are written to the files (the caller reads them next)."""
-    flushed: list[bool] = []
-
-    def listen(alert: lt.alert) -> None:
-        if isinstance(alert, lt.cache_flushed_alert) and alert.handle == handle:
-            flushed.append(True)
-
-    node.add_listener(listen)
-    try:
-        handle.flush_cache()
-        deadline = time.monotonic() + timeout
-        while not flushed and time.monotonic() < deadline:
-            node.pump(POLL_SECONDS)
-    finally:
-        node.remove_listener(listen)
 
 
 def seed_small_torrent(node: TorrentNode, torrent_data: bytes, save_path: Path) -> str:

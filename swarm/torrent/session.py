@@ -374,7 +374,10 @@ class TorrentNode:
 
     def flush(self, key: str, timeout: float = 10.0) -> None:
         """Wait until libtorrent has written every finished piece to its file."""
-        handle = self._tracked_or_error(key).handle
+        self.flush_handle(self._tracked_or_error(key).handle, timeout)
+
+    def flush_handle(self, handle: lt.torrent_handle, timeout: float = 10.0) -> None:
+        """flush() for any torrent in this session, tracked or not."""
         done: list[bool] = []
 
         def on_alert(alert: lt.alert) -> None:
