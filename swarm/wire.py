@@ -546,12 +546,17 @@ def decode(
     return header, tensors
 
 
-def error_reply(request: Header | None, code: str, message: str) -> list[bytes | memoryview]:
-    """Frames of an error reply to `request` (None when the request could not be parsed)."""
+def error_reply(request: Header | None, code: str, message: str, peer: str | None = None) -> list[bytes | memoryview]:
+    """Frames of an error reply to `request` (None when the request could not be parsed).
+
+    `peer` names the peer that failed, so a client hearing the error from the end of a route knows which hop.
+    """
     code_text = str(code)
     if _ERROR_CODE_RE.fullmatch(code_text) is None:
         raise ValueError(f"error code {code_text!r} is not a lowercase identifier")
     body = {"code": code_text, "message": message[:MAX_ERROR_MESSAGE_CHARS]}
+    if peer is not None:
+        body["peer"] = peer
     if request is None:
         header = Header(kind=Kind.ERROR, request_id=UNKNOWN_REQUEST_ID, body=body)
     else:

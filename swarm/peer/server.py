@@ -338,19 +338,8 @@ class PeerServer:
             log.warning("cannot send a reply to %s: %s", address, error)
 
     def _send_error(self, header: Header | None, sender: bytes | None, code: str, message: str) -> None:
-        body = {"code": code, "message": message[: wire.MAX_ERROR_MESSAGE_CHARS], "peer": self.address}
-        if header is None:
-            reply = Header(kind=Kind.ERROR, request_id=wire.UNKNOWN_REQUEST_ID, body=body)
-        else:
-            reply = Header(
-                kind=Kind.ERROR,
-                request_id=header.request_id,
-                session_id=header.session_id,
-                step=header.step,
-                body=body,
-            )
         try:
-            frames = wire.encode(reply)
+            frames = wire.error_reply(header, code, message, peer=self.address)
         except WireError:
             log.exception("cannot encode an error reply")
             return
