@@ -45,6 +45,14 @@ def torrent_files(info: lt.torrent_info) -> list[TorrentFile]:
     ]
 
 
+def _fresh_params(info: lt.torrent_info, save_path: Path) -> lt.add_torrent_params:
+    """Add parameters for a torrent with no resume data."""
+    params = lt.add_torrent_params()
+    params.ti = info
+    params.save_path = str(save_path)
+    return params
+
+
 def fetch_params(
     info: lt.torrent_info, save_path: Path, wanted: Collection[str], resume_file: Path | None
 ) -> tuple[lt.add_torrent_params, bool]:
@@ -54,9 +62,7 @@ def fetch_params(
     restored = params is not None
     if params is None:
         # Without resume data libtorrent checks whatever files exist: chunks already on disk are not re-fetched.
-        params = lt.add_torrent_params()
-        params.ti = info
-        params.save_path = str(save_path)
+        params = _fresh_params(info, save_path)
     params.file_priorities = priorities
     # Resume data also carries piece priorities, which would override the file priorities chosen now.
     params.piece_priorities = []
@@ -71,9 +77,7 @@ def seed_params(info: lt.torrent_info, save_path: Path, resume_file: Path | None
     params = load_resume(resume_file, info, save_path) if resume_file is not None else None
     restored = params is not None
     if params is None:
-        params = lt.add_torrent_params()
-        params.ti = info
-        params.save_path = str(save_path)
+        params = _fresh_params(info, save_path)
         # Seed mode checks each piece the first time a peer asks for it, instead of all of them up front.
         params.flags |= lt.torrent_flags.seed_mode
     # No file priorities here: a zero priority (even on a pad file) takes a torrent out of seed mode.

@@ -138,6 +138,18 @@ class _Tracked:
     closed_totals: dict[str, PeerTransfer] = field(default_factory=dict)
 
 
+def _with_banked(transfer: PeerTransfer, banked: PeerTransfer | None) -> PeerTransfer:
+    """A connection's counters plus what earlier connections to the same endpoint moved."""
+    if banked is None:
+        return transfer
+    return PeerTransfer(
+        transfer.address,
+        transfer.client,
+        transfer.downloaded + banked.downloaded,
+        transfer.uploaded + banked.uploaded,
+    )
+
+
 class TorrentNode:
     """A libtorrent session with the swarm's settings: seeds, fetches subsets, saves resume data."""
 
@@ -320,23 +332,11 @@ class TorrentNode:
             now = current.get(address)
             if now is None or now.downloaded < before.downloaded or now.uploaded < before.uploaded:
                 # That connection closed (a new one restarts its counters from zero): bank what it moved.
-                banked = closed.get(address)
-                closed[address] = PeerTransfer(
-                    address,
-                    before.client,
-                    before.downloaded + (banked.downloaded if banked else 0),
-                    before.uploaded + (banked.uploaded if banked else 0),
-                )
+                closed[address] = _with_banked(before, closed.get(address))
         tracked.open_totals = current
         result = dict(closed)
         for address, now in current.items():
-            banked = closed.get(address)
-            result[address] = PeerTransfer(
-                address,
-                now.client,
-                now.downloaded + (banked.downloaded if banked else 0),
-                now.uploaded + (banked.uploaded if banked else 0),
-            )
+            result[address] = _with_banked(now, closed.get(address))
         return list(result.values())
 
     # --- state ---------------------------------------------------------------------------------------------
