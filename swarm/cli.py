@@ -137,7 +137,7 @@ def seed_forever(
     check_addresses(settings.bootstrap, "bootstrap node")
     # The DHT starts with the swarm's DHT settings in place (libtorrent's per-address flood block would
     # otherwise shut out a loopback swarm before they apply).
-    node = TorrentNode(settings.torrent_listen, settings.bootstrap, dht=False)
+    node = TorrentNode(settings.torrent_listen, settings.bootstrap, dht=False, utp=settings.utp)
     start_dht(node)
     node.seed(torrent_data, save_path)
     message = {"event": "seeding", "name": name, "port": node.listen_port}

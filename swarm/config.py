@@ -12,6 +12,10 @@ from typing import Any
 TORRENT_FORMATS = ("v2", "hybrid", "v1")
 
 
+def _parse_bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
 def _split_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.replace(";", ",").split(",") if item.strip())
 
@@ -43,6 +47,11 @@ class Settings:
     download_limit: int = 0
     # libtorrent exempts loopback/LAN peers from rate limits; True applies the limits to them too (benchmarks).
     limit_local_peers: bool = False
+    # BitTorrent over uTP as well as TCP. uTP yields to other traffic on congested home links, but costs much more
+    # CPU per byte than TCP; peers of a model swarm on servers and LANs move bytes cheaper over TCP alone.
+    utp: bool = False
+    # Re-read and SHA-256 every fetched chunk even when libtorrent's v2 merkle checks already proved it.
+    full_verify: bool = False
     # Seconds between a seedbox's rescans of the catalog for new entries.
     catalog_rescan_interval: float = 30.0
     # Compute peers (swarm join). Seconds a session may stay idle before its KV cache is freed.
@@ -118,7 +127,9 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_RESUME_INTERVAL": ("resume_interval", float),
     "SWARM_UPLOAD_LIMIT": ("upload_limit", int),
     "SWARM_DOWNLOAD_LIMIT": ("download_limit", int),
-    "SWARM_LIMIT_LOCAL_PEERS": ("limit_local_peers", lambda text: text.strip().lower() in ("1", "true", "yes", "on")),
+    "SWARM_LIMIT_LOCAL_PEERS": ("limit_local_peers", _parse_bool),
+    "SWARM_UTP": ("utp", _parse_bool),
+    "SWARM_FULL_VERIFY": ("full_verify", _parse_bool),
     "SWARM_CATALOG_RESCAN": ("catalog_rescan_interval", float),
     "SWARM_SESSION_IDLE_TIMEOUT": ("session_idle_timeout", float),
     "SWARM_MAX_SESSIONS": ("max_sessions", int),
@@ -129,7 +140,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MEMORY_FRACTION": ("memory_fraction", float),
     "SWARM_CLIENT_REPLY_HOST": ("client_reply_host", str),
     "SWARM_DHT_REFRESH": ("dht_refresh_interval", float),
-    "SWARM_ACCEPT_NEW_KEY": ("accept_new_key", lambda text: text.strip().lower() in ("1", "true", "yes", "on")),
+    "SWARM_ACCEPT_NEW_KEY": ("accept_new_key", _parse_bool),
 }
 
 

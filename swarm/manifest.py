@@ -241,13 +241,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def chunk_problem(manifest: Manifest, chunk: Chunk, models_dir: Path) -> str | None:
-    """Why a chunk on disk is not usable ('missing', 'wrong size', 'corrupt'), or None when it verifies."""
+def chunk_problem(manifest: Manifest, chunk: Chunk, models_dir: Path, *, check_hash: bool = True) -> str | None:
+    """Why a chunk on disk is not usable ('missing', 'wrong size', 'corrupt'), or None when it verifies.
+
+    `check_hash=False` for a file whose content was already proven another way (see ChunkFetch.verify)."""
     path = models_dir / chunk.file
     if not path.is_file():
         return "missing"
     if path.stat().st_size != chunk.size:
         return "wrong size"
-    if file_sha256(path) != chunk.sha256:
+    if check_hash and file_sha256(path) != chunk.sha256:
         return "corrupt"
     return None

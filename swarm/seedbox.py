@@ -21,7 +21,7 @@ from typing import Any
 
 from swarm.catalog import manifest_path, torrent_path
 from swarm.config import Settings, parse_host_port
-from swarm.distribute import check_manifest, check_torrent_matches, open_node
+from swarm.distribute import LOOP_SECONDS, check_manifest, check_torrent_matches, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem, load_manifest
 from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
@@ -225,7 +225,7 @@ class Seedbox:
                 if now >= next_scan:
                     self.scan()
                     next_scan = now + self.settings.catalog_rescan_interval
-                self.node.pump(0.2)
+                self.node.pump(0.2, min_wait_seconds=LOOP_SECONDS)
                 for entry in list(self.entries.values()):
                     self._update_entry(entry)
                 for keeper in self.keepers:

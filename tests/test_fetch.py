@@ -227,6 +227,34 @@ def test_full_fetch_draws_from_several_partial_seeders(
     assert {f"127.0.0.1:{port}" for port in ports.values()} <= {address for address, got in sources.items() if got}
 
 
+def test_chunks_behind_resume_data_get_the_full_sha256_check(
+    publisher: tuple[Path, Manifest], tmp_path: Path, processes: list[Process]
+) -> None:
+    """A fresh v2 fetch is proven by libtorrent's SHA-256 merkle checks; pieces libtorrent takes from resume data
+    are not checked by it, so those chunks get the manifest's SHA-256 pass, which catches a flipped byte."""
+    publisher_home, manifest = publisher
+    seeder, port = start_seeder(publisher_home)
+    processes.append(seeder)
+    home = new_home(tmp_path, "fetcher", publisher_home)
+    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+    chunk = manifest.chunk("blocks-00000-00001")
+    path = home / "data" / "models" / chunk.file
+    assert file_sha256(path) == chunk.sha256
+    assert (home / "data" / "resume" / f"{manifest.torrent.info_hash_v2}.resume").is_file()
+
+    # Same size, one byte different: the resume data still agrees with the disk, so libtorrent trusts it.
+    with path.open("r+b") as handle:
+        handle.seek(chunk.size // 2)
+        byte = handle.read(1)
+        handle.seek(chunk.size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    assert done.returncode == 1
+    assert "blocks-00000-00001 (corrupt)" in done.stderr
+    assert '"event": "verified"' not in done.stdout
+
+
 def _corrupt_block_files(manifest: Manifest, home: Path) -> None:
     """Flip one byte in every piece of every blocks chunk, in place."""
     step = manifest.torrent.piece_length

@@ -46,6 +46,16 @@ print("done", flush=True)
 """
 
 
+def cpu_steal() -> tuple[int, int]:
+    """(steal ticks, all ticks) of this machine so far, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def cpu_steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
 def rate_bits_per_second(rate: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.lower())
     if not match:
@@ -76,21 +86,25 @@ def fetch_finished(record: dict) -> bool:  # type: ignore[type-arg]
     return record.get("event") == "verified"
 
 
-def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeout: float) -> list[float]:
+def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeout: float) -> tuple[list[float], int]:
+    """Each fetcher's completion time, and the bytes the fetchers received from the seed host."""
     seed_host, fetchers = lab.hosts[0], lab.hosts[1:]
     seed_address = f"{seed_host.address}:{TORRENT_PORT}"
     seedbox = subprocess.Popen(
         seed_host.command([SWARM, "seedbox", "--catalog", str(catalog), "--data", str(seed_data),
-                           "--listen", seed_address, "--status", f"{seed_host.address}:8700"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                           "--listen", seed_address, "--status", f"{seed_host.address}:8700", "--json"]),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     processes = []
     try:
-        time.sleep(3)  # the seedbox verifies and starts seeding
+        for host in fetchers:  # before the clock starts: deleting earlier runs' files takes seconds
+            shutil.rmtree(work / f"swarm-{host.address}", ignore_errors=True)
+        # The clock starts once the seedbox has checked its files and seeds: its start-up is not distribution.
+        wait_for_line(seedbox, lambda record: record.get("event") == "seeding", timeout)
+        threading.Thread(target=lambda: [None for _ in seedbox.stdout or ()], daemon=True).start()  # keep the pipe open
         started = time.monotonic()
         for host in fetchers:
             data = work / f"swarm-{host.address}"
-            shutil.rmtree(data, ignore_errors=True)
             # Each fetcher dials the fetchers started before it, as a tracker would hand out addresses, so
             # every pair gets one connection (two dialling each other churn duplicate connections). The
             # DHT (bootstrapped at the seed) finds them too, but more slowly than a benchmark should wait.
@@ -126,8 +140,16 @@ def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeo
             )
         times: list[float] = [0.0] * len(processes)
 
+        # Every JSON line of every fetcher, stamped with seconds since the start: progress over time, and the
+        # final "verified" record with the bytes received from each source.
+        timeline: list[list[dict]] = [[] for _ in processes]  # type: ignore[type-arg]
+
         def watch(index: int, process: subprocess.Popen[str]) -> None:
-            wait_for_line(process, fetch_finished, timeout)
+            def note(record: dict) -> bool:  # type: ignore[type-arg]
+                timeline[index].append({"at": round(time.monotonic() - started, 2), **record})
+                return fetch_finished(record)
+
+            wait_for_line(process, note, timeout)
             times[index] = time.monotonic() - started
 
         watchers = [threading.Thread(target=watch, args=(i, p)) for i, p in enumerate(processes)]
@@ -135,9 +157,18 @@ def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeo
             watcher.start()
         for watcher in watchers:
             watcher.join()
+        (work / f"timeline-{len(processes)}.json").write_text(json.dumps(timeline))
         if not all(times):
             raise RuntimeError("a swarm fetch did not finish")
-        return times
+        from_seed = sum(
+            size
+            for lines in timeline
+            for record in lines
+            if record.get("event") == "verified"
+            for source, size in record.get("sources", {}).items()
+            if source.rpartition(":")[0] == seed_host.address
+        )
+        return times, from_seed
     finally:
         for process in [*processes, seedbox]:
             process.send_signal(signal.SIGTERM)
@@ -157,13 +188,15 @@ def run_http(lab: netlab.Lab, work: Path, content: Path, timeout: float) -> list
     )  # fmt: skip
     names = sorted(path.name for path in content.iterdir())
     try:
+        for host in fetchers:  # before the clock starts, as for the swarm
+            target = work / f"http-{host.address}"
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
         time.sleep(1.5)
         started = time.monotonic()
         processes = []
         for host in fetchers:
             target = work / f"http-{host.address}"
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
             processes.append(
                 subprocess.Popen(
                     host.command(
@@ -180,11 +213,15 @@ def run_http(lab: netlab.Lab, work: Path, content: Path, timeout: float) -> list
                     text=True,
                 )
             )
-        times = []
-        for process in processes:
-            process.wait(timeout=timeout)
-            times.append(time.monotonic() - started)
-        return times
+        finished: dict[int, float] = {}
+        while len(finished) < len(processes) and time.monotonic() - started < timeout:
+            for index, process in enumerate(processes):
+                if index not in finished and process.poll() is not None:
+                    finished[index] = time.monotonic() - started
+            time.sleep(0.05)
+        if len(finished) < len(processes) or any(process.returncode != 0 for process in processes):
+            raise RuntimeError("an HTTP download failed or did not finish")
+        return [finished[index] for index in range(len(processes))]
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -198,6 +235,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--skip-http", action="store_true", help="run only the swarm side (quick experiments)")
     arguments = parser.parse_args()
     usable, reason = netlab.available()
     if not usable:
@@ -221,33 +259,41 @@ def main() -> None:
     rows = []
     for count in counts:
         with netlab.Lab(count + 1, rate=arguments.rate) as lab:
-            swarm_times = run_swarm(lab, work, catalog, seed_data, arguments.timeout)
+            steal_before = cpu_steal()
         with netlab.Lab(count + 1, rate=arguments.rate) as lab:
-            http_times = run_http(lab, work, content, arguments.timeout)
-        rows.append(
-            {
-                "fetchers": count,
-                "swarm_median_s": round(statistics.median(swarm_times), 1),
-                "swarm_max_s": round(max(swarm_times), 1),
-                "http_median_s": round(statistics.median(http_times), 1),
-                "http_max_s": round(max(http_times), 1),
-                "bound_s": round(bound, 1),
-                "swarm_max_over_bound": round(max(swarm_times) / bound, 2),
-                "http_max_over_swarm_max": round(max(http_times) / max(swarm_times), 2),
-            }
-        )
+            swarm_times, from_seed = run_swarm(lab, work, catalog, seed_data, arguments.timeout)
+        row = {
+            "fetchers": count,
+            "swarm_median_s": round(statistics.median(swarm_times), 1),
+            "swarm_max_s": round(max(swarm_times), 1),
+            "bound_s": round(bound, 1),
+            "swarm_max_over_bound": round(max(swarm_times) / bound, 2),
+            # How many copies of the model the seed host uploaded (1.0: every byte left the seed once).
+            "seed_copies": round(from_seed / size, 2),
+            # Share of CPU time the hypervisor took from this VM during the swarm run.
+            "swarm_cpu_steal_percent": round(cpu_steal_share(steal_before, cpu_steal()) * 100),
+        }
+        if not arguments.skip_http:
+            with netlab.Lab(count + 1, rate=arguments.rate) as lab:
+                http_times = run_http(lab, work, content, arguments.timeout)
+            row["http_median_s"] = round(statistics.median(http_times), 1)
+            row["http_max_s"] = round(max(http_times), 1)
+            row["http_max_over_swarm_max"] = round(max(http_times) / max(swarm_times), 2)
+        rows.append(row)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if arguments.json:
         print(json.dumps({"model_bytes": size, "rate": arguments.rate, "rows": rows}))
         return
     print(f"model {size / 1e6:.0f} MB, every link {arguments.rate}, bound S/B = {bound:.1f} s")
     print(
-        "| fetch hosts | swarm median s | swarm max s | HTTP median s | HTTP max s | swarm max / (S/B) | HTTP max / swarm max |"
+        "| fetch hosts | swarm median s | swarm max s | HTTP median s | HTTP max s | swarm max / (S/B) "
+        "| HTTP max / swarm max | copies uploaded by the seed | CPU steal % (swarm run) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['fetchers']} | {row['swarm_median_s']} | {row['swarm_max_s']} | {row['http_median_s']} | "
-              f"{row['http_max_s']} | {row['swarm_max_over_bound']} | {row['http_max_over_swarm_max']}x |")  # fmt: skip
+        print(f"| {row['fetchers']} | {row['swarm_median_s']} | {row['swarm_max_s']} | {row.get('http_median_s', '-')} | "
+              f"{row.get('http_max_s', '-')} | {row['swarm_max_over_bound']} | {row.get('http_max_over_swarm_max', '-')}x "
+              f"| {row['seed_copies']} | {row['swarm_cpu_steal_percent']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

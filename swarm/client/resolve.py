@@ -111,6 +111,7 @@ class Resolver:
                 self.settings.models_dir(),
                 peers=self.torrent_peers,
                 timeout=self.settings.network_timeout,
+                full_verify=self.settings.full_verify,
             )
         return local_chunk_paths(manifest, self.settings, chunk_ids)
 

@@ -160,6 +160,7 @@ def fetch_verified(
         timeout=settings.network_timeout,
         resume_dir=settings.resume_dir,
         stop=stop,
+        full_verify=settings.full_verify,
     )
 
 
@@ -192,7 +193,8 @@ class TorrentKeeper(threading.Thread):
                     self._announce()
                     next_announce = now + self.settings.announce_interval
                 # The node saves resume data periodically from its pump, and once more on close.
-                self.node.pump(wait_seconds=0.25)
+                # Batched: this thread shares the GIL with the compute loop, so it wakes at most 4 times a second.
+                self.node.pump(wait_seconds=0.25, min_wait_seconds=0.25)
         except Exception:  # seeding trouble must not take the compute server down
             log.exception("torrent thread failed")
         finally:

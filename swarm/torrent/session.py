@@ -47,8 +47,10 @@ def session_settings(
     dht: bool = True,
     upload_limit: int = 0,
     download_limit: int = 0,
+    utp: bool = False,
 ) -> dict[str, Any]:
-    """Settings for a swarm node: DHT on, no LAN/NAT discovery, many peers per IP (loopback swarms)."""
+    """Settings for a swarm node: DHT on, no LAN/NAT discovery, many peers per IP (loopback swarms), TCP only
+    unless `utp` (uTP's per-packet work in user space cost ~30% more CPU per fetch than TCP, measured here)."""
     host, port = parse_host_port(listen)
     interface = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return {
@@ -62,6 +64,15 @@ def session_settings(
         "enable_natpmp": False,
         # Several nodes on one machine (tests, the demo) share an address: let them all connect.
         "allow_multiple_connections_per_ip": True,
+        "enable_outgoing_utp": utp,
+        "enable_incoming_utp": utp,
+        # Seconds of requests kept queued at each peer (default 3). Requests queued at a seed go stale as the
+        # other fetchers receive those pieces, so a long queue makes the seed upload pieces twice: 1 s took
+        # the seed's upload in tools/bench_distribution.py from ~1.5 to ~1.25 copies of the model.
+        "request_queue_time": 1,
+        # Keep connections between peers that both have everything they want: libtorrent drops them otherwise,
+        # and with them the per-peer byte counters a finished fetch reports as its sources.
+        "close_redundant_connections": False,
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_prefer_verified_node_ids": False,
@@ -74,7 +85,6 @@ def session_settings(
             | lt.alert_category.storage
             | lt.alert_category.dht
             | lt.alert_category.dht_operation
-            | lt.alert_category.piece_progress
             | lt.alert_category.peer
         ),
     }
@@ -129,6 +139,8 @@ class _Tracked:
     handle: lt.torrent_handle
     resume_file: Path | None
     direct_peers: set[tuple[str, int]]
+    # Whether the torrent's pieces came from resume data (trusted, not hash-checked by this session).
+    restored: bool = False
     last_dial: float = 0.0
     resave_at: float | None = None
     hash_failures: int = 0
@@ -164,13 +176,14 @@ class TorrentNode:
         upload_limit: int = 0,
         download_limit: int = 0,
         limit_local_peers: bool = False,
+        utp: bool = False,
     ) -> None:
         try:
             bootstrap_addresses = [parse_host_port(node) for node in bootstrap]
         except ValueError as error:
             raise SwarmError(f"bad bootstrap address: {error}") from error
         try:
-            settings = session_settings(listen, bootstrap, dht, upload_limit, download_limit)
+            settings = session_settings(listen, bootstrap, dht, upload_limit, download_limit, utp)
             # The binding takes a plain dict where its stubs say settings_pack.
             self.session = lt.session(cast("lt.settings_pack", settings))
         except (RuntimeError, ValueError) as error:
@@ -237,8 +250,8 @@ class TorrentNode:
         if key in self._tracked:
             return key
         resume_file = self._resume_file(key, resume_dir)
-        params, _ = seed_params(info, save_path, resume_file)
-        return self._add(key, params, resume_file, ())
+        params, restored = seed_params(info, save_path, resume_file)
+        return self._add(key, params, resume_file, (), restored)
 
     def fetch(
         self,
@@ -270,17 +283,22 @@ class TorrentNode:
         resume_file = self._resume_file(key, resume_dir)
         params, restored = fetch_params(info, save_path, wanted_file_paths, resume_file)
         log.info("fetching %s (%s)", info.name(), "resumed" if restored else "files checked")
-        return self._add(key, params, resume_file, addresses)
+        return self._add(key, params, resume_file, addresses, restored)
 
     def _add(
-        self, key: str, params: lt.add_torrent_params, resume_file: Path | None, peers: Iterable[tuple[str, int]]
+        self,
+        key: str,
+        params: lt.add_torrent_params,
+        resume_file: Path | None,
+        peers: Iterable[tuple[str, int]],
+        restored: bool,
     ) -> str:
         try:
             handle = self.session.add_torrent(params)
         except RuntimeError as error:
             raise SwarmError(f"cannot add torrent {key[:12]}: {error}") from error
         self.handles[key] = handle
-        tracked = _Tracked(handle=handle, resume_file=resume_file, direct_peers=set(peers))
+        tracked = _Tracked(handle=handle, resume_file=resume_file, direct_peers=set(peers), restored=restored)
         self._tracked[key] = tracked
         self._dial(tracked, force=True)
         return key
@@ -342,18 +360,24 @@ class TorrentNode:
     # --- state ---------------------------------------------------------------------------------------------
 
     def status_of(self, key: str) -> TorrentStatus:
-        return _status(self._tracked_or_error(key).handle.status())
+        return _status(self._tracked_or_error(key).handle.status(_STATUS_FLAGS))
 
     progress_of = status_of
 
     def statuses(self) -> list[TorrentStatus]:
-        return [_status(tracked.handle.status()) for tracked in self._tracked.values()]
+        return [_status(tracked.handle.status(_STATUS_FLAGS)) for tracked in self._tracked.values()]
 
     def keys(self) -> list[str]:
         return list(self._tracked)
 
     def hash_failures(self, key: str) -> int:
         return self._tracked_or_error(key).hash_failures
+
+    def sha256_checked(self, key: str) -> bool:
+        """Whether a finished file of this torrent is proven by libtorrent's own checks: a v2 torrent (SHA-256
+        merkle trees under the info hash) whose pieces this session hash-checked, none taken from resume data."""
+        tracked = self._tracked_or_error(key)
+        return not tracked.restored and tracked.handle.info_hashes().has_v2()
 
     def finished_files(self, key: str) -> set[str]:
         """Paths (inside the torrent) of files whose every piece is downloaded and passed its hash check."""
@@ -409,10 +433,18 @@ class TorrentNode:
     def remove_event_listener(self, listener: Callable[[TorrentEvent], None]) -> None:
         self.event_listeners.remove(listener)
 
-    def pump(self, wait_seconds: float = 0.0) -> list[lt.alert]:
-        """Wait up to wait_seconds for alerts, hand them to the listeners, do periodic upkeep; return them."""
+    def pump(self, wait_seconds: float = 0.0, min_wait_seconds: float = 0.0) -> list[lt.alert]:
+        """Wait up to wait_seconds for alerts, hand them to the listeners, do periodic upkeep; return them.
+
+        `min_wait_seconds` batches: alerts that arrive sooner are collected until then, so a caller that does
+        work after every pump does it at most that often, however busy the transfer (on a busy swarm every
+        wakeup takes CPU the peers need for moving bytes)."""
+        started = time.monotonic()
         if wait_seconds > 0:
             self.session.wait_for_alert(int(wait_seconds * 1000))
+        early = min(min_wait_seconds, wait_seconds) - (time.monotonic() - started)
+        if early > 0:
+            time.sleep(early)
         alerts = list(self.session.pop_alerts())
         for alert in alerts:
             self._on_alert(alert)
@@ -559,6 +591,12 @@ def _text(value: Any) -> str:
 def _endpoint_text(endpoint: Any) -> str:
     host, port = endpoint[0], endpoint[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+# What TorrentStatus reads beyond the counters libtorrent always fills: torrent_handle::query_name, which is
+# 1 << 6 in libtorrent 2.x (the binding exports the other query flags, not this one). The default, every flag,
+# also builds the piece bitfield and distributed copies: work a busy fetch loop paid on every call.
+_STATUS_FLAGS = 1 << 6
 
 
 def _status(status: lt.torrent_status) -> TorrentStatus:
