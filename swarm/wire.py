@@ -471,11 +471,15 @@ def encode(
     max_header_bytes: int = MAX_HEADER_BYTES,
     max_tensor_bytes: int = MAX_TENSOR_BYTES,
     max_total_bytes: int = MAX_TOTAL_BYTES,
+    validate: bool = True,
 ) -> list[bytes | memoryview]:
     """Frames for `header` and `tensors` (in mapping order), validated as `decode` would.
 
     `header.tensors` is replaced by descriptors of `tensors`. Tensor frames share the tensors'
     memory when they are contiguous CPU tensors: keep them unchanged until the frames are sent.
+    `validate=False` is for a header that `decode` already validated and that was changed only by the
+    caller's own code (a peer forwarding a step): it skips the field checks, a tenth of a millisecond on every
+    hop, and keeps the size caps.
     """
     tensors = tensors or {}
     if len(tensors) > MAX_TENSORS:
@@ -488,7 +492,12 @@ def encode(
         buffers.append(buffer)
     header = replace(header, tensors=tuple(specs))
     obj = header.to_json_obj()
-    _header_from_obj(obj, max_tensor_bytes, max_total_bytes)
+    if validate:
+        _header_from_obj(obj, max_tensor_bytes, max_total_bytes)
+    else:
+        total = sum(spec.nbytes for spec in specs)
+        if max((spec.nbytes for spec in specs), default=0) > max_tensor_bytes or total > max_total_bytes:
+            raise WireError(ErrorCode.TOO_LARGE, f"tensors total {total} bytes, over the caps")
     try:
         raw = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("ascii")
     except (TypeError, ValueError) as exc:

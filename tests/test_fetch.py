@@ -165,18 +165,26 @@ def processes() -> Iterator[list[Process]]:
         process.stop()
 
 
+def fetcher_beside_seeder(
+    publisher: tuple[Path, Manifest], tmp_path: Path, processes: list[Process]
+) -> tuple[Path, str]:
+    """A seeder of the whole model (the publisher's home) and a fresh fetcher home; returns it and the seeder."""
+    publisher_home, _ = publisher
+    seeder, port = start_seeder(publisher_home)
+    processes.append(seeder)
+    return new_home(tmp_path, "fetcher", publisher_home), f"127.0.0.1:{port}"
+
+
 # --- tests ---------------------------------------------------------------------------------------------------
 
 
 def test_partial_fetch_takes_only_the_selected_chunks_and_resumes(
     publisher: tuple[Path, Manifest], tmp_path: Path, processes: list[Process]
 ) -> None:
-    publisher_home, manifest = publisher
-    seeder, port = start_seeder(publisher_home)
-    processes.append(seeder)
-    home = new_home(tmp_path, "fetcher", publisher_home)
+    manifest = publisher[1]
+    home, seeder_address = fetcher_beside_seeder(publisher, tmp_path, processes)
 
-    done = run_fetch(home, NAME, "--blocks", "1:2", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    done = run_fetch(home, NAME, "--blocks", "1:2", "--peer", seeder_address, "--timeout", "20")
     assert done.returncode == 0, done.stderr
     wanted = {manifest.chunk("meta"), manifest.chunk("blocks-00001-00002")}
     models = home / "data" / "models"
@@ -189,7 +197,7 @@ def test_partial_fetch_takes_only_the_selected_chunks_and_resumes(
     assert (home / "data" / "resume" / f"{manifest.torrent.info_hash_v2}.resume").is_file()
 
     # Widening the selection (by magnet link, resolved from the local catalog) fetches only the new chunk.
-    done = run_fetch(home, manifest.torrent.magnet, "--blocks", "1:3", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    done = run_fetch(home, manifest.torrent.magnet, "--blocks", "1:3", "--peer", seeder_address, "--timeout", "20")
     assert done.returncode == 0, done.stderr
     verified = last_event(done.stdout, "verified")
     assert sorted(verified["already_verified"]) == ["blocks-00001-00002", "meta"]
@@ -232,11 +240,9 @@ def test_chunks_behind_resume_data_get_the_full_sha256_check(
 ) -> None:
     """A fresh v2 fetch is proven by libtorrent's SHA-256 merkle checks; pieces libtorrent takes from resume data
     are not checked by it, so those chunks get the manifest's SHA-256 pass, which catches a flipped byte."""
-    publisher_home, manifest = publisher
-    seeder, port = start_seeder(publisher_home)
-    processes.append(seeder)
-    home = new_home(tmp_path, "fetcher", publisher_home)
-    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    manifest = publisher[1]
+    home, seeder_address = fetcher_beside_seeder(publisher, tmp_path, processes)
+    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", seeder_address, "--timeout", "20")
     assert done.returncode == 0, done.stderr
     chunk = manifest.chunk("blocks-00000-00001")
     path = home / "data" / "models" / chunk.file
@@ -249,7 +255,7 @@ def test_chunks_behind_resume_data_get_the_full_sha256_check(
         byte = handle.read(1)
         handle.seek(chunk.size // 2)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", f"127.0.0.1:{port}", "--timeout", "20")
+    done = run_fetch(home, NAME, "--blocks", "0:1", "--peer", seeder_address, "--timeout", "20")
     assert done.returncode == 1
     assert "blocks-00000-00001 (corrupt)" in done.stderr
     assert '"event": "verified"' not in done.stdout

@@ -375,6 +375,20 @@ def test_caps_are_configurable() -> None:
     decode(frames, max_tensor_bytes=64, max_total_bytes=64)
 
 
+def test_unvalidated_encode_of_a_decoded_header_gives_the_same_frames() -> None:
+    """The forwarding fast path (validate=False) writes exactly what the checked path writes, and keeps caps."""
+    header, _ = decode(encode(full_header(Kind.STEP), {"hidden": torch.ones(1, 2, 4)}))
+    forwarded = replace(header, route=header.route[1:])
+    outputs = {"hidden": torch.full((1, 2, 4), 0.5)}
+    fast = encode(forwarded, outputs, validate=False)
+    assert [bytes(frame) for frame in fast] == [bytes(frame) for frame in encode(forwarded, outputs)]
+    assert decode(fast)[0].route == header.route[1:]
+    for caps in ({"max_tensor_bytes": 16}, {"max_total_bytes": 16}, {"max_header_bytes": 10}):
+        with pytest.raises(WireError) as caught:
+            encode(forwarded, outputs, validate=False, **caps)  # type: ignore[arg-type]
+        assert caught.value.code == "too_large"
+
+
 # ------------------------------------------------------------------------------------------------
 # encode refuses what decode would refuse
 

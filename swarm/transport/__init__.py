@@ -264,7 +264,8 @@ class DealerPool:
 
     def get(self, address: str) -> zmq.Socket[Any]:
         """The DEALER connected to `address` (made now if needed)."""
-        key = normalize_address(address)
+        # Route hops already come as tcp://HOST:PORT: the common case needs no parsing.
+        key = address if address in self._sockets else normalize_address(address)
         sock = self._sockets.get(key)
         if sock is not None:
             self._sockets.move_to_end(key)
