@@ -346,9 +346,10 @@ def join(
     """Serve blocks of MODEL to the swarm: pick them, fetch and verify their chunks, compute, keep seeding."""
     import logging
 
+    from swarm.distribute import parse_block_range
     from swarm.peer.join import JoinOptions
     from swarm.peer.join import join as run_join
-    from swarm.peer.selection import parse_block_range, parse_byte_size
+    from swarm.peer.selection import parse_byte_size
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from(ctx, **flags)

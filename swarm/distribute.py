@@ -113,11 +113,14 @@ def all_chunks(manifest: Manifest) -> list[Chunk]:
 
 
 def parse_block_range(text: str) -> tuple[int, int]:
-    """'A:B' → (A, B) for --blocks."""
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-    if not match:
+    """'A:B' → (A, B) with 0 <= A < B, for --blocks of `swarm fetch` and `swarm join`."""
+    start_text, separator, end_text = text.partition(":")
+    if not separator or not start_text.strip().isdigit() or not end_text.strip().isdigit():
         raise SwarmError(f"--blocks takes START:END (e.g. 0:4), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    start, end = int(start_text), int(end_text)
+    if end <= start:
+        raise SwarmError(f"--blocks {text}: END must be greater than START")
+    return start, end
 
 
 def parse_chunk_ids(text: str) -> list[str]:

@@ -148,14 +148,22 @@ def test_select_chunks(blocks: str | None, chunk_ids: str | None, expected: list
     assert ids(select_chunks(SHARDED, blocks, chunk_ids)) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("0:4", (0, 4)), (" 2 : 3 ", (2, 3))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0:4", (0, 4)), (" 2 : 3 ", (2, 3)), ("3:5", (3, 5)), (" 1 : 2 ", (1, 2))]
+)
 def test_parse_block_range(text: str, expected: tuple[int, int]) -> None:
     assert parse_block_range(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "3", "a:b", "1:2:3", "-1:2"])
+@pytest.mark.parametrize("text", ["", "3", "a:b", "1:2:3", "-1:2", "4", "1:", ":3", "-1:3"])
 def test_parse_block_range_refuses(text: str) -> None:
     with pytest.raises(SwarmError, match="START:END"):
+        parse_block_range(text)
+
+
+@pytest.mark.parametrize("text", ["4:4", "5:2"])
+def test_parse_block_range_refuses_empty_ranges(text: str) -> None:
+    with pytest.raises(SwarmError, match="END must be greater than START"):
         parse_block_range(text)
 
 

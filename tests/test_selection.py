@@ -9,7 +9,6 @@ from swarm.peer.selection import (
     HostingPlan,
     choose_span,
     coverage_from_spans,
-    parse_block_range,
     parse_byte_size,
     plan_hosting,
 )
@@ -175,14 +174,3 @@ def test_parse_byte_size(text: str, expected: int) -> None:
 def test_parse_byte_size_rejects(text: str) -> None:
     with pytest.raises(SwarmError):
         parse_byte_size(text)
-
-
-@pytest.mark.parametrize(("text", "expected"), [("0:4", (0, 4)), ("3:5", (3, 5)), (" 1 : 2 ", (1, 2))])
-def test_parse_block_range(text: str, expected: tuple[int, int]) -> None:
-    assert parse_block_range(text) == expected
-
-
-@pytest.mark.parametrize("text", ["4", "4:4", "5:2", "a:b", "-1:3", "1:", ":3", "1:2:3"])
-def test_parse_block_range_rejects(text: str) -> None:
-    with pytest.raises(SwarmError):
-        parse_block_range(text)

@@ -115,14 +115,3 @@ def plan_hosting(
         return HostingPlan(start, end)
     start, end = choose_span(num_blocks, bytes_per_block, budget_bytes, coverage)
     return HostingPlan(start, end)
-
-
-def parse_block_range(text: str) -> tuple[int, int]:
-    """'A:B' → (A, B) with 0 <= A < B."""
-    start_text, separator, end_text = text.partition(":")
-    if not separator or not start_text.strip().isdigit() or not end_text.strip().isdigit():
-        raise SwarmError(f"--blocks expects START:END (for example 0:4), got {text!r}")
-    start, end = int(start_text), int(end_text)
-    if end <= start:
-        raise SwarmError(f"--blocks {text}: END must be greater than START")
-    return start, end
