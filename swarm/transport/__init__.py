@@ -88,6 +88,14 @@ class Context:
             self._sockets.append(sock)
         return sock
 
+    def _socket(self, kind: int, max_message_bytes: int) -> zmq.Socket[Any]:
+        """A new socket with the options every swarm socket has: bounded linger, queue and inbound frames."""
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, _LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, _SEND_HIGH_WATER_MARK)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        return sock
+
     def bind_router(
         self, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> tuple[zmq.Socket[Any], str]:
@@ -95,10 +103,7 @@ class Context:
         endpoint = normalize_address(address)
         if endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
-        sock = self._context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, _LINGER_MS)
-        sock.setsockopt(zmq.SNDHWM, _SEND_HIGH_WATER_MARK)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock = self._socket(zmq.ROUTER, max_message_bytes)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -121,10 +126,7 @@ class Context:
         `immediate`: queue messages only once the connection is up (sends before that fail with Again).
         """
         endpoint = normalize_address(address)
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, _LINGER_MS)
-        sock.setsockopt(zmq.SNDHWM, _SEND_HIGH_WATER_MARK)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock = self._socket(zmq.DEALER, max_message_bytes)
         if immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
         if identity is not None:
