@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,26 +126,18 @@ class ComputeClient:
             pending[request_id] = address
             sent_at[request_id] = time.perf_counter()
         deadline = time.monotonic() + timeout
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        replies = self._incoming(lambda: list(self.dealers.sockets().values()), deadline)
+        for _sock, header, tensors in replies if pending else ():
+            if header.request_id not in pending:
+                continue
+            address = pending.pop(header.request_id)
+            if header.kind is Kind.ERROR:
+                results[address] = peer_error(header, address)
+            else:
+                seconds = time.perf_counter() - sent_at[header.request_id]
+                results[address] = Reply(header, tensors, seconds)
+            if not pending:
                 break
-            for sock in transport.poll(list(self.dealers.sockets().values()), remaining):
-                received = transport.recv_frames(sock, 0)
-                if received is None:
-                    continue
-                try:
-                    header, tensors = decode(received[1])
-                except WireError:
-                    continue  # a garbled reply: the request then times out and is reported as unanswered
-                if header.request_id not in pending:
-                    continue
-                address = pending.pop(header.request_id)
-                if header.kind is Kind.ERROR:
-                    results[address] = peer_error(header, address)
-                else:
-                    seconds = time.perf_counter() - sent_at[header.request_id]
-                    results[address] = Reply(header, tensors, seconds)
         for address in pending.values():
             results[address] = PeerFailure(
                 f"peer {address} did not answer {kind.value} within {timeout:g} s", address, TIMEOUT
@@ -186,26 +178,33 @@ class ComputeClient:
         except SwarmError as error:
             raise PeerFailure(f"cannot send to peer {first}: {error}", first, SEND_FAILED) from error
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timeout_error(route, header.kind, timeout)
-            first_dealer = self.dealers.get(first)
-            for sock in transport.poll([self.router, first_dealer], remaining):
+        # Results come to the reply ROUTER; an error may come back on the DEALER to the first hop.
+        for sock, reply, reply_tensors in self._incoming(lambda: [self.router, self.dealers.get(first)], deadline):
+            if reply.request_id != header.request_id:
+                continue  # a late reply to an earlier request that already timed out
+            if reply.kind is Kind.ERROR:
+                raise peer_error(reply, route[-1].address if sock is self.router else first, route)
+            if reply.kind is not Kind.RESULT:
+                raise SwarmError(f"peer {route[-1].address} answered {header.kind.value} with {reply.kind.value}")
+            return Reply(reply, reply_tensors, time.perf_counter() - sent)
+        raise self._timeout_error(route, header.kind, timeout)
+
+    def _incoming(
+        self, sockets: Callable[[], list[transport.Socket]], deadline: float
+    ) -> Iterator[tuple[transport.Socket, Header, dict[str, torch.Tensor]]]:
+        """Every message that decodes on `sockets` until `deadline` (time.monotonic), with the socket it came on.
+
+        A garbled message is skipped: the request it answers then times out and is reported as unanswered."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            for sock in transport.poll(sockets(), remaining):
                 received = transport.recv_frames(sock, 0)
                 if received is None:
                     continue
                 try:
-                    reply, reply_tensors = decode(received[1])
+                    header, tensors = decode(received[1])
                 except WireError:
                     continue
-                if reply.request_id != header.request_id:
-                    continue  # a late reply to an earlier request that already timed out
-                if reply.kind is Kind.ERROR:
-                    raise peer_error(reply, first if sock is first_dealer else route[-1].address, route)
-                if reply.kind is not Kind.RESULT:
-                    raise SwarmError(f"peer {route[-1].address} answered {header.kind.value} with {reply.kind.value}")
-                return Reply(reply, reply_tensors, time.perf_counter() - sent)
+                yield sock, header, tensors
 
     def _timeout_error(self, route: Sequence[Hop], kind: Kind, timeout: float) -> SwarmError:
         """Name the first hop that does not answer a ping; otherwise say the route as a whole was too slow."""
