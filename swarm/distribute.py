@@ -474,9 +474,9 @@ class ChunkFetch:
         finished = self.node.finished_files(self.key)
         return [chunk for chunk in self.chunks if chunk.id not in self.verified and chunk.file not in finished]
 
-    def failure(self) -> str | None:
-        """A reason the fetch cannot go on (disk full, write error), or None."""
-        status = self.node.status_of(self.key)
+    def failure(self, status: TorrentStatus | None = None) -> str | None:
+        """A reason the fetch cannot go on (disk full, write error), or None; `status`: one just read."""
+        status = status or self.node.status_of(self.key)
         if self.errors:
             event = self.errors[-1]
             return f"cannot write {self.manifest.name}'s chunks in {self.models_dir}: {event.message}"
@@ -557,7 +557,7 @@ def fetch_chunks(
             reporter.update(status, status.peers)
             # peer_info forgets a peer when it disconnects: sample every turn to count what each one sent.
             node.peer_transfers(fetch.key)
-            failure = fetch.failure()
+            failure = fetch.failure(status)
             if failure:
                 raise SwarmError(failure)
             if not fetch.pending():
