@@ -67,7 +67,7 @@ def stop_event() -> threading.Event:
 @click.option("--prepare-only", is_flag=True, help="Write chunks, manifest and torrent; do not seed.")
 @click.option("--format", "torrent_format", type=click.Choice(["v2", "hybrid", "v1"]), help="Torrent format.")
 @click.option("--blocks-per-chunk", type=click.IntRange(min=1), help="Blocks in each chunk file.")
-@click.option("--piece-length", type=click.IntRange(min=16384), help="Piece length in bytes (power of 2).")
+@click.option("--piece-length", type=int, help="Piece length in bytes: a power of 2, >= 32 KiB (16 KiB for v1).")
 @click.option("--listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
 @click.option(
     "--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable): publish the name on the DHT."

@@ -43,7 +43,7 @@ from swarm.errors import SwarmError
 from swarm.manifest import Manifest, load_manifest, manifest_from_dict
 from swarm.pins import NOT_FOUND, PIN, REFUSE, REPIN, PinStore, decide
 from swarm.torrent import dht
-from swarm.torrent.create import describe_torrent, make_torrent
+from swarm.torrent.create import MIN_PIECE_LENGTH, describe_torrent, make_torrent
 from swarm.torrent.session import TorrentNode
 
 RECORD_FORMAT = 1
@@ -51,7 +51,7 @@ RECORD_FORMAT = 1
 # replayed as a signature over anything else the publisher key signs (manifests are JSON).
 SIGNING_CONTEXT = b"swarm/name-record/v1\n"
 BUNDLE_FORMAT = "v2"
-BUNDLE_PIECE_LENGTH = 16 * 1024
+BUNDLE_PIECE_LENGTH = MIN_PIECE_LENGTH
 # A record bundle holds a manifest and a torrent: tens of KiB to a few MiB. Refuse to download more.
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 FINGERPRINT_PATTERN = re.compile(r"^[0-9a-f]{16}$")

@@ -22,7 +22,7 @@ from swarm.model.families import family_for
 from swarm.model.safetensors_stream import TensorEntry, read_entries
 from swarm.model.source import locate_model, read_source
 from swarm.progress import ProgressSink, SilentProgress
-from swarm.torrent.create import choose_piece_length, make_torrent
+from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def publish(
     check_name(name)
     if settings.torrent_format not in TORRENT_FORMATS:
         raise SwarmError(f"unknown torrent format {settings.torrent_format!r}; use {', '.join(TORRENT_FORMATS)}")
+    if settings.piece_length:
+        check_piece_length(settings.piece_length, settings.torrent_format)
     source = read_source(locate_model(reference))
     entries: list[TensorEntry] = []
     for weight_file in source.weight_files:

@@ -11,7 +11,7 @@ from swarm.errors import SwarmError
 from swarm.model.chunker import plan_chunks
 from swarm.model.families import family_for, family_named
 from swarm.model.safetensors_stream import TensorEntry
-from swarm.torrent.create import choose_piece_length
+from swarm.torrent.create import check_piece_length, choose_piece_length
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 
@@ -19,15 +19,36 @@ KIB, MIB, GIB = 1024, 1024**2, 1024**3
 @pytest.mark.parametrize(
     ("total", "expected"),
     [
-        (0, 16 * KIB),
-        (64 * MIB, 16 * KIB),
-        (64 * MIB + 1, 32 * KIB),
+        (0, 32 * KIB),
+        (128 * MIB, 32 * KIB),
+        (128 * MIB + 1, 64 * KIB),
         (1 * GIB, 256 * KIB),
         (100 * GIB, 16 * MIB),
     ],
 )
 def test_piece_length_choice(total: int, expected: int) -> None:
     assert choose_piece_length(total) == expected
+
+
+@pytest.mark.parametrize(
+    ("piece_length", "torrent_format", "accepted"),
+    [
+        (16 * KIB, "v1", True),
+        (16 * KIB, "v2", False),  # one block per piece: libtorrent drops honest peers after a hash failure
+        (16 * KIB, "hybrid", False),
+        (32 * KIB, "v2", True),
+        (32 * KIB, "hybrid", True),
+        (48 * KIB, "v2", False),
+        (8 * KIB, "v1", False),
+        (16 * MIB, "v2", True),
+    ],
+)
+def test_piece_length_check(piece_length: int, torrent_format: str, accepted: bool) -> None:
+    if accepted:
+        check_piece_length(piece_length, torrent_format)
+    else:
+        with pytest.raises(SwarmError, match="must be a power of two"):
+            check_piece_length(piece_length, torrent_format)
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_blocks_per_chunk_groups_ranges(model_dirs: dict[str, Path], tmp_path: P
 @pytest.mark.parametrize("torrent_format", ["v1", "hybrid"])
 def test_piece_ranges_hold_exactly_each_chunk(torrent_format: str, model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """Hash each chunk's bytes piece by piece (zero-padded at its end) against the torrent's SHA-1 piece hashes."""
-    settings = settings_for(tmp_path, torrent_format=torrent_format, piece_length=16384)
+    settings = settings_for(tmp_path, torrent_format=torrent_format, piece_length=32768)
     published = publish(str(model_dirs["gpt2"]), "pieces", settings)
     info = lt.torrent_info(published.torrent_path.read_bytes())
     piece_length = info.piece_length()
@@ -241,6 +241,10 @@ def test_bad_inputs_give_one_line_errors(model_dirs: dict[str, Path], tmp_path: 
     assert_clean_error(
         *run_cli(["seed", str(model_dirs["llama"]), "--name", "../x", "--prepare-only"], home),
         "invalid model name",
+    )
+    assert_clean_error(
+        *run_cli(["seed", str(model_dirs["llama"]), "--name", "x", "--prepare-only", "--piece-length", "16384"], home),
+        "piece length 16384 must be a power of two of at least 32768 bytes for v2",
     )
 
     blocked = tmp_path / "a-file"

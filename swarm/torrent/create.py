@@ -10,14 +10,19 @@ import libtorrent as lt
 
 from swarm.errors import SwarmError
 
-MIN_PIECE_LENGTH = 16 * 1024
+# BitTorrent's block size: the smallest piece there can be.
+BLOCK_LENGTH = 16 * 1024
+# Not one block for v2: when a v2 piece is a single 16 KiB block, libtorrent 2.1.1 rejects every peer's answer
+# to the block-hash request it sends after a piece fails its hash, and drops that peer ("invalid hashes"): one
+# corrupt seeder got the honest seeders disconnected and the fetch stalled (seen in tests/test_fetch.py).
+MIN_PIECE_LENGTH = 2 * BLOCK_LENGTH
 MAX_PIECE_LENGTH = 16 * 1024 * 1024
 TARGET_PIECES = 4096
 CREATOR = "swarm"
 
 
 def choose_piece_length(total_bytes: int) -> int:
-    """The smallest power of two (16 KiB..16 MiB) that keeps the torrent near TARGET_PIECES pieces.
+    """The smallest power of two (32 KiB..16 MiB) that keeps the torrent near TARGET_PIECES pieces.
 
     Small pieces keep the padding after each chunk file small and let a peer fetch one chunk
     without neighbours' bytes; the cap keeps the piece list of a large model bounded.
@@ -55,6 +60,15 @@ def _format_flags(torrent_format: str) -> int:
         # BEP 47 pad files keep every chunk file piece-aligned in v1 torrents too.
         return int(lt.create_torrent.v1_only | lt.create_torrent.canonical_files)
     raise SwarmError(f"unknown torrent format {torrent_format!r}; use v2, hybrid or v1")
+
+
+def check_piece_length(piece_length: int, torrent_format: str) -> None:
+    """Refuse a piece length BitTorrent cannot use, or one too small for v2 (see MIN_PIECE_LENGTH)."""
+    smallest = BLOCK_LENGTH if torrent_format == "v1" else MIN_PIECE_LENGTH
+    if piece_length < smallest or piece_length & (piece_length - 1):
+        raise SwarmError(
+            f"piece length {piece_length} must be a power of two of at least {smallest} bytes for {torrent_format}"
+        )
 
 
 def make_torrent(
