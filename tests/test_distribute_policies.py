@@ -20,6 +20,7 @@ from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest, TorrentInfo
 from swarm.seedbox import render_metrics
 from swarm.torrent.fetch import SKIP, WANTED, TorrentFile, file_priorities
+from swarm.torrent.request_queue import MAX_ACCEPTED_REQUESTS, MIN_ACCEPTED_REQUESTS, accepted_requests_per_peer
 from swarm.torrent.resume import FileOnDisk, resume_agrees_with_disk
 
 
@@ -299,3 +300,20 @@ def test_metrics_render_one_sample_per_model_with_escaped_labels() -> None:
     # Every sample line is NAME{labels} VALUE.
     samples = [line for line in lines if not line.startswith("#")]
     assert all(len(line.rsplit(" ", 1)) == 2 and float(line.rsplit(" ", 1)[1]) >= 0 for line in samples)
+
+
+@pytest.mark.parametrize(
+    ("upload_rate", "downloading_peers", "expected"),
+    [
+        (0, 0, MIN_ACCEPTED_REQUESTS),  # idle: the floor
+        (12_500_000, 8, MIN_ACCEPTED_REQUESTS),  # 100 Mbit/s shared by 8 peers: 9.5 blocks in 0.1 s
+        (50_000_000, 8, 38),
+        (12_500_000, 1, 76),  # the same link to one peer
+        (125_000_000, 1, 762),  # 1 Gbit/s to one peer: deep enough for 0.1 s round trips
+        (10_000_000_000, 1, MAX_ACCEPTED_REQUESTS),  # capped at libtorrent's default
+        (-5, 3, MIN_ACCEPTED_REQUESTS),
+        (100_000_000, 0, 610),  # no peer counted yet: the whole rate
+    ],
+)
+def test_accepted_requests_follow_upload_per_peer(upload_rate: int, downloading_peers: int, expected: int) -> None:
+    assert accepted_requests_per_peer(upload_rate, downloading_peers) == expected

@@ -19,6 +19,7 @@ import libtorrent as lt
 from swarm.config import parse_host_port
 from swarm.errors import SwarmError
 from swarm.torrent.fetch import WANTED, fetch_params, file_priorities, seed_params, torrent_files
+from swarm.torrent.request_queue import MIN_ACCEPTED_REQUESTS, accepted_requests_per_peer
 from swarm.torrent.resume import resume_path, write_resume
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ USER_AGENT = "swarm/0.1"
 RESAVE_AFTER_FINISH_SECONDS = 3.0
 # How often peers given explicitly (--peer) are dialled again while not connected.
 REDIAL_SECONDS = 5.0
+# How often the per-peer request queue a node accepts is resized to its upload rate.
+REQUEST_QUEUE_REVIEW_SECONDS = 1.0
 # How long close() waits for the resume data of every torrent.
 CLOSE_TIMEOUT_SECONDS = 10.0
 
@@ -70,6 +73,8 @@ def session_settings(
         # other fetchers receive those pieces, so a long queue makes the seed upload pieces twice: 1 s took
         # the seed's upload in tools/bench_distribution.py from ~1.5 to ~1.25 copies of the model.
         "request_queue_time": 1,
+        # What this node accepts queued from each peer; raised with its upload rate (see request_queue.py).
+        "max_allowed_in_request_queue": MIN_ACCEPTED_REQUESTS,
         # Keep connections between peers that both have everything they want: libtorrent drops them otherwise,
         # and with them the per-peer byte counters a finished fetch reports as its sources.
         "close_redundant_connections": False,
@@ -199,6 +204,8 @@ class TorrentNode:
         self._tracked: dict[str, _Tracked] = {}
         self._pending_saves: set[str] = set()
         self._next_periodic_save = time.monotonic() + resume_interval
+        self._next_queue_review = 0.0
+        self._accepted_requests = MIN_ACCEPTED_REQUESTS
         if limit_local_peers:
             self.set_rate_limits(upload_limit, download_limit, limit_local_peers=True)
 
@@ -504,11 +511,25 @@ class TorrentNode:
                 tracked.resave_at = None
                 self._request_save(key)
             self._dial(tracked)
+        if now >= self._next_queue_review:
+            self._next_queue_review = now + REQUEST_QUEUE_REVIEW_SECONDS
+            self._review_request_queue()
         if now >= self._next_periodic_save:
             self._next_periodic_save = now + self.resume_interval
             for key, tracked in self._tracked.items():
                 if tracked.handle.need_save_resume_data():
                     self._request_save(key)
+
+    def _review_request_queue(self) -> None:
+        upload_rate = downloading_peers = 0
+        for tracked in self._tracked.values():
+            status = tracked.handle.status(_STATUS_FLAGS)
+            upload_rate += int(status.upload_payload_rate)
+            downloading_peers += max(0, int(status.num_peers) - int(status.num_seeds))
+        accepted = accepted_requests_per_peer(upload_rate, downloading_peers)
+        if accepted != self._accepted_requests:
+            self.session.apply_settings({"max_allowed_in_request_queue": accepted})
+            self._accepted_requests = accepted
 
     # --- resume data ---------------------------------------------------------------------------------------
 
