@@ -11,7 +11,8 @@ allows, like a congestion window, as long as the round trip is under QUEUE_SECON
 
 from __future__ import annotations
 
-BLOCK_BYTES = 16 * 1024
+from swarm.torrent.create import BLOCK_LENGTH
+
 QUEUE_SECONDS = 0.1
 # 256 KiB. In the benchmark (100 Mbit/s links, 8 fetchers) fixed caps of 8, 16, 24, 32 and 64 blocks gave the
 # slowest fetch 26.9, 26.0 (mean of 2), 27.7, 26.8 and 27.0 s, against 30.5 s at libtorrent's 2000.
@@ -24,5 +25,5 @@ def accepted_requests_per_peer(upload_rate: int, downloading_peers: int, queue_s
     """Blocks each peer may keep requested from this node: `queue_seconds` of this node's upload (bytes/s) to
     each of the peers it uploads to, within [MIN_ACCEPTED_REQUESTS, MAX_ACCEPTED_REQUESTS]."""
     per_peer = max(0, upload_rate) / max(1, downloading_peers)
-    blocks = int(per_peer * queue_seconds / BLOCK_BYTES)
+    blocks = int(per_peer * queue_seconds / BLOCK_LENGTH)
     return min(MAX_ACCEPTED_REQUESTS, max(MIN_ACCEPTED_REQUESTS, blocks))
