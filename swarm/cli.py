@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -10,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from swarm.catalog import resolve
 from swarm.config import Settings, load_settings
@@ -19,12 +18,20 @@ from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from swarm.discovery import NameRecordKeeper
     from swarm.publish import Published
     from swarm.torrent.session import TorrentNode
 
-console = Console()
-errors = Console(stderr=True)
+
+@functools.cache
+def terminal(stderr: bool = False) -> Console:
+    """The rich console for tables and messages (stdout, or stderr), made on first use: importing rich is a
+    noticeable share of a command's start-up, and commands printing JSON never need it."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 class SwarmGroup(click.Group):
@@ -79,7 +86,7 @@ def seed(
     ctx: click.Context, model: str, name: str, prepare_only: bool, force: bool, as_json: bool, **flags: Any
 ) -> None:
     """Split MODEL (a model directory or a cached hub id) into chunks, sign, make the torrent, seed."""
-    from swarm.progress import BarProgress, SilentProgress
+    from swarm.progress import SilentProgress
     from swarm.publish import publish
     from swarm.torrent.dht import check_addresses
 
@@ -88,6 +95,8 @@ def seed(
     if as_json:
         published = publish(model, name, settings, force=force, progress=SilentProgress())
     else:
+        from swarm.bars import BarProgress
+
         with BarProgress() as bars:
             published = publish(model, name, settings, force=force, progress=bars)
     manifest = published.manifest
@@ -107,12 +116,12 @@ def seed(
         )
     else:
         print_chunk_table(manifest)
-        console.print(
+        terminal().print(
             f"{manifest.name}: {len(manifest.chunks)} chunks, {published.total_bytes:,} bytes, "
             f"{published.seconds:.2f} s; publisher {manifest.fingerprint}"
         )
-        console.print(f"manifest {published.manifest_path}\ntorrent  {published.torrent_path}")
-        console.print(f"magnet   {manifest.torrent.magnet}", soft_wrap=True)
+        terminal().print(f"manifest {published.manifest_path}\ntorrent  {published.torrent_path}")
+        terminal().print(f"magnet   {manifest.torrent.magnet}", soft_wrap=True)
     if prepare_only:
         return
     seed_forever(
@@ -175,7 +184,7 @@ def publish_on_dht(node: TorrentNode, settings: Settings, published: Published, 
         click.echo(f"published {manifest.name}@{manifest.fingerprint} on the DHT")
     missing = [slot for slot, found in confirmed.items() if not found]
     if missing:
-        errors.print(
+        terminal(stderr=True).print(
             f"warning: the DHT does not return the {', '.join(missing)} record(s) of {manifest.name} yet; "
             "they are put again every refresh"
         )
@@ -297,10 +306,12 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
         if as_json:
             click.echo(json.dumps({"torrent": str(path), "files": rows}))
             return
+        from rich.table import Table
+
         table = Table("file", "size", "pieces")
         for row in rows:
             table.add_row(str(row["file"]), f"{row['size']:,}", f"{row['first_piece']}-{row['last_piece']}")
-        console.print(table)
+        terminal().print(table)
         return
     manifest, _ = resolve(model, settings.catalog)
     if as_json:
@@ -473,7 +484,7 @@ def run(
         click.echo("")
         timings = result.generation
         rate = timings.tokens_per_second
-        errors.print(
+        terminal(stderr=True).print(
             f"[dim]{len(timings.token_ids)} tokens via {len(result.route)} hop(s); prefill "
             f"{timings.prefill_seconds:.3f} s" + (f", {rate:.1f} tokens/s[/dim]" if rate else "[/dim]")
         )
@@ -519,7 +530,7 @@ def fetch(
     **flags: Any,
 ) -> None:
     """Fetch MODEL's chunks over BitTorrent and verify them (MODEL: catalog name, manifest, torrent, magnet)."""
-    from swarm.distribute import BarTransfer, JsonTransfer, run_fetch
+    from swarm.distribute import JsonTransfer, run_fetch
 
     settings = settings_from(ctx, **flags)
     stop = stop_event()
@@ -542,6 +553,8 @@ def fetch(
     if as_json:
         run_fetch(model, settings, reporter=JsonTransfer(), **options)  # type: ignore[arg-type]
     else:
+        from swarm.bars import BarTransfer
+
         with BarTransfer() as bars:
             run_fetch(model, settings, reporter=bars, **options)  # type: ignore[arg-type]
 
@@ -568,6 +581,8 @@ def seedbox(ctx: click.Context, mirror: bool, peers: tuple[str, ...], as_json: b
 
 
 def print_chunk_table(manifest: Manifest) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{manifest.name} ({manifest.family or manifest.architecture}, {manifest.dtype})")
     for column in ("chunk", "kind", "blocks", "size", "pieces", "sha256"):
         table.add_column(column, justify="right" if column in ("size", "pieces") else "left")
@@ -581,4 +596,4 @@ def print_chunk_table(manifest: Manifest) -> None:
             f"{chunk.first_piece}-{chunk.last_piece}",
             chunk.sha256[:12],
         )
-    console.print(table)
+    terminal().print(table)

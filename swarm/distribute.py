@@ -20,19 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from swarm.catalog import NAME_PATTERN, resolve, torrent_path
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest, chunk_problem, load_manifest
-from swarm.progress import RichBars
 from swarm.torrent.create import describe_torrent
 from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
 
@@ -360,37 +351,6 @@ class JsonTransfer:
 
     def finished(self, summary: dict[str, Any]) -> None:
         # The caller reports the verified result; nothing more to say here.
-        pass
-
-
-class BarTransfer(RichBars):
-    """A rich bar on stderr: bytes, rate, peers, time left; one line per notable event."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[peers]} peers"),
-            TimeRemainingColumn(),
-        )
-
-    def started(self, name: str, chunks: Sequence[Chunk], already: Sequence[str]) -> None:
-        total = sum(chunk.size for chunk in chunks)
-        self.task = self.bars.add_task(f"fetching {name}", total=total, peers=0)
-        if already:
-            self.bars.console.print(f"{len(already)} of {len(chunks)} chunks already on disk and verified")
-
-    def update(self, status: TorrentStatus, peers: int) -> None:
-        if self.task is not None:
-            self.bars.update(self.task, completed=status.wanted_done, total=max(status.wanted_bytes, 1), peers=peers)
-
-    def event(self, event: TorrentEvent) -> None:
-        if event.kind in ("hash_failed", "peer_banned", "error"):
-            self.bars.console.print(f"{event.kind.replace('_', ' ')}: {event.message}")
-
-    def finished(self, summary: dict[str, Any]) -> None:
         pass
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import libtorrent as lt
@@ -288,6 +290,21 @@ def test_json_output_is_one_object(model_dirs: dict[str, Path], tmp_path: Path) 
     assert set(record) >= {"name", "manifest", "torrent", "magnet", "chunks", "bytes", "seconds"}
     code, output = run_cli(["inspect", "j", "--json"], tmp_path / "h")
     assert code == 0 and json.loads(output)["name"] == "j"
+
+
+def test_table_output_names_every_chunk(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    code, output = run_cli(["seed", str(model_dirs["llama"]), "--name", "t", "--prepare-only"], tmp_path / "h")
+    assert code == 0, output
+    manifest = load_manifest(Settings(home=tmp_path / "h").catalog / "t.json")
+    for chunk in manifest.chunks:
+        assert chunk.id in output
+    assert manifest.torrent.magnet in output
+
+
+def test_commands_printing_json_never_load_rich() -> None:
+    # rich is a noticeable share of start-up; eight fetches starting at once on two cores wait on it.
+    probe = "import sys, swarm.cli, swarm.distribute, swarm.publish; sys.exit('rich' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 
 def test_source_may_be_a_hub_id_in_the_local_cache(model_dirs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
