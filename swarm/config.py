@@ -68,6 +68,10 @@ class Settings:
     request_timeout: float = 30.0
     # Seconds a peer waits to connect to the next hop (or reply_to) before failing the request as unreachable.
     forward_connect_timeout: float = 2.0
+    # Seconds a peer keeps checking for the next step without sleeping after it handled one (0: always sleep).
+    # Waking from sleep costs milliseconds on virtual machines, whose idle CPUs the host parks; checking costs
+    # one CPU core for this long after every step (yielded to any other runnable thread).
+    busy_poll_seconds: float = 0.0
     # Share of the available RAM a peer budgets for weights when --memory is not given.
     memory_fraction: float = 0.5
     # Seconds between a compute peer's DHT announcements.
@@ -137,6 +141,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
     "SWARM_MAX_BATCH": ("max_batch", int),
     "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),
+    "SWARM_BUSY_POLL": ("busy_poll_seconds", float),
     "SWARM_MEMORY_FRACTION": ("memory_fraction", float),
     "SWARM_CLIENT_REPLY_HOST": ("client_reply_host", str),
     "SWARM_DHT_REFRESH": ("dht_refresh_interval", float),

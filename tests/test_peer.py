@@ -101,7 +101,8 @@ def pipeline(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFacto
     peers = start_peers(
         [
             ["--model", "tiny", "--memory", str(budget)],
-            ["--model", "tiny", "--blocks", f"{SPLIT}:{LAYERS}"],
+            # The second peer checks for steps without sleeping, so every test below covers that loop too.
+            ["--model", "tiny", "--blocks", f"{SPLIT}:{LAYERS}", "--busy-poll", "0.5"],
             ["--model", "opt"],
         ],
         environment,

@@ -8,7 +8,17 @@ one run: local `generate`, the swarm through 1 peer (all blocks) and through 2 p
 the same work on the same cores. Prints a markdown table of medians, the added latency per hop and per token,
 and whether every run produced the same tokens.
 
-Usage: python tools/bench_inference.py [--params 100M] [--repeat 3] [--threads 1] [--work DIR]
+`--cpus 0` pins this process and every peer it starts to CPU 0. A message to a process whose virtual CPU sits
+idle waits for the hypervisor to wake that CPU; on the project's 2-vCPU VM that wait costs milliseconds per hop
+(see the README). On one CPU the hand-offs between client and peers are context switches on a CPU that never
+idles, so the figures leave those wake-ups out; local `generate` runs on the same CPU.
+
+`--busy-poll SECONDS` adds the same two swarm setups with peers started with that setting (`swarm join
+--busy-poll`), interleaved with the others: after each step such a peer checks for the next one without sleeping
+for that long, so no hop waits for an idle CPU to wake.
+
+Usage: python tools/bench_inference.py [--params 100M] [--repeat 3] [--threads 1] [--cpus LIST] [--busy-poll S]
+                                       [--work DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +87,21 @@ class Setup:
         return 1000 * self.median(lambda run: run.first_token_seconds)
 
 
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers from a list such as `0`, `0,1` or `0-3`."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list such as 0 or 0,1 or 0-3") from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not cpus <= available:
+        raise argparse.ArgumentTypeError(f"CPUs {sorted(cpus)} are not all among this machine's {sorted(available)}")
+    return cpus
+
+
 def start_peer(blocks: str, environment: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
     """A `swarm join` process serving `blocks`, and its compute address once it says it is serving."""
     process = subprocess.Popen(
@@ -109,7 +134,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each setup; medians are reported")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
     parser.add_argument("--work", type=Path, help="working directory (kept; the model is reused when present)")
+    parser.add_argument(
+        "--cpus", type=parse_cpus, help="pin this process and the peers it starts to these CPUs, e.g. 0 or 0,1 or 0-3"
+    )
+    parser.add_argument(
+        "--busy-poll", type=float, default=0.0, help="also run peers with this --busy-poll, side by side (default: no)"
+    )
     args = parser.parse_args()
+    if args.cpus is not None:
+        # Child processes inherit the affinity, so the peers started below run on the same CPUs.
+        os.sched_setaffinity(0, args.cpus)
 
     # Every process, this one included, computes on the same number of threads.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -181,28 +215,34 @@ def main() -> None:
         generation = result.generation
         return Measurement(generation.token_ids, total, generation.prefill_seconds, generation.token_seconds)
 
-    environment = dict(os.environ, SWARM_HOME=str(home))
     middle = layers // 2
+    # Peer sets by busy-poll seconds: plain peers always, busy-polling ones too when asked for, run side by side.
+    busy_polls = [0.0] + ([args.busy_poll] if args.busy_poll > 0 else [])
     peers: list[subprocess.Popen[str]] = []
+    setups = {"local": Setup("local transformers generate", 0)}
+    routes: dict[str, SwarmClient] = {}
     try:
-        started = [start_peer(blocks, environment, work / f"peer-{index}.log") for index, blocks in
-                   enumerate([f"0:{layers}", f"0:{middle}", f"{middle}:{layers}"])]  # fmt: skip
-        peers = [process for process, _ in started]
-        addresses = [address for _, address in started]
-        one_peer = SwarmClient.connect("bench", settings, [addresses[0]])
-        two_peers = SwarmClient.connect("bench", settings, addresses[1:])
-        setups = {"local": Setup("local transformers generate", 0), "one": Setup("swarm, 1 peer", 1)}
-        setups["two"] = Setup("swarm, 2 peers", 2)
+        for busy_poll in busy_polls:
+            environment = dict(os.environ, SWARM_HOME=str(home), SWARM_BUSY_POLL=str(busy_poll))
+            suffix = f", busy poll {busy_poll:g} s" if busy_poll else ""
+            started = [start_peer(blocks, environment, work / f"peer-{len(peers) + index}.log") for index, blocks in
+                       enumerate([f"0:{layers}", f"0:{middle}", f"{middle}:{layers}"])]  # fmt: skip
+            peers += [process for process, _ in started]
+            addresses = [address for _, address in started]
+            for key, hops, chosen in (("one", 1, addresses[:1]), ("two", 2, addresses[1:])):
+                name = f"{key}{suffix}"
+                setups[name] = Setup(f"swarm, {hops} peer{'s' if hops > 1 else ''}{suffix}", hops)
+                routes[name] = SwarmClient.connect("bench", settings, chosen)
         run_local()  # warm-up: first calls allocate and tune kernels
-        run_swarm(one_peer)
-        run_swarm(two_peers)
+        for client in routes.values():
+            run_swarm(client)
         for _ in range(args.repeat):
             setups["local"].runs.append(run_local())
-            setups["one"].runs.append(run_swarm(one_peer))
-            setups["two"].runs.append(run_swarm(two_peers))
-        one_peer.close()
-        two_peers.close()
+            for name, client in routes.items():
+                setups[name].runs.append(run_swarm(client))
     finally:
+        for client in routes.values():
+            client.close()
         for process in peers:
             process.terminate()
         for process in peers:
@@ -216,7 +256,8 @@ def main() -> None:
     print(
         f"\nLlama, {parameters / 1e6:.0f}M parameters ({layers} blocks, hidden {config.hidden_size}), float32, "
         f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (EOS banned), greedy, "
-        f"{args.threads} torch thread(s) per process, medians of {args.repeat} runs, all on 127.0.0.1.\n"
+        f"{args.threads} torch thread(s) per process, medians of {args.repeat} runs, all on 127.0.0.1, "
+        f"CPUs {','.join(map(str, sorted(os.sched_getaffinity(0))))}.\n"
     )
     print(f"Command: python tools/bench_inference.py {' '.join(sys.argv[1:])}".rstrip() + "\n")
     print("| setup | tokens/s (end to end) | vs local | ms per token (decode, median) | first token ms |")
@@ -226,12 +267,15 @@ def main() -> None:
             f"| {setup.name} | {setup.tokens_per_second:.1f} | {setup.tokens_per_second / local.tokens_per_second:.2f} "
             f"| {setup.ms_per_token:.1f} | {setup.prefill_ms:.1f} |"
         )
-    per_token_swarm = setups["one"].ms_per_token - local.ms_per_token
-    per_hop = setups["two"].ms_per_token - setups["one"].ms_per_token
-    print(
-        f"\nAdded per token, local -> swarm with 1 peer: {per_token_swarm:+.1f} ms "
-        f"(client embed/head, two socket trips, serialisation). Added per extra hop (1 -> 2 peers): {per_hop:+.1f} ms."
-    )
+    print()
+    for busy_poll in busy_polls:
+        suffix = f", busy poll {busy_poll:g} s" if busy_poll else ""
+        one, two = setups[f"one{suffix}"], setups[f"two{suffix}"]
+        print(
+            f"Peers{suffix or ' sleeping between steps'}: added per token, local -> swarm with 1 peer: "
+            f"{one.ms_per_token - local.ms_per_token:+.1f} ms (client embed/head, two socket trips, serialisation); "
+            f"added per extra hop (1 -> 2 peers): {two.ms_per_token - one.ms_per_token:+.1f} ms."
+        )
     print(
         f"Tokens identical across all {sum(len(s.runs) for s in setups.values())} runs: {'yes' if identical else 'NO'}"
     )

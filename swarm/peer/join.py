@@ -262,6 +262,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
             advertise_host=options.advertise_host,
             throughput=round(throughput, 3),
             connect_timeout=settings.forward_connect_timeout,
+            busy_poll_seconds=settings.busy_poll_seconds,
         )
     except BaseException:
         node.close()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from swarm import transport, wire
+from swarm.errors import SwarmError
 from swarm.peer.admission import AdmissionLimits, admit_batch, free_sessions
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
@@ -79,8 +80,11 @@ class PeerServer:
         advertise_host: str | None = None,
         throughput: float = 0.0,
         connect_timeout: float = 2.0,
+        busy_poll_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if busy_poll_seconds < 0:
+            raise SwarmError(f"busy-poll seconds must be 0 or more, got {busy_poll_seconds:g}")
         self.runner = runner
         self.identity = identity
         self.limits = limits
@@ -92,6 +96,9 @@ class PeerServer:
         self.dealers = transport.DealerPool(self.context, identity_prefix=self.address, connect_timeout=connect_timeout)
         self.sessions = SessionTable(limits, idle_timeout, clock)
         self.handled = 0
+        self.busy_poll_seconds = busy_poll_seconds
+        # Until when the loop checks for the next message without sleeping (set by every session step).
+        self._busy_until = 0.0
         self._closed = False
 
     # ----- loop -----
@@ -99,7 +106,7 @@ class PeerServer:
     def serve(self, stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
         """Handle messages until `stop` is set; `tick` runs between messages (at least every 0.2 s)."""
         while not stop.is_set():
-            received = transport.recv_frames(self.router, _POLL_SECONDS)
+            received = self._next_message()
             if received is not None:
                 sender, frames = received
                 self.handle(sender, frames)
@@ -108,6 +115,13 @@ class PeerServer:
                 log.info("session %s expired after %.0f s idle", session.session_id, self.sessions.idle_timeout)
             if tick is not None:
                 tick()
+
+    def _next_message(self) -> tuple[bytes | None, list[Any]] | None:
+        busy_left = self._busy_until - time.monotonic()
+        if busy_left > 0:
+            # Housekeeping still runs between slices of at most _POLL_SECONDS.
+            return transport.recv_frames_busy(self.router, min(busy_left, _POLL_SECONDS))
+        return transport.recv_frames(self.router, _POLL_SECONDS)
 
     def _drain_dealers(self) -> None:
         # Nothing is expected back on our outward DEALERs (peers answer to reply_to), but a misbehaving
@@ -163,6 +177,9 @@ class PeerServer:
             raise PeerError(ErrorCode.BAD_ROUTE, "a full replica returns logits: it must be the last hop")
         outputs: dict[str, torch.Tensor] = {}
         body: dict[str, Any] = {}
+        if header.kind is not Kind.CLOSE_SESSION:
+            # The session's next step comes one token later: be awake for it.
+            self._busy_until = time.monotonic() + self.busy_poll_seconds
         if header.kind is Kind.OPEN_SESSION:
             self._open(header, hop.blocks)
             body = {"opened": True}
