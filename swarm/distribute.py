@@ -29,9 +29,9 @@ from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
 
 # How often a fetch reports progress lines (--json) at most.
 REPORT_SECONDS = 1.0
-# libtorrent states in which no bytes arrive but work is being done (hashing files already on disk).
 # Shortest time between two turns of a fetch loop (status, progress), however many alerts arrive.
 LOOP_SECONDS = 0.1
+# libtorrent states in which no bytes arrive but work is being done (hashing files already on disk).
 BUSY_STATES = ("checking_files", "checking_resume_data", "allocating")
 
 

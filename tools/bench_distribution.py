@@ -260,7 +260,6 @@ def main() -> None:
     for count in counts:
         with netlab.Lab(count + 1, rate=arguments.rate) as lab:
             steal_before = cpu_steal()
-        with netlab.Lab(count + 1, rate=arguments.rate) as lab:
             swarm_times, from_seed = run_swarm(lab, work, catalog, seed_data, arguments.timeout)
         row = {
             "fetchers": count,
