@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,17 @@ def test_chained_spans_match_full_model(checkpoint: Checkpoint, prefill_chunk: i
         full_logits = checkpoint.model(prompt).logits
     torch.testing.assert_close(prompt_logits, full_logits, atol=LOGITS_ATOL, rtol=0)
     assert ids.tolist() == reference_generate(checkpoint.model, prompt).tolist()
+
+
+def test_spans_pass_the_cache_without_deprecated_keywords(checkpoint: Checkpoint) -> None:
+    """Mask builders and decoder blocks take the KV cache as `cache`; `past_key_values` emits a FutureWarning."""
+    spans = load_spans(checkpoint)
+    prompt = random_ids(checkpoint.case.config.vocab_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)  # "always": a warning seen by an earlier test still counts
+        greedy_through_spans(spans, prompt, prefill_chunk=4)
+    deprecated = [str(warning.message) for warning in caught if "past_key_values" in str(warning.message)]
+    assert not deprecated
 
 
 def test_span_allocates_only_its_blocks(checkpoint: Checkpoint) -> None:

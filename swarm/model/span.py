@@ -360,11 +360,8 @@ class Span:
             raise SwarmError("a causal span needs the token positions and a session cache")
         position_ids = _as_position_ids(positions, self.device)
         masks = self._masks(hidden, session_cache, position_ids, attention_mask)
-        block_kwargs: dict[str, Any] = {
-            "position_ids": position_ids,
-            "past_key_values": session_cache,
-            "use_cache": True,
-        }
+        # `cache` is the decoder layers' name for the KV cache; `past_key_values` is deprecated (FutureWarning).
+        block_kwargs: dict[str, Any] = {"position_ids": position_ids, "cache": session_cache, "use_cache": True}
         if self.layout.shared_modules:
             block_kwargs["position_embeddings"] = self.model.get_submodule("model.rotary_emb")(hidden, position_ids)
         for offset, index in enumerate(range(self.start, self.end)):
@@ -391,7 +388,7 @@ class Span:
                 config=self.config,
                 inputs_embeds=hidden,
                 attention_mask=attention_mask,
-                past_key_values=session_cache,
+                cache=session_cache,  # not `past_key_values`: deprecated in the mask builders too
                 position_ids=position_ids,
                 layer_idx=self.start + offset,
             )

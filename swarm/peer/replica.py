@@ -71,7 +71,7 @@ class ReplicaRunner:
         output = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,  # `past_key_values` is deprecated in transformers 5.x forward signatures
             use_cache=True,
         )
         return output.logits[:, -1, :].float()
