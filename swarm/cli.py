@@ -20,9 +20,10 @@ from swarm.manifest import Manifest, chunk_problem
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from swarm.discovery import NameRecordKeeper
     from swarm.publish import Published
-    from swarm.torrent.session import TorrentNode
+
+BOOTSTRAP_HELP = "Any running swarm node's BitTorrent/DHT address HOST:PORT (repeatable); one is enough."
+TRACKER_HELP = "BitTorrent tracker announce URL to use as well (repeatable)."
 
 
 @functools.cache
@@ -76,8 +77,9 @@ def stop_event() -> threading.Event:
 @click.option("--blocks-per-chunk", type=click.IntRange(min=1), help="Blocks in each chunk file.")
 @click.option("--piece-length", type=int, help="Piece length in bytes: a power of 2, >= 32 KiB (16 KiB for v1).")
 @click.option("--listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
 @click.option(
-    "--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable): publish the name on the DHT."
+    "--tracker", "trackers", multiple=True, help="Tracker announce URL written into the torrent (repeatable)."
 )
 @click.option("--force", is_flag=True, help="Replace a catalog entry of the same name with other content.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -88,10 +90,8 @@ def seed(
     """Split MODEL (a model directory or a cached hub id) into chunks, sign, make the torrent, seed."""
     from swarm.progress import SilentProgress
     from swarm.publish import publish
-    from swarm.torrent.dht import check_addresses
 
     settings = settings_from(ctx, **flags)
-    check_addresses(settings.bootstrap, "bootstrap node")
     if as_json:
         published = publish(model, name, settings, force=force, progress=SilentProgress())
     else:
@@ -124,59 +124,46 @@ def seed(
         terminal().print(f"magnet   {manifest.torrent.magnet}", soft_wrap=True)
     if prepare_only:
         return
-    seed_forever(
-        settings, published.torrent_data, published.content_dir.parent, manifest.name, as_json, published=published
-    )
+    seed_forever(settings, published, as_json)
 
 
-def seed_forever(
-    settings: Settings,
-    torrent_data: bytes,
-    save_path: Path,
-    name: str,
-    as_json: bool,
-    published: Published | None = None,
-) -> None:
-    """Seed until SIGINT/SIGTERM; with bootstrap nodes and a freshly `published` model, also publish its
-    name records on the DHT and refresh them (swarm.discovery)."""
-    from swarm.torrent.dht import check_addresses, start_dht
-    from swarm.torrent.session import TorrentNode
+def seed_forever(settings: Settings, published: Published, as_json: bool) -> None:
+    """Seed until SIGINT/SIGTERM, keeping the model findable by name (this node is its publisher) and usable
+    as a bootstrap node; with bootstrap nodes, first wait until the DHT returns the name records."""
+    from swarm import signing
+    from swarm.discovery.keeper import confirm_records, hold_name
+    from swarm.distribute import open_node
+    from swarm.torrent import dht
+    from swarm.torrent.presence import Presence
 
     stop = stop_event()
-    check_addresses(settings.bootstrap, "bootstrap node")
-    # The DHT starts with the swarm's DHT settings in place (libtorrent's per-address flood block would
-    # otherwise shut out a loopback swarm before they apply).
-    node = TorrentNode(settings.torrent_listen, settings.bootstrap, dht=False, utp=settings.utp)
-    start_dht(node)
-    node.seed(torrent_data, save_path)
-    message = {"event": "seeding", "name": name, "port": node.listen_port}
-    click.echo(json.dumps(message) if as_json else f"seeding {name} on port {node.listen_port}; Ctrl-C stops")
-    sys.stdout.flush()
-    keeper = None
+    manifest = published.manifest
+    node = open_node(settings)
+    presence = Presence(node, settings.announce_interval)
     try:
-        if published is not None and settings.bootstrap:
-            keeper = publish_on_dht(node, settings, published, as_json)
+        node.seed(published.torrent_data, published.content_dir.parent)
+        held = hold_name(node, presence, manifest, settings, signing.load_or_create_key(settings.keys_dir))
+        message = {"event": "seeding", "name": manifest.name, "port": node.listen_port}
+        click.echo(
+            json.dumps(message) if as_json else f"seeding {manifest.name} on port {node.listen_port}; Ctrl-C stops"
+        )
+        sys.stdout.flush()
+        if settings.bootstrap and held is not None:
+            dht.wait_for_dht(node, settings.network_timeout)
+            presence.publish()
+            report_discoverable(manifest, confirm_records(node, held, settings.network_timeout), as_json)
         while not stop.is_set():
             node.pump(wait_seconds=0.5)
-            if keeper is not None:
-                keeper.refresh_if_due()
+            presence.tick()
     finally:
-        if keeper is not None:
-            keeper.close()
+        presence.close()
         node.close()
     if not as_json:
         click.echo("stopped seeding")
 
 
-def publish_on_dht(node: TorrentNode, settings: Settings, published: Published, as_json: bool) -> NameRecordKeeper:
-    """Put the model's name records on the DHT and report where they landed; returns the refreshing keeper."""
-    from swarm import signing
-    from swarm.discovery import publish_name_record
-
-    key = signing.load_or_create_key(settings.keys_dir)
-    manifest = published.manifest
-    keeper = publish_name_record(node, manifest, published.manifest_path, published.torrent_data, key, settings)
-    confirmed = keeper.confirmed
+def report_discoverable(manifest: Manifest, confirmed: dict[str, bool], as_json: bool) -> None:
+    """Say where the DHT returns the model's name records (a warning for the slots it does not yet)."""
     if as_json:
         event = {"event": "discoverable", "name": manifest.name, "fingerprint": manifest.fingerprint}
         click.echo(json.dumps(event | {"confirmed": confirmed}))
@@ -189,12 +176,11 @@ def publish_on_dht(node: TorrentNode, settings: Settings, published: Published, 
             "they are put again every refresh"
         )
     sys.stdout.flush()
-    return keeper
 
 
 @main.command("resolve")
 @click.argument("reference")
-@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory.")
 @click.option("--listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
@@ -208,23 +194,19 @@ def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: 
     A model found on the DHT is verified (record and manifest signatures, hashes) and saved in the catalog;
     its publisher key is pinned on first use.
     """
-    from swarm.discovery import parse_reference, resolve_reference
-    from swarm.torrent.dht import any_port, check_addresses, start_dht
+    from swarm.discovery.resolve import parse_reference, resolve_model
+    from swarm.distribute import open_node
     from swarm.torrent.session import TorrentNode
 
     settings = settings_from(ctx, **flags)
     node = transfer = None
     if parse_reference(reference).kind != "path" and settings.bootstrap:
-        check_addresses(settings.bootstrap, "bootstrap node")
-        # A client needs no fixed port: a free one, unless --listen names one.
-        listen = flags.get("torrent_listen") or any_port(settings.torrent_listen)
         # A one-shot lookup should not join routing tables it is about to leave: a read-only DHT node for
         # the lookups, and a session without DHT for the record bundle's transfer.
-        node = TorrentNode(listen, settings.bootstrap, dht=False)
-        start_dht(node, read_only=True)
-        transfer = TorrentNode(any_port(listen), (), dht=False)
+        node = open_node(settings, short_lived=True)
+        transfer = TorrentNode(settings.torrent_listen.with_port(0), (), dht=False)
     try:
-        resolution = resolve_reference(reference, node, settings, transfer_node=transfer)
+        resolution = resolve_model(reference, settings, node, transfer_node=transfer)
     finally:
         for session in (node, transfer):
             if session is not None:
@@ -240,7 +222,7 @@ def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: 
         "info_hashes": [item for item in (manifest.torrent.info_hash_v2, manifest.torrent.info_hash_v1) if item],
         "magnet": manifest.torrent.magnet,
         "issued": record.issued if record else None,
-        "holders": [f"{host}:{port}" for host, port in resolution.holders],
+        "holders": [str(holder) for holder in resolution.holders],
     }
     if as_json:
         click.echo(json.dumps(result))
@@ -262,7 +244,7 @@ def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: 
 def verify(ctx: click.Context, model: str, present_only: bool, as_json: bool, **flags: Any) -> None:
     """Check MODEL's manifest signature and the SHA-256 of its chunk files."""
     settings = settings_from(ctx, **flags)
-    manifest, path = resolve(model, settings.catalog)
+    manifest, path = resolve(model, settings.catalog)  # the local files as they are, even with a bad signature
     signature_ok = manifest.signature_valid()
     problems = {}
     for chunk in manifest.chunks:
@@ -326,7 +308,8 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
 @click.option("--memory", help="Memory budget for weights, e.g. 2GB or 512MB (default: a share of free RAM).")
 @click.option("--listen", "compute_listen", help="Compute (ZeroMQ) listen address HOST:PORT; port 0 picks one.")
 @click.option("--torrent-listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
-@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
 @click.option("--peer", "peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch from directly (repeatable).")
 @click.option("--advertise", help="Host or IP others use to reach this peer (when --listen is a wildcard).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
@@ -416,7 +399,8 @@ def join(
 @click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
 @click.option("--route", "route_text", help="Pinned peers HOST:PORT[,HOST:PORT...]; each is asked for its blocks.")
 @click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
-@click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable).")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
 @click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
@@ -501,7 +485,7 @@ def _transfer_options(command: Any) -> Any:
             click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory."),
             click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunks."),
             click.option("--listen", "torrent_listen", help="BitTorrent (and DHT) listen address HOST:PORT."),
-            click.option("--bootstrap", multiple=True, help="DHT bootstrap node HOST:PORT (repeatable)."),
+            click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP),
             click.option("--upload-limit", type=click.IntRange(min=0), help="Upload limit in bytes/s (0: none)."),
             click.option("--download-limit", type=click.IntRange(min=0), help="Download limit in bytes/s (0: none)."),
             click.option(
@@ -519,6 +503,7 @@ def _transfer_options(command: Any) -> Any:
 @click.option("--blocks", help="Fetch the chunks of blocks START:END (plus meta).")
 @click.option("--chunks", "chunk_ids", help="Fetch these chunk ids, comma-separated (plus meta).")
 @click.option("--peer", "peers", multiple=True, help="Connect to this BitTorrent peer HOST:PORT (repeatable).")
+@click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
 @click.option("--timeout", "network_timeout", type=click.FloatRange(min=0.1), help="Seconds without progress.")
 @click.option("--seed", "keep_seeding", is_flag=True, help="Keep seeding afterwards until SIGINT/SIGTERM.")
 @_transfer_options
@@ -564,7 +549,10 @@ def fetch(
 
 
 @main.command()
-@click.option("--status", "status_listen", help="HTTP status address HOST:PORT (GET /status, /metrics).")
+@click.option("--status", "status_listen", help="HTTP address HOST:PORT of /status, /metrics and the tracker.")
+@click.option(
+    "--tracker/--no-tracker", default=None, help="Answer BitTorrent tracker announces at /announce (default: on)."
+)
 @click.option("--mirror", is_flag=True, help="Also fetch every chunk of every catalog entry this box lacks.")
 @click.option("--peer", "peers", multiple=True, help="Connect to this BitTorrent peer HOST:PORT (repeatable).")
 @click.option("--rescan", "catalog_rescan_interval", type=click.FloatRange(min=0.1), help="Seconds between scans.")

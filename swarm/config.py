@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarm.address import Address, parse_all
+
 TORRENT_FORMATS = ("v2", "hybrid", "v1")
+DEFAULT_TORRENT_LISTEN = Address("0.0.0.0", 6881)
+DEFAULT_COMPUTE_LISTEN = Address("0.0.0.0", 5555)
+DEFAULT_STATUS_LISTEN = Address("0.0.0.0", 8700)
 
 
 def _parse_bool(text: str) -> bool:
@@ -27,13 +32,22 @@ class Settings:
     home: Path = field(default_factory=lambda: Path("~/.swarm").expanduser())
     catalog_dir: Path | None = None
     data_dir: Path | None = None
-    # BitTorrent listen address (host:port); port 0 lets the OS pick one.
-    torrent_listen: str = "0.0.0.0:6881"
-    # ZeroMQ ROUTER address of a compute peer.
-    compute_listen: str = "127.0.0.1:5555"
-    # HTTP status endpoint of a seedbox.
-    status_listen: str = "127.0.0.1:8700"
-    bootstrap: tuple[str, ...] = ()
+    # BitTorrent and DHT listen address; port 0 lets the OS pick one. A taken port is followed by the next ones.
+    torrent_listen: Address = DEFAULT_TORRENT_LISTEN
+    # ZeroMQ ROUTER address of a compute peer (a taken port is followed by the next ones, like BitTorrent's).
+    compute_listen: Address = DEFAULT_COMPUTE_LISTEN
+    # HTTP address of a seedbox: /status, /metrics and the BitTorrent tracker's /announce.
+    status_listen: Address = DEFAULT_STATUS_LISTEN
+    # Any running swarm node's BitTorrent/DHT address: one is enough to find everything else.
+    bootstrap: tuple[Address, ...] = ()
+    # Tracker announce URLs added to every torrent this node adds (besides those the torrent names itself).
+    trackers: tuple[str, ...] = ()
+    # A seedbox answers BitTorrent tracker announces on its status address.
+    tracker: bool = True
+    # Local service discovery (BEP 14): find peers of the same torrents on the LAN by multicast.
+    lsd: bool = True
+    # Peer exchange (BEP 11): peers tell each other about the other peers they know.
+    pex: bool = True
     torrent_format: str = "v2"
     blocks_per_chunk: int = 1
     # 0 picks a piece size from the model size (see torrent.create.choose_piece_length).
@@ -76,8 +90,9 @@ class Settings:
     memory_fraction: float = 0.5
     # Seconds between a compute peer's DHT announcements.
     announce_interval: float = 60.0
-    # Compute client (swarm run). Host of the client's reply socket: the last peer of a route connects to it.
-    client_reply_host: str = "127.0.0.1"
+    # Compute client (swarm run). Host peers send results to; empty: the address this machine reaches the
+    # route's last peer from.
+    client_reply_host: str = ""
     # Tokens `swarm run` generates when --max-new-tokens is not given.
     max_new_tokens: int = 64
     # Seconds `swarm run` waits for DHT answers when looking for compute peers.
@@ -109,12 +124,27 @@ class Settings:
         return self.data / "models"
 
     def with_overrides(self, **overrides: Any) -> Settings:
-        """Apply CLI flags; a value of None means the flag was not given."""
+        """Apply CLI flags; a value of None means the flag was not given. Addresses are parsed here."""
         given = {key: value for key, value in overrides.items() if value is not None and value != ()}
         for key in ("home", "catalog_dir", "data_dir"):
             if key in given:
                 given[key] = Path(given[key]).expanduser()
+        for key, what in ADDRESS_FIELDS.items():
+            if isinstance(given.get(key), str):
+                given[key] = Address.parse(given[key], what)
+        if "bootstrap" in given:
+            given["bootstrap"] = tuple(parse_all(given["bootstrap"], "bootstrap node"))
+        if "trackers" in given:
+            given["trackers"] = tuple(given["trackers"])
         return dataclasses.replace(self, **given)
+
+
+# Address fields and how errors name them.
+ADDRESS_FIELDS = {
+    "torrent_listen": "BitTorrent listen address",
+    "compute_listen": "compute listen address",
+    "status_listen": "status address",
+}
 
 
 # Environment variable → settings field, with the parser for its text.
@@ -122,10 +152,14 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_HOME": ("home", lambda text: Path(text).expanduser()),
     "SWARM_CATALOG": ("catalog_dir", lambda text: Path(text).expanduser()),
     "SWARM_DATA": ("data_dir", lambda text: Path(text).expanduser()),
-    "SWARM_TORRENT_LISTEN": ("torrent_listen", str),
-    "SWARM_LISTEN": ("compute_listen", str),
-    "SWARM_STATUS_LISTEN": ("status_listen", str),
-    "SWARM_BOOTSTRAP": ("bootstrap", _split_list),
+    "SWARM_TORRENT_LISTEN": ("torrent_listen", lambda text: Address.parse(text, "SWARM_TORRENT_LISTEN")),
+    "SWARM_LISTEN": ("compute_listen", lambda text: Address.parse(text, "SWARM_LISTEN")),
+    "SWARM_STATUS_LISTEN": ("status_listen", lambda text: Address.parse(text, "SWARM_STATUS_LISTEN")),
+    "SWARM_BOOTSTRAP": ("bootstrap", lambda text: tuple(parse_all(_split_list(text), "SWARM_BOOTSTRAP"))),
+    "SWARM_TRACKERS": ("trackers", _split_list),
+    "SWARM_TRACKER": ("tracker", _parse_bool),
+    "SWARM_LSD": ("lsd", _parse_bool),
+    "SWARM_PEX": ("pex", _parse_bool),
     "SWARM_TORRENT_FORMAT": ("torrent_format", str),
     "SWARM_NETWORK_TIMEOUT": ("network_timeout", float),
     "SWARM_RESUME_INTERVAL": ("resume_interval", float),
@@ -158,14 +192,3 @@ def load_settings(environment: Mapping[str, str] | None = None) -> Settings:
         if text:
             values[field_name] = parse(text)
     return Settings(**values)
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' → (host, port); raises ValueError with a readable message."""
-    host, separator, port_text = text.rpartition(":")
-    if not separator or not host or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {text!r}")
-    return host.strip("[]"), port

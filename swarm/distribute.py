@@ -7,30 +7,29 @@ leaves the torrent in the node so it goes on seeding them.
 
 from __future__ import annotations
 
-import base64
-import importlib
 import json
-import re
 import shutil
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from swarm.catalog import NAME_PATTERN, resolve, torrent_path
+from swarm.address import parse_all
+from swarm.catalog import check_entry
 from swarm.config import Settings
+from swarm.discovery.resolve import resolve_model
 from swarm.errors import SwarmError
-from swarm.manifest import Chunk, Manifest, chunk_problem, load_manifest
-from swarm.torrent.create import describe_torrent
+from swarm.manifest import Chunk, Manifest, chunk_problem
 from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
 
 # How often a fetch reports progress lines (--json) at most.
 REPORT_SECONDS = 1.0
 # Shortest time between two turns of a fetch loop (status, progress), however many alerts arrive.
 LOOP_SECONDS = 0.1
+# How often a fetch with no peer at all asks the DHT, trackers and LAN again.
+REANNOUNCE_SECONDS = 3.0
 # libtorrent states in which no bytes arrive but work is being done (hashing files already on disk).
 BUSY_STATES = ("checking_files", "checking_resume_data", "allocating")
 
@@ -149,129 +148,6 @@ def free_bytes(directory: Path) -> int | None:
             except OSError:
                 return None
     return None
-
-
-# --- references: names, paths, magnets ----------------------------------------------------------------------
-
-MAGNET_HASH = re.compile(r"^urn:(btih:([0-9a-fA-F]{40}|[A-Za-z2-7]{32})|btmh:1220([0-9a-fA-F]{64}))$")
-
-
-def parse_magnet(uri: str) -> tuple[str | None, str | None]:
-    """(v1 info hash, v2 info hash) of a magnet URI, lower-case hex; raises SwarmError when malformed."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme != "magnet":
-        raise SwarmError(f"malformed magnet link {uri[:80]!r}: expected magnet:?xt=urn:btih:... or urn:btmh:...")
-    v1 = v2 = None
-    for value in urllib.parse.parse_qs(parsed.query).get("xt", []):
-        match = MAGNET_HASH.match(value)
-        if not match:
-            raise SwarmError(f"malformed magnet link: cannot read the info hash in {value[:80]!r}")
-        if match.group(3):
-            v2 = match.group(3).lower()
-        elif len(match.group(2)) == 40:
-            v1 = match.group(2).lower()
-        else:
-            v1 = base64.b32decode(match.group(2).upper()).hex()
-    if v1 is None and v2 is None:
-        raise SwarmError(f"malformed magnet link {uri[:80]!r}: it has no info hash (xt=urn:btih: or urn:btmh:)")
-    return v1, v2
-
-
-def _catalog_entry_for_hashes(catalog: Path, v1: str | None, v2: str | None) -> Path | None:
-    if not catalog.is_dir():
-        return None
-    for path in sorted(catalog.glob("*.json")):
-        try:
-            manifest = load_manifest(path)
-        except SwarmError:
-            continue
-        torrent = manifest.torrent
-        if (v2 and torrent.info_hash_v2 == v2) or (v1 and torrent.info_hash_v1 == v1):
-            return path
-    return None
-
-
-def _discovery_resolver() -> Callable[..., Any] | None:
-    """The discovery module's resolve_model(reference, node, settings) when this build has it."""
-    try:
-        discovery = importlib.import_module("swarm.discovery")
-    except ImportError:
-        return None
-    resolver = getattr(discovery, "resolve_model", None)
-    return resolver if callable(resolver) else None
-
-
-def resolve_model(reference: str, settings: Settings, node: TorrentNode | None = None) -> tuple[Manifest, bytes]:
-    """A catalog name, manifest path, torrent path or magnet URI → (manifest, torrent bytes).
-
-    The local catalog answers first (also for a magnet whose info hash it holds); otherwise the DHT
-    discovery module resolves the reference when this build has it.
-    """
-    if reference.startswith("magnet:"):
-        v1, v2 = parse_magnet(reference)
-        local = _catalog_entry_for_hashes(settings.catalog, v1, v2)
-        if local is not None:
-            return _local_entry(str(local), settings)
-        resolver = _discovery_resolver()
-        if resolver is None or node is None:
-            raise SwarmError(
-                "magnet resolution needs DHT discovery (swarm.discovery.resolve_model), which this build lacks; "
-                "put the model's NAME.json and NAME.torrent in the catalog, or pass their path"
-            )
-        return _unpack(resolver(reference, node, settings), settings)
-    try:
-        return _local_entry(reference, settings)
-    except SwarmError as local_error:
-        resolver = _discovery_resolver()
-        if resolver is None or node is None or not NAME_PATTERN.match(reference) or not settings.bootstrap:
-            raise local_error from None
-        return _unpack(resolver(reference, node, settings), settings)
-
-
-def _unpack(resolved: Any, settings: Settings) -> tuple[Manifest, bytes]:
-    if not (isinstance(resolved, tuple) and len(resolved) == 2 and isinstance(resolved[0], Manifest)):
-        raise SwarmError("model discovery returned no manifest")
-    manifest, torrent_data = resolved
-    if not torrent_data:
-        path = torrent_path(settings.catalog, manifest.name)
-        if not path.is_file():
-            raise SwarmError(f"found the manifest of {manifest.name} but not its torrent")
-        torrent_data = path.read_bytes()
-    return manifest, bytes(torrent_data)
-
-
-def _local_entry(reference: str, settings: Settings) -> tuple[Manifest, bytes]:
-    manifest, manifest_file = resolve(reference, settings.catalog)
-    candidates = [manifest_file.with_suffix(".torrent"), torrent_path(settings.catalog, manifest.name)]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                return manifest, candidate.read_bytes()
-            except OSError as error:
-                raise SwarmError(f"cannot read {candidate}: {error.strerror}") from error
-    raise SwarmError(f"{manifest.name} has a manifest but no torrent ({candidates[0]})")
-
-
-def check_torrent_matches(manifest: Manifest, torrent_data: bytes) -> None:
-    """The torrent must be the one the signed manifest names, with every chunk file where the manifest says."""
-    try:
-        made = describe_torrent(torrent_data)
-    except RuntimeError as error:
-        raise SwarmError(f"the torrent of {manifest.name} is unreadable: {error}") from error
-    expected = manifest.torrent
-    if (expected.info_hash_v2 and made.info_hash_v2 != expected.info_hash_v2) or (
-        expected.info_hash_v1 and made.info_hash_v1 != expected.info_hash_v1
-    ):
-        raise SwarmError(f"the torrent of {manifest.name} is not the one its signed manifest names (info hash differs)")
-    for chunk in manifest.chunks:
-        pieces = made.files.get(chunk.file)
-        if pieces is None or pieces.size != chunk.size or pieces.first_piece != chunk.first_piece:
-            raise SwarmError(f"the torrent of {manifest.name} does not hold chunk {chunk.id} as the manifest says")
-
-
-def check_manifest(manifest: Manifest) -> None:
-    if not manifest.signature_valid():
-        raise SwarmError(f"the manifest of {manifest.name} has an invalid signature: refusing it")
 
 
 # --- progress -------------------------------------------------------------------------------------------------
@@ -394,8 +270,7 @@ class ChunkFetch:
         resume_dir: Path | None = None,
         full_verify: bool = False,
     ) -> None:
-        check_manifest(manifest)
-        check_torrent_matches(manifest, torrent_data)
+        check_entry(manifest, torrent_data)
         self.node = node
         self.manifest = manifest
         self.chunks = list(chunks)
@@ -509,11 +384,16 @@ def fetch_chunks(
         reporter.started(manifest.name, chunks, fetch.already)
         last_progress = time.monotonic()
         last_done = -1
+        last_announce = time.monotonic()
         while True:
             node.pump(0.2, min_wait_seconds=LOOP_SECONDS)
             if stop is not None and stop.is_set():
                 raise SwarmError(f"fetching {manifest.name} was interrupted")
             status = node.status_of(fetch.key)
+            if status.peers == 0 and time.monotonic() - last_announce >= REANNOUNCE_SECONDS:
+                # An announce made before the DHT knew anyone found nobody, and libtorrent's next is 15 min away.
+                node.reannounce(fetch.key)
+                last_announce = time.monotonic()
             reporter.update(status, status.peers)
             # peer_info forgets a peer when it disconnects: sample every turn to count what each one sent.
             node.peer_transfers(fetch.key)
@@ -552,17 +432,24 @@ def fetch_chunks(
 # --- the fetch command --------------------------------------------------------------------------------------
 
 
-def open_node(settings: Settings) -> TorrentNode:
-    """A TorrentNode with the settings' listen address, bootstrap nodes, rate limits and resume directory."""
+def open_node(settings: Settings, short_lived: bool = False) -> TorrentNode:
+    """A TorrentNode with the settings' listen address, bootstrap nodes, rate limits, discovery options and
+    resume directory. A short-lived node (a client that leaves when done) takes any free port and joins the DHT
+    read-only (BEP 43): others do not put it in their routing tables, where it would linger once gone."""
+    listen = settings.torrent_listen.with_port(0) if short_lived else settings.torrent_listen
     return TorrentNode(
-        settings.torrent_listen,
+        listen,
         settings.bootstrap,
+        read_only_dht=short_lived,
         resume_dir=settings.resume_dir,
         resume_interval=settings.resume_interval,
         upload_limit=settings.upload_limit,
         download_limit=settings.download_limit,
         limit_local_peers=settings.limit_local_peers,
         utp=settings.utp,
+        lsd=settings.lsd,
+        pex=settings.pex,
+        trackers=settings.trackers,
     )
 
 
@@ -579,12 +466,11 @@ def run_fetch(
     emit: Callable[[dict[str, Any]], None],
 ) -> FetchResult:
     """`swarm fetch`: resolve the model, fetch and verify the selected chunks, optionally seed until stopped."""
-    for peer in peers:
-        _check_address(peer, "--peer")
-    node = open_node(settings)
+    parse_all(peers, "--peer")
+    node = open_node(settings, short_lived=not keep_seeding)
     try:
-        manifest, torrent_data = resolve_model(reference, settings, node)
-        check_manifest(manifest)
+        resolution = resolve_model(reference, settings, node)
+        manifest, torrent_data = resolution.manifest, resolution.torrent_data
         selected = select_chunks(manifest, blocks, chunk_ids)
         result = fetch_chunks(
             node,
@@ -607,12 +493,3 @@ def run_fetch(
         return result
     finally:
         node.close()
-
-
-def _check_address(text: str, option: str) -> None:
-    from swarm.config import parse_host_port
-
-    try:
-        parse_host_port(text)
-    except ValueError as error:
-        raise SwarmError(f"{option}: {error}") from error

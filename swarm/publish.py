@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from swarm import signing
-from swarm.catalog import check_name, manifest_path, torrent_path
+from swarm.catalog import check_name, manifest_path, torrent_path, write_atomically
 from swarm.config import TORRENT_FORMATS, Settings
+from swarm.discovery.bundle import write_name_record
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest, TorrentInfo, file_sha256, load_manifest
 from swarm.model.chunker import PlannedChunk, dominant_dtype, plan_chunks, write_planned_chunk
@@ -76,7 +77,9 @@ def publish(
         # Every chunk file starts on a piece boundary, so each takes whole pieces of its own.
         piece_count = sum(-(-path.stat().st_size // piece_length) for path in content_dir.iterdir())
         progress.stage("hashing pieces", piece_count)
-        made = make_torrent(content_dir, settings.torrent_format, piece_length, lambda _piece: progress.advance())
+        made = make_torrent(
+            content_dir, settings.torrent_format, piece_length, lambda _piece: progress.advance(), settings.trackers
+        )
         chunks = []
         for plan in planned:
             pieces = made.files[f"{name}/{plan.file_name}"]
@@ -122,10 +125,12 @@ def publish(
             shutil.rmtree(final_dir)
         content_dir.rename(final_dir)
         torrent_file = torrent_path(catalog, name)
-        _write_atomically(torrent_file, made.data)
+        write_atomically(torrent_file, made.data)
         manifest.save(existing_manifest)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
+    # The signed name record beside the manifest: whoever holds this catalog entry can keep the name findable.
+    write_name_record(manifest, key, settings)
     return Published(
         manifest=manifest,
         manifest_path=existing_manifest,
@@ -168,9 +173,3 @@ def _check_writable(catalog: Path) -> None:
         raise SwarmError(f"cannot create the catalog directory {catalog}: {error.strerror}") from error
     if not os.access(catalog, os.W_OK | os.X_OK):
         raise SwarmError(f"the catalog directory {catalog} is not writable")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)

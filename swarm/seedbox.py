@@ -19,12 +19,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from swarm.catalog import manifest_path, torrent_path
-from swarm.config import Settings, parse_host_port
-from swarm.distribute import LOOP_SECONDS, check_manifest, check_torrent_matches, open_node
+from swarm import signing
+from swarm.catalog import check_entry, manifest_path, torrent_path
+from swarm.config import Settings
+from swarm.discovery.keeper import hold_name
+from swarm.distribute import LOOP_SECONDS, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem, load_manifest
-from swarm.torrent.session import TorrentEvent, TorrentNode, TorrentStatus
+from swarm.torrent.dht import info_hash_key
+from swarm.torrent.presence import Presence
+from swarm.torrent.session import TorrentEvent, TorrentStatus
+from swarm.tracker import PeerTable, TrackerError, failure, parse_announce, parse_scrape
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +57,6 @@ class SeededEntry:
     startup_checked: bool = False
 
 
-EntryHook = Callable[[TorrentNode, SeededEntry], None]
-
-
 class Seedbox:
     def __init__(
         self,
@@ -63,7 +65,6 @@ class Seedbox:
         mirror: bool = False,
         peers: tuple[str, ...] = (),
         emit: Emit | None = None,
-        entry_hooks: list[EntryHook] | None = None,
     ) -> None:
         self.settings = settings
         self.mirror = mirror
@@ -76,9 +77,11 @@ class Seedbox:
         self.refused: dict[str, float] = {}
         self.node = open_node(settings)
         self.node.add_event_listener(self._on_event)
-        # Called once for each entry when it starts seeding: the place for DHT name records.
-        self.entry_hooks: list[EntryHook] = list(entry_hooks or []) + _discovery_hooks(settings, self)
-        self.keepers: list[Any] = []
+        # Keeps the seeded entries' names, and this box's torrents, findable on the DHT.
+        self.presence = Presence(self.node, settings.announce_interval)
+        # The publisher key of this home, if any: the entries it published get their every DHT slot put.
+        self.key = signing.load_key(settings.keys_dir)
+        self.tracker = Tracker() if settings.tracker else None
         self._snapshot_lock = threading.Lock()
         self._snapshot: list[dict[str, Any]] = []
 
@@ -112,8 +115,7 @@ class Seedbox:
             torrent_data = torrent_path(catalog, name).read_bytes()
         except OSError as error:
             raise SwarmError(f"no torrent beside the manifest: {error.strerror}") from error
-        check_manifest(manifest)
-        check_torrent_matches(manifest, torrent_data)
+        check_entry(manifest, torrent_data)
         files_present = [chunk for chunk in manifest.chunks if (self.models_dir / chunk.file).is_file()]
         # Files of full size may still be sparse (a fetch killed midway), so size says nothing about
         # completeness: resume data that agrees with the disk does, and otherwise libtorrent checks the files.
@@ -128,6 +130,8 @@ class Seedbox:
         for peer in self.peers:
             self.node.connect_peer(key, peer)
         self.entries[name] = SeededEntry(name, manifest, torrent_data, key, mirror=self.mirror)
+        if self.tracker is not None:
+            self.tracker.track(tracker_keys(manifest.torrent.info_hash_v1, manifest.torrent.info_hash_v2))
 
     # --- events ----------------------------------------------------------------------------------------------
 
@@ -182,12 +186,22 @@ class Seedbox:
                     "text": f"seeding {entry.name} ({len(entry.held)}/{total} chunks)",
                 }
             )
-            for hook in self.entry_hooks:
-                try:
-                    hook(self.node, entry)
-                except SwarmError as error:
-                    self.emit({"event": "warning", "name": entry.name, "message": str(error),
-                               "text": f"{entry.name}: {error}"})  # fmt: skip
+            self._hold_name(entry)
+
+    def _hold_name(self, entry: SeededEntry) -> None:
+        """Keep the entry findable by name (its record from the catalog), or say why it is not."""
+        try:
+            held = hold_name(self.node, self.presence, entry.manifest, self.settings, self.key)
+            if held is not None and self.tracker is not None:
+                self.tracker.track(tracker_keys(None, held.bundle.info_hash))
+        except SwarmError as error:
+            held = None
+            reason = str(error)
+        else:
+            reason = "the catalog has no name record for it (NAME.record, written by swarm seed)"
+        if held is None or held.record is None:
+            self.emit({"event": "warning", "name": entry.name, "message": f"not findable by name: {reason}",
+                       "text": f"{entry.name}: not findable by name: {reason}"})  # fmt: skip
 
     # --- status ----------------------------------------------------------------------------------------------
 
@@ -228,24 +242,18 @@ class Seedbox:
                 self.node.pump(0.2, min_wait_seconds=LOOP_SECONDS)
                 for entry in list(self.entries.values()):
                     self._update_entry(entry)
-                for keeper in self.keepers:
-                    _refresh_keeper(keeper)
+                self.presence.tick()
                 if time.monotonic() >= next_snapshot:
                     self._refresh_snapshot()
                     next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
         finally:
             server.shutdown()
             server.server_close()
-            for keeper in self.keepers:
-                _close_keeper(keeper)
+            self.presence.close()
             self.node.close()
             self.emit({"event": "stopped", "text": "seedbox stopped; resume data saved"})
 
     def _start_http(self) -> ThreadingHTTPServer:
-        try:
-            host, port = parse_host_port(self.settings.status_listen)
-        except ValueError as error:
-            raise SwarmError(f"--status: {error}") from error
         seedbox = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -257,8 +265,13 @@ class Seedbox:
                 elif path == "/metrics":
                     body = render_metrics(seedbox.status_document()["torrents"]).encode()
                     self._reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
+                elif path in ("/announce", "/scrape") and seedbox.tracker is not None:
+                    query = self.path.partition("?")[2]
+                    own = (str(self.connection.getsockname()[0]), seedbox.node.listen_port)
+                    body = seedbox.tracker.answer(path, query, str(self.client_address[0]), own)
+                    self._reply(200, "text/plain", body)
                 else:
-                    self._reply(404, "text/plain", b"not found: try /status or /metrics\n")
+                    self._reply(404, "text/plain", b"not found: try /status, /metrics or /announce\n")
 
             def _reply(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)
@@ -271,13 +284,42 @@ class Seedbox:
                 log.debug("status %s", format % args)
 
         try:
-            server = ThreadingHTTPServer((host, port), Handler)
+            server = ThreadingHTTPServer(self.settings.status_listen.pair, Handler)
         except OSError as error:
             self.node.close()
             raise SwarmError(f"cannot serve status on {self.settings.status_listen}: {error.strerror}") from error
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
         return server
+
+
+class Tracker:
+    """The seedbox's tracker: a PeerTable shared by the HTTP threads."""
+
+    def __init__(self) -> None:
+        self.table = PeerTable()
+        self.lock = threading.Lock()
+
+    def track(self, info_hashes: list[bytes]) -> None:
+        with self.lock:
+            self.table.track(info_hashes)
+
+    def answer(self, path: str, query: str, remote_host: str, own: tuple[str, int]) -> bytes:
+        try:
+            if path == "/scrape":
+                hashes = parse_scrape(query)
+                with self.lock:
+                    return self.table.scrape(hashes)
+            request = parse_announce(query, remote_host)
+            with self.lock:
+                return self.table.announce(request, own=own)
+        except TrackerError as error:
+            return failure(str(error))
+
+
+def tracker_keys(info_hash_v1: str | None, info_hash_v2: str | None) -> list[bytes]:
+    """What clients announce a torrent under: its v1 hash, and its v2 hash truncated to 20 bytes."""
+    return [info_hash_key(item) for item in (info_hash_v1, info_hash_v2) if item]
 
 
 def torrent_record(entry: SeededEntry, status: TorrentStatus) -> dict[str, Any]:
@@ -339,40 +381,6 @@ def _label(text: str) -> str:
 
 def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-# --- DHT name records: the discovery module's hook, when this build has it ----------------------------------
-
-
-def _discovery_hooks(settings: Settings, seedbox: Seedbox) -> list[EntryHook]:
-    try:
-        from swarm import discovery
-    except ImportError:
-        return []
-    keep = getattr(discovery, "keep_name_records", None)
-    if keep is None:
-        return []
-
-    def publish_records(node: TorrentNode, entry: SeededEntry) -> None:
-        keeper = keep(node, entry.manifest, settings)
-        if keeper is not None:
-            seedbox.keepers.append(keeper)
-
-    return [publish_records]
-
-
-def _refresh_keeper(keeper: Any) -> None:
-    try:
-        keeper.refresh_if_due()
-    except SwarmError as error:
-        log.warning("DHT record refresh failed: %s", error)
-
-
-def _close_keeper(keeper: Any) -> None:
-    try:
-        keeper.close()
-    except SwarmError as error:
-        log.warning("closing a DHT record keeper failed: %s", error)
 
 
 __all__ = ["Seedbox", "SeededEntry", "render_metrics", "torrent_record"]

@@ -15,16 +15,25 @@ from swarm.errors import SwarmError
 KEY_FILE = "publisher.pem"
 
 
-def load_or_create_key(keys_dir: Path) -> Ed25519PrivateKey:
+def load_key(keys_dir: Path) -> Ed25519PrivateKey | None:
+    """This home's publisher key, or None when it has none yet."""
     path = keys_dir / KEY_FILE
-    if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError) as error:
-            raise SwarmError(f"cannot read the publisher key {path}: {error}") from error
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SwarmError(f"{path} is not an ed25519 private key")
-        return key
+    if not path.exists():
+        return None
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise SwarmError(f"cannot read the publisher key {path}: {error}") from error
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SwarmError(f"{path} is not an ed25519 private key")
+    return key
+
+
+def load_or_create_key(keys_dir: Path) -> Ed25519PrivateKey:
+    existing = load_key(keys_dir)
+    if existing is not None:
+        return existing
+    path = keys_dir / KEY_FILE
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from swarm.address import MAX_ADDRESS_CHARS, TCP_SCHEME, Address
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
@@ -76,7 +77,6 @@ MAX_RANK = 4
 MAX_DIM = 2**31 - 1
 MAX_ROUTE_HOPS = 64
 MAX_ID_CHARS = 64
-MAX_ADDRESS_CHARS = 256
 MAX_BLOCK_INDEX = 100_000
 MAX_STEP = 2**31 - 1
 MAX_POSITION = 2**31 - 1
@@ -138,10 +138,6 @@ _DTYPE_NAMES: Mapping[torch.dtype, str] = {dtype: name for name, dtype in DTYPES
 # Identifiers end up in logs: printable ASCII without spaces keeps log lines unambiguous.
 _TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_CHARS}}}")
 _ERROR_CODE_RE = re.compile(r"[a-z0-9_]{1,64}")
-_HOSTNAME_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_ADDRESS_RE = re.compile(
-    rf"tcp://(?P<host>{_HOSTNAME_LABEL}(?:\.{_HOSTNAME_LABEL})*|\[[0-9A-Fa-f:.]{{2,45}}\]):(?P<port>[0-9]{{1,5}})"
-)
 
 
 @dataclass(frozen=True)
@@ -207,26 +203,26 @@ class Header:
 # Addresses
 
 
-def parse_address(address: object, what: str = "address") -> tuple[str, int]:
-    """Split "tcp://host:port" into (host, port); IPv6 hosts keep their brackets."""
+def parse_address(address: object, what: str = "address") -> Address:
+    """A route hop or reply_to address: "tcp://host:port" with a port in 1..65535 (swarm.address parses it)."""
     if not isinstance(address, str):
         raise WireError(ErrorCode.BAD_ROUTE, f"{what} must be a string, got {_type_name(address)}")
     if len(address) > MAX_ADDRESS_CHARS:
         raise WireError(ErrorCode.BAD_ROUTE, f"{what} is longer than {MAX_ADDRESS_CHARS} characters")
-    match = _ADDRESS_RE.fullmatch(address)
-    if match is None:
+    try:
+        parsed = Address.parse(address, what) if address.startswith(TCP_SCHEME) else None
+    except SwarmError:
+        parsed = None
+    if parsed is None or parsed.host == "*":
         raise WireError(ErrorCode.BAD_ROUTE, f"{what} {address[:80]!r} is not of the form tcp://host:port")
-    port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise WireError(ErrorCode.BAD_ROUTE, f"{what} {address!r} has port {port} outside 1..65535")
-    return match["host"], port
+    if not 1 <= parsed.port <= 65535:
+        raise WireError(ErrorCode.BAD_ROUTE, f"{what} {address!r} has port {parsed.port} outside 1..65535")
+    return parsed
 
 
 def format_address(host: str, port: int) -> str:
-    """The inverse of `parse_address`; brackets a bare IPv6 host."""
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    address = f"tcp://{host}:{port}"
+    """The wire spelling of host and port (a bare IPv6 host gets brackets), checked like a received one."""
+    address = Address(host.strip("[]"), port).tcp
     parse_address(address)
     return address
 

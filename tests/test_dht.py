@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from swarm import discovery
-from swarm.discovery import bdecode, bencode, decode_record
+from swarm.bencode import bdecode, bencode
+from swarm.discovery.records import RecordRejected, decode_record
 from swarm.pins import PinStore
 from tests.conftest import ROOT, SWARM
 
@@ -240,7 +240,7 @@ def test_a_wrong_fingerprint_is_refused(network: Network, alpha: dict[str, Any])
 
 def test_a_forged_name_record_is_ignored(network: Network, model_dir: Path) -> None:
     _, published, discoverable = network.publish(model_dir, "beta", "publisher-beta")
-    genuine = next((network.root / "publisher-beta" / "data" / "records").glob("*/beta.record")).read_bytes()
+    genuine = (network.root / "publisher-beta" / "torrents" / "beta.record").read_bytes()
     # The forger keeps the publisher's key and signature but points the record at other content.
     fields = bdecode(genuine)
     fields[b"manifest_sha256"] = bytes(32)
@@ -357,7 +357,7 @@ def _wait_for_name_slot(node: DhtNode, name: str, predicate: Any, timeout: float
         try:
             if value is not None and predicate(value):
                 return
-        except discovery.RecordRejected:
+        except RecordRejected:
             pass
         time.sleep(0.5)
     raise AssertionError(f"the name slot of {name} never showed the expected record (last: {value!r:.80})")

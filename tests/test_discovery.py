@@ -12,18 +12,19 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm import discovery, signing
-from swarm.discovery import (
-    BencodeError,
+from swarm import signing
+from swarm.bencode import BencodeError, bdecode, bencode
+from swarm.discovery import slots
+from swarm.discovery.bundle import build_bundle, check_bundle
+from swarm.discovery.records import (
     NameRecord,
     RecordRejected,
-    bdecode,
-    bencode,
     check_record,
     decode_record,
-    parse_reference,
+    make_record,
     should_republish,
 )
+from swarm.discovery.resolve import parse_reference, resolve_model
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, TorrentInfo
 from swarm.pins import NOT_FOUND, PIN, REFUSE, REPIN, USE, PinStore, decide
@@ -216,15 +217,15 @@ def test_keypair_from_seed_matches_the_publisher_key() -> None:
 
 def test_slots_are_deterministic_distinct_and_fit_bep44() -> None:
     long_name = "n" * 128
-    assert discovery.name_slot("a") == discovery.name_slot("a")
-    assert discovery.name_slot("a") != discovery.name_slot("b")
-    assert discovery.name_slot("a").public_key != discovery.model_slot(V2_HASH).public_key
-    assert discovery.fingerprint_slot("a", FP_A) != discovery.fingerprint_slot("a", FP_B)
-    assert len(discovery.publisher_salt(long_name)) <= dht.MAX_SALT_BYTES
-    assert len(discovery.fingerprint_salt(FP_A)) <= dht.MAX_SALT_BYTES
-    assert discovery.publisher_slot(PUBLIC_A, "a").public_key.hex() == PUBLIC_A
-    assert discovery.name_announce_key("a") == hashlib.sha1(b"swarm/name/a").digest()
-    placements = discovery.record_placements(record(), dht.keypair_from_seed(signing.private_seed(KEY_A)))
+    assert slots.name_slot("a") == slots.name_slot("a")
+    assert slots.name_slot("a") != slots.name_slot("b")
+    assert slots.name_slot("a").public_key != slots.model_slot(V2_HASH).public_key
+    assert slots.fingerprint_slot("a", FP_A) != slots.fingerprint_slot("a", FP_B)
+    assert len(slots.publisher_salt(long_name)) <= dht.MAX_SALT_BYTES
+    assert len(slots.fingerprint_salt(FP_A)) <= dht.MAX_SALT_BYTES
+    assert slots.publisher_slot(PUBLIC_A, "a").public_key.hex() == PUBLIC_A
+    assert slots.name_announce_key("a") == hashlib.sha1(b"swarm/name/a").digest()
+    placements = slots.record_placements(record(), dht.keypair_from_seed(signing.private_seed(KEY_A)))
     assert [description for _, _, description in placements] == [
         "publisher",
         "name",
@@ -234,7 +235,7 @@ def test_slots_are_deterministic_distinct_and_fit_bep44() -> None:
     ]
     assert len({(pair.public, salt) for pair, salt, _ in placements}) == len(placements)
     # Without the publisher's key pair (a holder), the publisher slot is left out.
-    assert "publisher" not in [d for _, _, d in discovery.record_placements(record(), None)]
+    assert "publisher" not in [d for _, _, d in slots.record_placements(record(), None)]
 
 
 # --- pin decisions -------------------------------------------------------------------------------------
@@ -404,18 +405,18 @@ def entry(tmp_path: Path) -> tuple[Manifest, bytes, bytes]:
 
 def test_bundle_is_deterministic(tmp_path: Path, entry: tuple[Manifest, bytes, bytes]) -> None:
     _, manifest_bytes, torrent_bytes = entry
-    first = discovery.build_bundle("tiny", manifest_bytes, torrent_bytes, tmp_path / "one")
-    second = discovery.build_bundle("tiny", manifest_bytes, torrent_bytes, tmp_path / "two")
+    first = build_bundle("tiny", manifest_bytes, torrent_bytes, tmp_path / "one")
+    second = build_bundle("tiny", manifest_bytes, torrent_bytes, tmp_path / "two")
     assert first.info_hash == second.info_hash and len(first.info_hash) == 64
     assert (first.save_path / "tiny" / "tiny.json").read_bytes() == manifest_bytes
-    other = discovery.build_bundle("tiny", manifest_bytes + b" ", torrent_bytes, tmp_path / "three")
+    other = build_bundle("tiny", manifest_bytes + b" ", torrent_bytes, tmp_path / "three")
     assert other.info_hash != first.info_hash
 
 
 def test_check_bundle(tmp_path: Path, entry: tuple[Manifest, bytes, bytes]) -> None:
     manifest, manifest_bytes, torrent_bytes = entry
-    good = discovery.make_record(manifest, manifest_bytes, "22" * 32, 1).signed(KEY_A)
-    assert discovery.check_bundle(good, manifest_bytes, torrent_bytes) == manifest
+    good = make_record(manifest, manifest_bytes, "22" * 32, 1).signed(KEY_A)
+    assert check_bundle(good, manifest_bytes, torrent_bytes) == manifest
     other_torrent = make_torrent(_other_content(tmp_path), "v2", 16384).data
     forged_manifest = replace(manifest, dtype="float16")  # content changed, old signature kept
     forged_bytes = json.dumps(forged_manifest.to_dict()).encode()
@@ -423,7 +424,7 @@ def test_check_bundle(tmp_path: Path, entry: tuple[Manifest, bytes, bytes]) -> N
     resigned_bytes = json.dumps(resigned.to_dict()).encode()
     cases = [
         (good, manifest_bytes + b"\n", torrent_bytes, "does not match its record's SHA-256"),
-        (good, manifest_bytes, other_torrent, "not the one its manifest names"),
+        (good, manifest_bytes, other_torrent, "not the one its signed manifest names"),
         (replace(good, manifest_sha256=hashlib.sha256(forged_bytes).hexdigest()), forged_bytes, torrent_bytes,
          "invalid signature"),
         (replace(good, manifest_sha256=hashlib.sha256(resigned_bytes).hexdigest()), resigned_bytes, torrent_bytes,
@@ -434,7 +435,7 @@ def test_check_bundle(tmp_path: Path, entry: tuple[Manifest, bytes, bytes]) -> N
     ]  # fmt: skip
     for candidate, manifest_data, torrent_data, reason in cases:
         with pytest.raises(RecordRejected, match=reason):
-            discovery.check_bundle(candidate, manifest_data, torrent_data)
+            check_bundle(candidate, manifest_data, torrent_data)
 
 
 def _other_content(tmp_path: Path) -> Path:
@@ -449,4 +450,4 @@ def test_resolution_without_bootstrap_is_a_clear_error(tmp_path: Path) -> None:
 
     settings = Settings(home=tmp_path)
     with pytest.raises(SwarmError, match=r"not in the catalog .* give --bootstrap"):
-        discovery.resolve_model("absent", None, settings)
+        resolve_model("absent", settings)

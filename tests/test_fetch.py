@@ -325,7 +325,7 @@ def test_bad_references_and_unreachable_peers_fail_fast_with_one_line(
     publisher_home, _ = publisher
     home = new_home(tmp_path, "fetcher", publisher_home)
     cases = [
-        (["no-such-model"], "unknown model 'no-such-model'"),
+        (["no-such-model"], "no-such-model is not in the catalog"),
         (["magnet:?dn=tiny"], "malformed magnet link"),
         (["magnet:?xt=urn:btih:not-a-hash"], "malformed magnet link"),
         ([NAME, "--blocks", "2:9"], "block range 2:9 is not inside"),

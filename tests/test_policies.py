@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from swarm.config import Settings, load_settings, parse_host_port
+from swarm.address import Address
+from swarm.config import Settings, load_settings
 from swarm.errors import SwarmError
 from swarm.model.chunker import plan_chunks
 from swarm.model.families import family_for, family_named
@@ -146,20 +147,40 @@ def test_settings_from_environment_and_flags(tmp_path: Path) -> None:
     settings = load_settings({"SWARM_HOME": str(tmp_path), "SWARM_BOOTSTRAP": "a:1, b:2"})
     assert settings.catalog == tmp_path / "torrents"
     assert settings.models_dir() == tmp_path / "data" / "models"
-    assert settings.bootstrap == ("a:1", "b:2")
+    assert settings.bootstrap == (Address("a", 1), Address("b", 2))
     overridden = settings.with_overrides(catalog_dir=str(tmp_path / "c"), torrent_format=None)
     assert overridden.catalog == tmp_path / "c" and overridden.torrent_format == Settings().torrent_format
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:6881", ("::1", 6881)), ("host:0", ("host", 0))],
+    [
+        ("127.0.0.1:80", ("127.0.0.1", 80)),
+        ("[::1]:6881", ("::1", 6881)),
+        ("host:0", ("host", 0)),
+        ("tcp://peer.example:5555", ("peer.example", 5555)),
+    ],
 )
 def test_host_port(text: str, expected: tuple[str, int]) -> None:
-    assert parse_host_port(text) == expected
+    address = Address.parse(text)
+    assert address.pair == expected
+    assert Address.parse(str(address)) == address == Address.parse(address.tcp)
 
 
-@pytest.mark.parametrize("text", ["nohost", ":80", "h:x", "h:70000"])
+@pytest.mark.parametrize(
+    "text", ["nohost", ":80", "h:x", "h:70000", "::1:80", "bad host:1", "", " h:1", "h:1\n", "a" * 300 + ":1"]
+)
 def test_bad_host_port(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_host_port(text)
+    with pytest.raises(SwarmError, match=r"^bad flag: (expected HOST:PORT|port|longer)"):
+        Address.parse(text, "flag")
+
+
+def test_address_flags_are_parsed_once_with_their_name() -> None:
+    settings = Settings().with_overrides(bootstrap=("a:1",), torrent_listen="0.0.0.0:0", compute_listen="[::]:7")
+    assert settings.bootstrap == (Address("a", 1),)
+    assert settings.torrent_listen == Address("0.0.0.0", 0) and settings.torrent_listen.is_wildcard
+    assert settings.compute_listen == Address("::", 7) and settings.compute_listen.is_wildcard
+    with pytest.raises(SwarmError, match="bad bootstrap node: expected HOST:PORT, got 'nope'"):
+        Settings().with_overrides(bootstrap=("a:1", "nope"))
+    with pytest.raises(SwarmError, match="bad SWARM_BOOTSTRAP"):
+        load_settings({"SWARM_BOOTSTRAP": "a:1,b"})

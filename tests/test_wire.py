@@ -445,8 +445,8 @@ def test_expect_tensor() -> None:
 
 
 def test_addresses() -> None:
-    assert parse_address("tcp://127.0.0.1:5555") == ("127.0.0.1", 5555)
-    assert parse_address("tcp://[::1]:80") == ("[::1]", 80)
+    assert parse_address("tcp://127.0.0.1:5555").pair == ("127.0.0.1", 5555)
+    assert parse_address("tcp://[::1]:80").pair == ("::1", 80)
     assert format_address("::1", 80) == "tcp://[::1]:80"
     assert format_address("peer.example", 1) == "tcp://peer.example:1"
     with pytest.raises(WireError):

@@ -481,7 +481,8 @@ def test_unreachable_next_hop_is_reported_to_the_client(
     ("arguments", "message"),
     [
         (["--blocks", "3:9"], "error: blocks 3:9 are outside the model's 4 blocks (0:4)"),
-        (["--peer", "nowhere"], "error: --peer: expected HOST:PORT, got 'nowhere'"),
+        (["--peer", "nowhere"], "error: bad --peer: expected HOST:PORT, got 'nowhere'"),
+        (["--bootstrap", "h:99999"], "error: bad bootstrap node: port 99999 is out of range in 'h:99999'"),
         (["--memory", "1KB"], "error: the memory budget (1,000 bytes) does not fit even one block"),
     ],
 )

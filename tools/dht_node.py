@@ -11,8 +11,9 @@ Prints {"event": "ready", "port": P} once its session listens, then answers one 
         (puts raw bytes under the name's derived key: how a forger would overwrite the name pointer)
     {"op": "get_name_slot", "name": N, "timeout": S}        → {"ok": true, "value_hex": HEX | null}
     {"op": "hold", "home": SWARM_HOME, "name": N}           → {"ok": true, "bundle": HASH, "record": BOOL}
-        (keep_name_records for a model in that home's catalog: seed its record bundle, announce, republish)
-    {"op": "refresh"}                                       → {"ok": true, "keepers": N}
+        (hold_name for a model in that home's catalog: seed its record bundle, announce, keep the record up)
+    {"op": "refresh"}                                       → {"ok": true}
+        (publish everything held or announced again now)
     {"op": "quit"}
 
 Errors come back as {"ok": false, "error": "..."}. Between commands the node keeps pumping its alerts.
@@ -31,52 +32,52 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from swarm import discovery  # noqa: E402
+from swarm.address import Address, parse_all  # noqa: E402
 from swarm.config import load_settings  # noqa: E402
+from swarm.discovery.compute import announce_compute_peer, find_compute_peers  # noqa: E402
+from swarm.discovery.keeper import hold_name  # noqa: E402
+from swarm.discovery.slots import name_keypair, name_slot  # noqa: E402
 from swarm.errors import SwarmError  # noqa: E402
 from swarm.manifest import load_manifest  # noqa: E402
 from swarm.torrent import dht  # noqa: E402
+from swarm.torrent.presence import Presence  # noqa: E402
 from swarm.torrent.session import TorrentNode  # noqa: E402
 
 
-def handle(node: TorrentNode, command: dict[str, Any]) -> dict[str, Any]:
+def handle(node: TorrentNode, presence: Presence, command: dict[str, Any]) -> dict[str, Any]:
     operation = command.get("op")
     if operation == "wait_dht":
-        counters = dht.wait_for_dht(node, None, float(command.get("timeout", 30)))
+        counters = dht.wait_for_dht(node, float(command.get("timeout", 30)))
         return {"nodes": counters.nodes, "messages_in": counters.messages_in}
     if operation == "announce_compute":
-        discovery.announce_compute_peer(node, load_manifest(Path(command["manifest"])), int(command["port"]))
+        announce_compute_peer(presence, load_manifest(Path(command["manifest"])), int(command["port"]))
+        presence.publish()
         return {}
     if operation == "find_compute":
         manifest = load_manifest(Path(command["manifest"]))
-        peers = discovery.find_compute_peers(node, manifest, float(command.get("timeout", 30)))
-        return {"peers": [list(peer) for peer in peers]}
+        peers = find_compute_peers(node, manifest, float(command.get("timeout", 30)))
+        return {"peers": [list(peer.pair) for peer in peers]}
     if operation == "put_name_slot":
-        pair = discovery.name_keypair(command["name"])
+        pair = name_keypair(command["name"])
         confirmed = dht.put_mutable_items(node, [(pair, b"", bytes.fromhex(command["value_hex"]))], 30.0)
         return {"confirmed": all(confirmed.values())}
     if operation == "get_name_slot":
-        slot = discovery.name_slot(command["name"])
+        slot = name_slot(command["name"])
         items = dht.get_mutable_items(node, [slot], float(command.get("timeout", 10)))
         item = items[slot]
         return {"value_hex": item.value.hex() if item else None}
     if operation == "hold":
         settings = load_settings().with_overrides(home=command["home"])
         manifest = load_manifest(settings.catalog / f"{command['name']}.json")
-        keeper = discovery.keep_name_records(node, manifest, settings)
-        if keeper is None:
+        held = hold_name(node, presence, manifest, settings)
+        if held is None:
             raise SwarmError(f"{command['name']} is not in the catalog of {command['home']}")
-        KEEPERS.append(keeper)
-        return {"bundle": keeper.bundle.info_hash if keeper.bundle else None, "record": keeper.record is not None}
+        presence.publish()
+        return {"bundle": held.bundle.info_hash, "record": held.record is not None}
     if operation == "refresh":
-        for keeper in KEEPERS:
-            keeper.refresh()
-        return {"keepers": len(KEEPERS)}
+        presence.publish()
+        return {}
     raise SwarmError(f"unknown op {operation!r}")
-
-
-# Name-record keepers started by "hold": refreshed from the main loop.
-KEEPERS: list[discovery.NameRecordKeeper] = []
 
 
 def main() -> None:
@@ -84,8 +85,9 @@ def main() -> None:
     parser.add_argument("--bootstrap", action="append", default=[], help="DHT bootstrap node HOST:PORT")
     parser.add_argument("--listen", default="127.0.0.1:0")
     arguments = parser.parse_args()
-    node = TorrentNode(arguments.listen, tuple(arguments.bootstrap), dht=False)
-    dht.start_dht(node)
+    node = TorrentNode(Address.parse(arguments.listen, "--listen"), parse_all(arguments.bootstrap, "--bootstrap"))
+    # A plain DHT node: what it holds travels through libtorrent's lookups only, never stored directly.
+    presence = Presence(node, load_settings().announce_interval, direct=False)
     print(json.dumps({"event": "ready", "port": node.listen_port}), flush=True)
     commands: queue.Queue[str | None] = queue.Queue()
 
@@ -97,8 +99,7 @@ def main() -> None:
     threading.Thread(target=read_stdin, daemon=True).start()
     while True:
         node.pump(0.1)
-        for keeper in KEEPERS:
-            keeper.refresh_if_due()
+        presence.tick()
         try:
             line = commands.get_nowait()
         except queue.Empty:
@@ -109,7 +110,7 @@ def main() -> None:
             command = json.loads(line)
             if command.get("op") == "quit":
                 break
-            reply = {"ok": True} | handle(node, command)
+            reply = {"ok": True} | handle(node, presence, command)
         except (SwarmError, ValueError, KeyError) as error:
             reply = {"ok": False, "error": str(error)}
         print(json.dumps(reply), flush=True)

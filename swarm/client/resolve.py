@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from swarm import discovery
-from swarm.config import Settings, parse_host_port
+from swarm.address import Address
+from swarm.config import Settings
+from swarm.discovery.compute import find_compute_peers
+from swarm.discovery.resolve import resolve_model
 from swarm.distribute import chunks_for_client, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem
@@ -45,19 +46,7 @@ def check_run_mode(manifest: Manifest, embed: bool) -> None:
 
 def parse_route(text: str) -> list[str]:
     """'HOST:PORT,HOST:PORT' (tcp:// optional) → wire addresses, in order; a clear error for a malformed one."""
-    # Imported here: swarm.wire brings torch, and resolving a name should fail fast without it.
-    from swarm.wire import format_address
-
-    addresses = []
-    for item in text.split(","):
-        item = item.strip().removeprefix("tcp://")
-        if not item:
-            continue
-        try:
-            host, port = parse_host_port(item)
-            addresses.append(format_address(host, port))
-        except (ValueError, SwarmError) as error:
-            raise SwarmError(f"--route: {error}") from None
+    addresses = [Address.parse(item.strip(), "--route").tcp for item in text.split(",") if item.strip()]
     if not addresses:
         raise SwarmError("--route lists no peers: give HOST:PORT[,HOST:PORT...]")
     return list(dict.fromkeys(addresses))
@@ -76,33 +65,25 @@ class Resolver:
     @property
     def node(self) -> TorrentNode:
         if self._node is None:
-            # The client's node is short-lived and only fetches: any free port will do.
-            host, _ = parse_host_port(self.settings.torrent_listen)
-            self._node = open_node(replace(self.settings, torrent_listen=f"{host}:0"))
+            self._node = open_node(self.settings, short_lived=True)
         return self._node
 
-    def manifest(self, reference: str) -> tuple[Manifest, bytes | None]:
-        """The verified manifest (and torrent bytes when known) for a name, path or magnet link."""
+    def manifest(self, reference: str) -> tuple[Manifest, bytes]:
+        """The verified manifest and torrent bytes for a name, path or magnet link."""
         try:
             # The local catalog first, without starting a node.
-            manifest, torrent_data = discovery.resolve_model(reference, None, self.settings)
+            resolution = resolve_model(reference, self.settings)
         except SwarmError:
             if not self.settings.bootstrap:
                 raise
-            manifest, torrent_data = discovery.resolve_model(reference, self.node, self.settings)
-        if not manifest.signature_valid():
-            raise SwarmError(f"the manifest of {manifest.name} has an invalid signature; refusing to use it")
-        return manifest, torrent_data
+            resolution = resolve_model(reference, self.settings, self.node)
+        return resolution.manifest, resolution.torrent_data
 
-    def client_chunks(self, manifest: Manifest, torrent_data: bytes | None) -> dict[str, Path]:
+    def client_chunks(self, manifest: Manifest, torrent_data: bytes) -> dict[str, Path]:
         """Paths of the client's chunks, fetched over BitTorrent when missing or corrupt, each verified."""
         chunk_ids = client_chunk_ids(manifest)
         missing = [chunk_id for chunk_id in chunk_ids if self._problem(manifest, chunk_id)]
         if missing:
-            if torrent_data is None:
-                raise SwarmError(
-                    f"{manifest.name}: chunks {', '.join(missing)} are not on disk and its torrent is unknown"
-                )
             fetch_chunks(
                 self.node,
                 manifest,
@@ -127,21 +108,13 @@ class Resolver:
             )
         timeout = self.settings.discovery_timeout
         deadline = time.monotonic() + timeout
-        found = discovery.find_compute_peers(self.node, manifest, timeout / 2)
+        found = find_compute_peers(self.node, manifest, timeout / 2)
         if not found:
             # Seen on loopback swarms: a node that resolved the name and fetched chunks, then sat idle while the
             # model loaded, found no compute peers that a new node found at once. Ask again from a new node.
             self.close()
-            found = discovery.find_compute_peers(self.node, manifest, max(1.0, deadline - time.monotonic()))
-        from swarm.wire import format_address
-
-        addresses = []
-        for item in found:
-            try:
-                host, port = item if isinstance(item, tuple) else parse_host_port(str(item).removeprefix("tcp://"))
-                addresses.append(format_address(str(host), int(port)))
-            except (ValueError, TypeError, SwarmError):
-                continue  # a malformed DHT record is somebody else's problem, not a reason to fail
+            found = find_compute_peers(self.node, manifest, max(1.0, deadline - time.monotonic()))
+        addresses = [address.tcp for address in found]
         if not addresses:
             raise SwarmError(
                 f"no compute peers for {manifest.name} found in the DHT within {self.settings.discovery_timeout:g} s"

@@ -122,7 +122,7 @@ class SwarmClient:
         cls,
         resolver: Resolver,
         manifest: Manifest,
-        torrent_data: bytes | None,
+        torrent_data: bytes,
         route: Sequence[str] = (),
         spread_seed: int | None = None,
     ) -> SwarmClient:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from swarm import transport
+from swarm.address import Address, local_host_towards
 from swarm.client.routing import PeerInfo
 from swarm.errors import SwarmError
 from swarm.wire import (
@@ -31,7 +32,6 @@ from swarm.wire import (
     decode,
     encode,
     expect_tensor,
-    format_address,
 )
 
 # A ping that takes longer than this while diagnosing a timeout counts as no answer.
@@ -86,24 +86,33 @@ class ComputeClient:
 
     def __init__(
         self,
-        reply_host: str = "127.0.0.1",
+        reply_host: str = "",
         timeout: float = 30.0,
         context: transport.Context | None = None,
     ) -> None:
+        """`reply_host`: the host peers send results to; empty: the address this machine reaches each route's
+        last peer from (the reply socket then listens on every interface)."""
         self.timeout = timeout
         self._owns_context = context is None
         self.context = context or transport.Context()
+        self.reply_host = reply_host
         try:
-            self.router, bound = self.context.bind_router(f"tcp://{reply_host}:0")
+            self.router, bound = self.context.bind_router(Address(reply_host or "0.0.0.0", 0).tcp)
         except SwarmError:
             if self._owns_context:
                 self.context.close(linger_ms=0)
             raise
-        # The bound endpoint may spell the host differently (e.g. an IPv6 literal); rebuild it in wire form.
-        port = int(bound.rsplit(":", 1)[1])
-        self.reply_to = format_address(reply_host, port)
+        self.reply_port = Address.parse(bound).port
+        self._reply_to: dict[str, str] = {}
         self.dealers = transport.DealerPool(self.context, identity_prefix=f"client-{new_id()[:8]}")
         self.closed = False
+
+    def reply_to(self, last_hop: str) -> str:
+        """The reply address for a route ending at `last_hop` (a wire address)."""
+        if last_hop not in self._reply_to:
+            host = self.reply_host or local_host_towards(Address.parse(last_hop).host)
+            self._reply_to[last_hop] = Address(host, self.reply_port).tcp
+        return self._reply_to[last_hop]
 
     # ----- direct requests -----
 
@@ -167,7 +176,7 @@ class ComputeClient:
         if not route:
             raise SwarmError("a routed request needs at least one hop")
         timeout = self.timeout if timeout is None else timeout
-        header = replace(header, route=tuple(route), reply_to=self.reply_to)
+        header = replace(header, route=tuple(route), reply_to=self.reply_to(route[-1].address))
         first = route[0].address
         try:
             frames = encode(header, tensors)

@@ -19,10 +19,13 @@ from typing import Any
 import psutil
 import torch
 
-from swarm import transport, wire
-from swarm.config import Settings, parse_host_port
-from swarm.discovery import announce_compute_peer, find_compute_peers
-from swarm.distribute import check_manifest, chunks_for_blocks, fetch_chunks, open_node, resolve_model
+from swarm import signing, transport, wire
+from swarm.address import Address, parse_all
+from swarm.config import Settings
+from swarm.discovery.compute import announce_compute_peer, find_compute_peers
+from swarm.discovery.keeper import hold_name
+from swarm.discovery.resolve import resolve_model
+from swarm.distribute import chunks_for_blocks, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest
 from swarm.peer.admission import AdmissionLimits
@@ -30,6 +33,7 @@ from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner, check_device, resolve_dtype
 from swarm.peer.selection import HostingPlan, coverage_from_spans, plan_hosting
 from swarm.peer.server import PeerIdentity, PeerServer
+from swarm.torrent.presence import Presence
 from swarm.torrent.session import TorrentNode
 
 log = logging.getLogger("swarm.peer")
@@ -37,6 +41,8 @@ log = logging.getLogger("swarm.peer")
 Emit = Callable[[dict[str, Any]], None]
 # Seconds to wait for `info` answers from the peers already serving, when choosing a span.
 _INFO_TIMEOUT = 3.0
+# Seconds to look for the peers already serving (once the DHT answers): a small swarm answers within one.
+_COVERAGE_LOOKUP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,18 +54,6 @@ class JoinOptions:
     device: str = "cpu"
     dtype: str = "auto"
     advertise_host: str | None = None
-
-
-def check_addresses(options: JoinOptions, settings: Settings) -> None:
-    """Every HOST:PORT given, checked before anything starts, so a typo is one clear line."""
-    named = [("--peer", peer) for peer in options.peers]
-    named += [("--bootstrap", node) for node in settings.bootstrap]
-    named += [("--torrent-listen", settings.torrent_listen), ("--listen", settings.compute_listen)]
-    for option, text in named:
-        try:
-            parse_host_port(text.removeprefix("tcp://"))
-        except ValueError as error:
-            raise SwarmError(f"{option}: {error}") from None
 
 
 def memory_budget(options: JoinOptions, settings: Settings) -> int:
@@ -86,14 +80,14 @@ def chunks_to_fetch(manifest: Manifest, plan: HostingPlan) -> list[Chunk]:
     return chunks_for_blocks(manifest, plan.start, plan.end)
 
 
-def query_infos(addresses: Sequence[str], timeout: float) -> list[dict[str, Any]]:
+def query_infos(addresses: Sequence[Address], timeout: float) -> list[dict[str, Any]]:
     """`info` bodies of the peers at `addresses` that answer within `timeout` seconds (others are skipped)."""
     answers: list[dict[str, Any]] = []
     with transport.Context() as context:
         pending: list[Any] = []
         for address in addresses:
             try:
-                dealer = context.connect_dealer(address)
+                dealer = context.connect_dealer(address.tcp)
                 request = wire.Header(kind=wire.Kind.INFO, request_id=uuid.uuid4().hex[:16])
                 transport.send_frames(dealer, wire.encode(request))
             except (transport.TransportError, wire.WireError) as error:
@@ -123,14 +117,13 @@ def swarm_coverage(manifest: Manifest, node: TorrentNode, settings: Settings) ->
     if not settings.bootstrap:
         return coverage
     try:
-        # A first peer finds nobody and waits the whole discovery timeout.
-        found = find_compute_peers(node, manifest, timeout=settings.discovery_timeout)
+        # The lookup ends when peers were found; a first peer finds nobody and waits the lookup's timeout.
+        found = find_compute_peers(node, manifest, timeout=_COVERAGE_LOOKUP_SECONDS)
     except SwarmError as error:
         log.warning("cannot look up compute peers: %s", error)
         return coverage
-    addresses = [wire.format_address(host, port) for host, port in found]
     spans: list[tuple[int, int]] = []
-    for info in query_infos(addresses, _INFO_TIMEOUT):
+    for info in query_infos(found, _INFO_TIMEOUT):
         blocks = info.get("blocks")
         if info.get("model") != manifest.name or not isinstance(blocks, list) or len(blocks) != 2:
             continue
@@ -165,33 +158,24 @@ def fetch_verified(
 
 
 class TorrentKeeper(threading.Thread):
-    """Owns the TorrentNode after the fetch: pumps alerts (the node saves resume data from there), re-announces
-    this peer in the DHT, and closes the node at the end."""
+    """Owns the TorrentNode after the fetch: pumps alerts (the node saves resume data from there), keeps this
+    peer's compute port, its torrents and the model's name findable on the DHT, and closes the node at the end."""
 
     def __init__(self, node: TorrentNode, manifest: Manifest, compute_port: int, settings: Settings) -> None:
         super().__init__(name="torrent", daemon=True)
         self.node = node
-        self.manifest = manifest
-        self.compute_port = compute_port
-        self.settings = settings
+        self.presence = Presence(node, settings.announce_interval)
+        announce_compute_peer(self.presence, manifest, compute_port)
+        try:
+            hold_name(node, self.presence, manifest, settings, signing.load_key(settings.keys_dir))
+        except SwarmError as error:
+            log.warning("%s is not kept findable by name: %s", manifest.name, error)
         self.stop_event = threading.Event()
 
-    def _announce(self) -> None:
-        if not self.settings.bootstrap:
-            return
-        try:
-            announce_compute_peer(self.node, self.manifest, self.compute_port)
-        except SwarmError as error:
-            log.warning("DHT announce failed: %s", error)
-
     def run(self) -> None:
-        next_announce = 0.0
         try:
             while not self.stop_event.is_set():
-                now = time.monotonic()
-                if now >= next_announce:
-                    self._announce()
-                    next_announce = now + self.settings.announce_interval
+                self.presence.tick()
                 # The node saves resume data periodically from its pump, and once more on close.
                 # Batched: this thread shares the GIL with the compute loop, so it wakes at most 4 times a second.
                 self.node.pump(wait_seconds=0.25, min_wait_seconds=0.25)
@@ -199,6 +183,7 @@ class TorrentKeeper(threading.Thread):
             log.exception("torrent thread failed")
         finally:
             try:
+                self.presence.close()
                 self.node.close()
             except Exception:
                 log.exception("closing the torrent session failed")
@@ -211,11 +196,11 @@ class TorrentKeeper(threading.Thread):
 def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: Emit) -> None:
     """Everything `swarm join` does, until `stop` is set."""
     device = check_device(options.device)
-    check_addresses(options, settings)
+    parse_all(options.peers, "--peer")
     node = open_node(settings)
     try:
-        manifest, torrent_data = resolve_model(options.model, settings, node)
-        check_manifest(manifest)
+        resolution = resolve_model(options.model, settings, node)
+        manifest, torrent_data = resolution.manifest, resolution.torrent_data
         dtype = resolve_dtype(options.dtype, manifest.dtype, device)
         itemsize = torch.empty((), dtype=dtype).element_size()
         coverage = [0] * manifest.num_blocks
@@ -269,7 +254,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
         raise
     torrent_port = node.listen_port
     # From here on only the keeper's thread touches the node.
-    keeper = TorrentKeeper(node, manifest, int(server.address.rpartition(":")[2]), settings)
+    keeper = TorrentKeeper(node, manifest, server.port, settings)
     keeper.start()
     try:
         emit(

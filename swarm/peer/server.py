@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from swarm import transport, wire
+from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.peer.admission import AdmissionLimits, admit_batch, free_sessions
 from swarm.peer.replica import ReplicaRunner
@@ -41,6 +42,8 @@ UNREACHABLE = "unreachable"
 
 _ROUTED_KINDS = frozenset({Kind.OPEN_SESSION, Kind.STEP, Kind.CLOSE_SESSION})
 _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+# Ports tried after a taken fixed listen port.
+BIND_RETRIES = 10
 # How long one loop iteration waits for a message before housekeeping (session expiry, the tick callback).
 _POLL_SECONDS = 0.2
 
@@ -73,7 +76,7 @@ class PeerServer:
         self,
         runner: Runner,
         identity: PeerIdentity,
-        listen: str,
+        listen: Address,
         limits: AdmissionLimits,
         idle_timeout: float,
         *,
@@ -90,7 +93,8 @@ class PeerServer:
         self.limits = limits
         self.throughput = throughput
         self.context = transport.Context()
-        self.router, self.bound_address = self.context.bind_router(listen)
+        self.router, self.bound_address = _bind(self.context, listen)
+        self.port = Address.parse(self.bound_address).port
         self.address = _public_address(self.bound_address, advertise_host)
         # Our DEALERs name themselves after this peer, so receivers can tell who sent what.
         self.dealers = transport.DealerPool(self.context, identity_prefix=self.address, connect_timeout=connect_timeout)
@@ -420,12 +424,26 @@ def _checked_tensor(
     return tensor
 
 
+def _bind(context: transport.Context, listen: Address) -> tuple[transport.Socket, str]:
+    """A ROUTER on `listen`; a taken fixed port is followed by the next ones (as libtorrent does for BitTorrent),
+    so that several peers on one machine can all keep the default."""
+    ports = [listen.port] if listen.port == 0 else range(listen.port, min(listen.port + BIND_RETRIES, 65535) + 1)
+    error: transport.TransportError | None = None
+    for port in ports:
+        try:
+            return context.bind_router(listen.with_port(port).tcp)
+        except transport.TransportError as failure:
+            error = error or failure
+    raise error or transport.TransportError(f"cannot listen on {listen}")
+
+
 def _public_address(bound: str, advertise_host: str | None) -> str:
     """The address other machines should use: the bound one, with `advertise_host` for a wildcard bind."""
-    host, _, port = bound[len("tcp://") :].rpartition(":")
+    address = Address.parse(bound)
     if advertise_host:
-        return wire.format_address(advertise_host, int(port))
-    if host in ("0.0.0.0", "[::]", "*"):
-        # A wildcard is not an address anyone can connect to; loopback at least works on this machine.
-        return wire.format_address("127.0.0.1", int(port))
-    return bound
+        return Address(advertise_host, address.port).tcp
+    if address.is_wildcard:
+        # A wildcard is not an address anyone can connect to; loopback at least works on this machine. (Clients
+        # reach peers at the address the DHT saw them from; this one is only what `info` reports.)
+        return Address("127.0.0.1", address.port).tcp
+    return address.tcp

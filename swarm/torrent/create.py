@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +76,17 @@ def make_torrent(
     torrent_format: str,
     piece_length: int,
     on_piece: Callable[[int], None] | None = None,
+    trackers: Sequence[str] = (),
 ) -> MadeTorrent:
-    """Hash every file under content_dir (the torrent's root folder) into a torrent."""
+    """Hash every file under content_dir (the torrent's root folder) into a torrent that names `trackers` (their
+    announce URLs sit outside the info dictionary: they do not change the info hash)."""
     files = lt.list_files(str(content_dir), flags=0)
     if not files:
         raise SwarmError(f"{content_dir} holds no files to put in a torrent")
     creator = lt.create_torrent(files, piece_length, _format_flags(torrent_format))
     creator.set_creator(CREATOR)
+    for tier, url in enumerate(trackers):
+        creator.add_tracker(url, tier)
     lt.set_piece_hashes(creator, str(content_dir.parent), on_piece or (lambda _piece: None))
     data = lt.bencode(creator.generate())
     return describe_torrent(data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,9 +18,10 @@ import libtorrent as lt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from swarm.config import parse_host_port
+from swarm.address import Address
 from swarm.errors import SwarmError
-from swarm.torrent.session import SWARM_DHT_SETTINGS, TorrentNode
+from swarm.torrent.krpc import SignedItem
+from swarm.torrent.session import TorrentNode
 
 # BEP 44: a value may take at most 1000 bytes once bencoded, a salt at most 64 bytes.
 MAX_ITEM_BYTES = 1000
@@ -36,10 +37,15 @@ ROUTER_ONLY_GRACE = 2.0
 
 @dataclass(frozen=True)
 class KeyPair:
-    """An ed25519 key pair as libtorrent wants it: 32-byte public key, 64-byte expanded secret key."""
+    """An ed25519 key pair as libtorrent wants it (32-byte public key, 64-byte expanded secret key), and the
+    32-byte seed both come from (for signing items this project stores directly, swarm.torrent.krpc)."""
 
     public: bytes
     secret: bytes
+    seed: bytes
+
+    def item(self, salt: bytes, value: bytes, replaces: Callable[[bytes | None], bool] | None = None) -> SignedItem:
+        return SignedItem(self.seed, self.public, salt, value, replaces)
 
 
 def keypair_from_seed(seed: bytes) -> KeyPair:
@@ -59,7 +65,7 @@ def keypair_from_seed(seed: bytes) -> KeyPair:
         .public_key()
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
-    return KeyPair(public=public, secret=bytes(expanded))
+    return KeyPair(public=public, secret=bytes(expanded), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -106,37 +112,14 @@ def dht_counters(node: TorrentNode, timeout: float = 2.0) -> DhtCounters | None:
     return counters[-1] if counters else None
 
 
-def bootstrap_of(node: TorrentNode) -> tuple[str, ...]:
-    """The bootstrap nodes the node's session was started with (its dht_bootstrap_nodes setting)."""
-    text = str(node.session.get_settings().get("dht_bootstrap_nodes", ""))
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
 def nudge_bootstrap(node: TorrentNode) -> None:
-    """Ping the bootstrap nodes again; cheap, never blocks."""
-    configure_dht(node)
+    """Ping the bootstrap nodes again (one that restarted is found again); cheap, never blocks."""
     if node.session.is_dht_running():
-        for text in bootstrap_of(node):
-            node.session.add_dht_node(_address(text))
+        for address in node.bootstrap:
+            node.session.add_dht_node(address.pair)
 
 
-def configure_dht(node: TorrentNode) -> None:
-    """Apply the DHT settings a swarm node needs (idempotent; session_settings carries them from the start)."""
-    node.session.apply_settings(cast(Any, SWARM_DHT_SETTINGS))
-
-
-def start_dht(node: TorrentNode, read_only: bool = False) -> None:
-    """Turn on the DHT of a node made with dht=False, with the swarm's DHT settings from its first packet.
-
-    read_only (BEP 43) is for short-lived clients such as `swarm resolve`: they query the DHT without
-    joining it. A node that answers queries enters others' routing tables, and once it has exited every
-    lookup that meets it waits ~15 s for it to time out. It must be read-only from its first query on,
-    hence starting the DHT here rather than switching an already running one.
-    """
-    node.session.apply_settings(cast(Any, SWARM_DHT_SETTINGS | {"dht_read_only": read_only, "enable_dht": True}))
-
-
-def wait_for_dht(node: TorrentNode, bootstrap: Sequence[str] | None, timeout: float) -> DhtCounters:
+def wait_for_dht(node: TorrentNode, timeout: float) -> DhtCounters:
     """Return once the DHT is usable; SwarmError naming the bootstrap nodes when nobody answers.
 
     Usable: the routing table holds a node, or DHT messages came in and ROUTER_ONLY_GRACE seconds passed.
@@ -146,9 +129,7 @@ def wait_for_dht(node: TorrentNode, bootstrap: Sequence[str] | None, timeout: fl
     right after bootstrap find nothing or stall, hence the grace. The bootstrap nodes are pinged again
     every second, so one that starts later than us is found too.
     """
-    configure_dht(node)
-    bootstrap = tuple(bootstrap) if bootstrap else bootstrap_of(node)
-    addresses = [_address(text) for text in bootstrap]
+    addresses = [address.pair for address in node.bootstrap]
     started = time.monotonic()
     deadline = started + timeout
     last_ping = float("-inf")
@@ -175,32 +156,8 @@ def wait_for_dht(node: TorrentNode, bootstrap: Sequence[str] | None, timeout: fl
             f"the DHT found no other node within {timeout:g} s and no bootstrap node was given "
             "(pass --bootstrap HOST:PORT or set SWARM_BOOTSTRAP)"
         )
-    raise SwarmError(f"bootstrap node(s) {', '.join(bootstrap)} did not answer within {timeout:g} s")
-
-
-def check_addresses(texts: Iterable[str], what: str) -> None:
-    """SwarmError naming the first malformed HOST:PORT (before a session is built with them)."""
-    for text in texts:
-        try:
-            parse_host_port(text)
-        except ValueError as error:
-            raise SwarmError(f"bad {what} address: {error}") from None
-
-
-def any_port(listen: str) -> str:
-    """The host of a HOST:PORT listen address with port 0 (the OS picks a free one)."""
-    try:
-        host, _ = parse_host_port(listen)
-    except ValueError as error:
-        raise SwarmError(f"bad listen address: {error}") from None
-    return f"[{host}]:0" if ":" in host else f"{host}:0"
-
-
-def _address(text: str) -> tuple[str, int]:
-    try:
-        return parse_host_port(text)
-    except ValueError as error:
-        raise SwarmError(f"bad bootstrap address: {error}") from error
+    named = ", ".join(str(address) for address in node.bootstrap)
+    raise SwarmError(f"bootstrap node(s) {named} did not answer within {timeout:g} s")
 
 
 # --- BEP 44 mutable items -------------------------------------------------------------------------------
@@ -217,11 +174,13 @@ def put_mutable_items(
     swarm a node is often handed its own address, and the put it sends itself goes unanswered until the
     15 s RPC timeout (libtorrent 2.1.1), while the other nodes stored the item within milliseconds.
     """
-    for _pair, salt, value in items:
-        _check_item(salt, value)
-    expected = {Slot(key_pair.public, salt): value for key_pair, salt, value in items}
     for key_pair, salt, value in items:
-        node.session.dht_put_mutable_item(key_pair.secret, key_pair.public, value, salt)
+        start_put(node, key_pair, salt, value)
+    return wait_for_values(node, {Slot(key_pair.public, salt): value for key_pair, salt, value in items}, timeout)
+
+
+def wait_for_values(node: TorrentNode, expected: dict[Slot, bytes], timeout: float) -> dict[Slot, bool]:
+    """Look the slots up until each returns its expected value; which did by the deadline."""
     confirmed: set[Slot] = set()
     deadline = time.monotonic() + timeout
     while len(confirmed) < len(expected) and time.monotonic() < deadline:
@@ -330,9 +289,7 @@ def announce(node: TorrentNode, key: bytes, port: int) -> None:
     node.session.dht_announce(lt.sha1_hash(key), port, 0)
 
 
-def get_peers(
-    node: TorrentNode, keys: bytes | Sequence[bytes], timeout: float, settle: float = 0.3
-) -> list[tuple[str, int]]:
+def get_peers(node: TorrentNode, keys: bytes | Sequence[bytes], timeout: float, settle: float = 0.3) -> list[Address]:
     """Addresses announced under `keys` (one 20-byte key or several, looked up at once): asks again every
     2 s until one is found or the deadline passes.
 
@@ -340,12 +297,12 @@ def get_peers(
     to gather the others. An empty list is an answer, not an error.
     """
     targets = [lt.sha1_hash(key) for key in ([keys] if isinstance(keys, bytes) else keys)]
-    peers: dict[tuple[str, int], None] = {}
+    peers: dict[Address, None] = {}
 
     def listen(alert: lt.alert) -> None:
         if isinstance(alert, lt.dht_get_peers_reply_alert) and alert.info_hash in targets:
-            for host, port in alert.peers():
-                peers[(str(host), int(port))] = None
+            for pair in alert.peers():
+                peers[Address.of(pair)] = None
 
     node.add_listener(listen)
     try:
@@ -375,7 +332,7 @@ def get_peers(
 class Magnet:
     info_hashes: tuple[str, ...]  # hex; v2 (64 digits) first when present, then v1 (40 digits)
     name: str | None
-    peers: tuple[tuple[str, int], ...] = field(default=())
+    peers: tuple[Address, ...] = field(default=())
 
 
 def parse_magnet(uri: str) -> Magnet:
@@ -391,8 +348,20 @@ def parse_magnet(uri: str) -> Magnet:
         info_hashes.append(str(hashes.v1))
     if not info_hashes:
         raise SwarmError(f"the magnet link {uri[:80]!r} names no info hash")
-    peers = tuple((str(host), int(port)) for host, port in params.peers)
+    peers = tuple(Address.of(pair) for pair in params.peers)
     return Magnet(info_hashes=tuple(info_hashes), name=params.name or None, peers=peers)
+
+
+def torrent_keys(node: TorrentNode) -> list[bytes]:
+    """The DHT keys of every torrent in the session (v1 hash, and the truncated v2 hash libtorrent uses)."""
+    keys = []
+    for handle in node.session.get_torrents():
+        hashes = handle.info_hashes()
+        if hashes.has_v1():
+            keys.append(hashes.v1.to_bytes())
+        if hashes.has_v2():
+            keys.append(hashes.v2.to_bytes()[:20])
+    return keys
 
 
 def info_hash_key(info_hash: str) -> bytes:
@@ -404,7 +373,7 @@ def download_small_torrent(
     node: TorrentNode,
     info_hash: str,
     save_path: Path,
-    peers: Sequence[tuple[str, int]],
+    peers: Sequence[Address],
     timeout: float,
     max_bytes: int,
 ) -> Path:
@@ -449,7 +418,7 @@ def download_small_torrent(
             # A torrent added before the DHT was ready announces again only after 15 min: ask now.
             handle.force_dht_announce()
             for address in peers:
-                handle.connect_peer(address)
+                handle.connect_peer(address.pair)
             announced = now
         node.pump(POLL_SECONDS)
     node.flush_handle(handle, timeout=max(1.0, min(5.0, deadline - time.monotonic())))

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import libtorrent as lt
 
-from swarm.config import parse_host_port
+from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.torrent.fetch import WANTED, fetch_params, file_priorities, seed_params, torrent_files
 from swarm.torrent.request_queue import MIN_ACCEPTED_REQUESTS, accepted_requests_per_peer
@@ -33,6 +34,8 @@ REDIAL_SECONDS = 5.0
 REQUEST_QUEUE_REVIEW_SECONDS = 1.0
 # How long close() waits for the resume data of every torrent.
 CLOSE_TIMEOUT_SECONDS = 10.0
+# How often the DHT's routing table size is read (for re-announcing when it grows).
+DHT_STATS_SECONDS = 1.0
 
 
 # DHT settings every swarm node needs:
@@ -44,25 +47,61 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 SWARM_DHT_SETTINGS: dict[str, Any] = {"dht_block_ratelimit": 10_000, "dht_upload_rate_limit": 1_000_000}
 
 
+def listen_interfaces(listen: Address) -> str:
+    """libtorrent's listen_interfaces for a listen address.
+
+    A wildcard is expanded by libtorrent into one socket per interface, and it runs no DHT on the loopback one
+    (a "local network" socket): such a node never hears a DHT node on 127.0.0.1, so a swarm on one machine
+    would not assemble. Loopback is therefore named explicitly beside the wildcard, on the same port (chosen
+    here when 0, so both sockets share it).
+    """
+    if not listen.is_wildcard:
+        return str(listen)
+    port = listen.port or free_port(listen.host)
+    loopback = "[::1]" if ":" in listen.host else "127.0.0.1"
+    wildcard = "[::]" if ":" in listen.host else "0.0.0.0"
+    return f"{wildcard}:{port},{loopback}:{port}"
+
+
+def free_port(host: str) -> int:
+    """A port free for both TCP and UDP on `host` right now (libtorrent tries the next ones if it is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bind_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    for _ in range(20):
+        with socket.socket(family, socket.SOCK_STREAM) as tcp, socket.socket(family, socket.SOCK_DGRAM) as udp:
+            tcp.bind((bind_host, 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind((bind_host, port))
+            except OSError:
+                continue
+            return port
+    raise SwarmError("found no free port for BitTorrent")
+
+
 def session_settings(
-    listen: str,
-    bootstrap: tuple[str, ...],
+    listen: Address,
+    bootstrap: Sequence[Address],
     dht: bool = True,
     upload_limit: int = 0,
     download_limit: int = 0,
     utp: bool = False,
+    *,
+    read_only_dht: bool = False,
+    lsd: bool = False,
 ) -> dict[str, Any]:
-    """Settings for a swarm node: DHT on, no LAN/NAT discovery, many peers per IP (loopback swarms), TCP only
-    unless `utp` (uTP's per-packet work in user space cost ~30% more CPU per fetch than TCP, measured here)."""
-    host, port = parse_host_port(listen)
-    interface = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """Settings for a swarm node: DHT on (read-only for short-lived clients, BEP 43), many peers per IP (several
+    nodes share one address on one machine or behind one NAT), no UPnP/NAT-PMP, LSD when asked, TCP only unless
+    `utp` (uTP's per-packet work in user space cost ~30% more CPU per fetch than TCP, measured here)."""
     return {
-        "listen_interfaces": interface,
+        "listen_interfaces": listen_interfaces(listen),
         "user_agent": USER_AGENT,
         "enable_dht": dht,
-        "dht_bootstrap_nodes": ",".join(bootstrap),
+        "dht_read_only": read_only_dht,
+        "dht_bootstrap_nodes": ",".join(str(node) for node in bootstrap),
         **SWARM_DHT_SETTINGS,
-        "enable_lsd": False,
+        # LSD is for LANs: a node bound to loopback has none (and would meet the other loopback nodes twice).
+        "enable_lsd": lsd and not listen.is_loopback,
         "enable_upnp": False,
         "enable_natpmp": False,
         # Several nodes on one machine (tests, the demo) share an address: let them all connect.
@@ -177,35 +216,45 @@ class TorrentNode:
 
     def __init__(
         self,
-        listen: str,
-        bootstrap: tuple[str, ...] = (),
+        listen: Address,
+        bootstrap: Sequence[Address] = (),
         dht: bool = True,
         *,
+        read_only_dht: bool = False,
         resume_dir: Path | None = None,
         resume_interval: float = 30.0,
         upload_limit: int = 0,
         download_limit: int = 0,
         limit_local_peers: bool = False,
         utp: bool = False,
+        lsd: bool = False,
+        pex: bool = True,
+        trackers: Sequence[str] = (),
     ) -> None:
+        self.bootstrap = tuple(bootstrap)
         try:
-            bootstrap_addresses = [parse_host_port(node) for node in bootstrap]
-        except ValueError as error:
-            raise SwarmError(f"bad bootstrap address: {error}") from error
-        try:
-            settings = session_settings(listen, bootstrap, dht, upload_limit, download_limit, utp)
+            settings = session_settings(
+                listen, self.bootstrap, dht, upload_limit, download_limit, utp, read_only_dht=read_only_dht, lsd=lsd
+            )
             # The binding takes a plain dict where its stubs say settings_pack.
             self.session = lt.session(cast("lt.settings_pack", settings))
         except (RuntimeError, ValueError) as error:
             raise SwarmError(f"cannot start a BitTorrent session on {listen}: {error}") from error
-        for address in bootstrap_addresses:
+        for address in self.bootstrap:
             # Nodes named only in dht_bootstrap_nodes never enter the routing table on loopback.
-            self.session.add_dht_node(address)
+            self.session.add_dht_node(address.pair)
         self.handles: dict[str, lt.torrent_handle] = {}
         self.listeners: list[Callable[[lt.alert], None]] = []
         self.event_listeners: list[Callable[[TorrentEvent], None]] = []
         self.resume_dir = resume_dir
         self.resume_interval = resume_interval
+        self.pex = pex
+        self.trackers = tuple(trackers)
+        # The UDP sockets libtorrent listens on (its DHT nodes), as it reports them.
+        self.udp_endpoints: list[Address] = []
+        # Nodes in the DHT routing tables, read every DHT_STATS_SECONDS while the DHT runs.
+        self.dht_nodes = 0
+        self._next_dht_stats = 0.0
         self._tracked: dict[str, _Tracked] = {}
         self._pending_saves: set[str] = set()
         self._next_periodic_save = time.monotonic() + resume_interval
@@ -213,6 +262,11 @@ class TorrentNode:
         self._accepted_requests = MIN_ACCEPTED_REQUESTS
         if limit_local_peers:
             self.set_rate_limits(upload_limit, download_limit, limit_local_peers=True)
+        # The listen sockets are opened asynchronously: wait for them, so listen_port and udp_endpoints are known.
+        self.pump(0.0)
+        deadline = time.monotonic() + 5.0
+        while not self.udp_endpoints and time.monotonic() < deadline:
+            self.pump(0.05)
 
     @property
     def listen_port(self) -> int:
@@ -281,7 +335,7 @@ class TorrentNode:
         """
         info = _torrent_info(torrent_data)
         key = _info_key(info)
-        addresses = [parse_host_port(peer) for peer in peers]
+        addresses = [Address.parse(peer, "peer").pair for peer in peers]
         tracked = self._tracked.get(key)
         if tracked is not None:
             handle = tracked.handle
@@ -305,6 +359,7 @@ class TorrentNode:
         peers: Iterable[tuple[str, int]],
         restored: bool,
     ) -> str:
+        self.apply_node_options(params)
         try:
             handle = self.session.add_torrent(params)
         except RuntimeError as error:
@@ -315,9 +370,22 @@ class TorrentNode:
         self._dial(tracked, force=True)
         return key
 
+    def apply_node_options(self, params: lt.add_torrent_params) -> None:
+        """What this node adds to every torrent: its extra tracker URLs, and peer exchange off when asked."""
+        known = set(params.trackers)
+        params.trackers = list(params.trackers) + [url for url in self.trackers if url not in known]
+        if not self.pex:
+            params.flags |= lt.torrent_flags.disable_pex
+
     def _resume_file(self, key: str, resume_dir: Path | None) -> Path | None:
         directory = resume_dir if resume_dir is not None else self.resume_dir
         return resume_path(directory, key) if directory is not None else None
+
+    def reannounce(self, key: str) -> None:
+        """Ask the DHT and the trackers for this torrent's peers now (LSD announces on its own timer)."""
+        handle = self._tracked_or_error(key).handle
+        handle.force_dht_announce()
+        handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def remove(self, key: str) -> None:
         """Stop seeding/fetching a torrent; its files stay on disk."""
@@ -331,7 +399,7 @@ class TorrentNode:
     def connect_peer(self, key: str, address: str) -> None:
         """Dial a peer now and again every few seconds while it is not connected."""
         tracked = self._tracked_or_error(key)
-        tracked.direct_peers.add(parse_host_port(address))
+        tracked.direct_peers.add(Address.parse(address, "peer").pair)
         self._dial(tracked, force=True)
 
     add_peer = connect_peer
@@ -466,6 +534,13 @@ class TorrentNode:
         return alerts
 
     def _on_alert(self, alert: lt.alert) -> None:
+        if isinstance(alert, lt.listen_succeeded_alert):
+            if alert.socket_type == lt.socket_type_t.udp:
+                self.udp_endpoints.append(Address(str(alert.address), int(alert.port)))
+            return
+        if isinstance(alert, lt.session_stats_alert):
+            self.dht_nodes = int(alert.values.get("dht.dht_nodes", 0))
+            return
         if isinstance(alert, lt.save_resume_data_alert):
             self._write_resume(alert)
             return
@@ -511,6 +586,9 @@ class TorrentNode:
 
     def _upkeep(self) -> None:
         now = time.monotonic()
+        if now >= self._next_dht_stats and self.session.is_dht_running():
+            self._next_dht_stats = now + DHT_STATS_SECONDS
+            self.session.post_session_stats()
         for key, tracked in list(self._tracked.items()):
             if tracked.resave_at is not None and now >= tracked.resave_at:
                 tracked.resave_at = None

@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+from swarm.address import Address
 from swarm.errors import SwarmError
 
 __all__ = [
@@ -67,13 +68,10 @@ class TransportError(SwarmError):
 
 def normalize_address(address: str) -> str:
     """'host:port' or 'tcp://host:port' → 'tcp://host:port'."""
-    text = address.strip()
-    if not text.startswith("tcp://"):
-        text = f"tcp://{text}"
-    host, separator, port = text[len("tcp://") :].rpartition(":")
-    if not separator or not host or not (port.isdigit() or port == "*"):
-        raise TransportError(f"address {address!r} is not of the form tcp://HOST:PORT")
-    return text
+    try:
+        return Address.parse(address).tcp
+    except SwarmError as error:
+        raise TransportError(str(error)) from None
 
 
 class Context:
