@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from swarm.address import Address, parse_all
+from swarm.errors import SwarmError
 
 TORRENT_FORMATS = ("v2", "hybrid", "v1")
 DEFAULT_TORRENT_LISTEN = Address("0.0.0.0", 6881)
@@ -135,8 +137,19 @@ class Settings:
         if "bootstrap" in given:
             given["bootstrap"] = tuple(parse_all(given["bootstrap"], "bootstrap node"))
         if "trackers" in given:
-            given["trackers"] = tuple(given["trackers"])
+            given["trackers"] = check_trackers(given["trackers"])
         return dataclasses.replace(self, **given)
+
+
+def check_trackers(urls: Iterable[str]) -> tuple[str, ...]:
+    """Tracker announce URLs, each http(s):// or udp:// with a host; SwarmError naming the first that is not."""
+    checked = []
+    for url in urls:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https", "udp") or not parsed.hostname:
+            raise SwarmError(f"bad tracker URL {url[:80]!r}: use http://HOST:PORT/announce or udp://HOST:PORT")
+        checked.append(url)
+    return tuple(checked)
 
 
 # Address fields and how errors name them.
@@ -156,7 +169,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_LISTEN": ("compute_listen", lambda text: Address.parse(text, "SWARM_LISTEN")),
     "SWARM_STATUS_LISTEN": ("status_listen", lambda text: Address.parse(text, "SWARM_STATUS_LISTEN")),
     "SWARM_BOOTSTRAP": ("bootstrap", lambda text: tuple(parse_all(_split_list(text), "SWARM_BOOTSTRAP"))),
-    "SWARM_TRACKERS": ("trackers", _split_list),
+    "SWARM_TRACKERS": ("trackers", lambda text: check_trackers(_split_list(text))),
     "SWARM_TRACKER": ("tracker", _parse_bool),
     "SWARM_LSD": ("lsd", _parse_bool),
     "SWARM_PEX": ("pex", _parse_bool),

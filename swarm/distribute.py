@@ -409,9 +409,11 @@ def fetch_chunks(
             elif now - last_progress > timeout:
                 peers_seen = len(node.peer_transfers(fetch.key))
                 missing = ", ".join(chunk.id for chunk in fetch.pending())
+                trackers = "".join(f"; tracker {url}: {why}" for url, why in node.tracker_errors(fetch.key).items())
+                dht_nodes = f"; {node.dht_nodes} DHT node(s) known" if node.session.is_dht_running() else ""
                 raise SwarmError(
                     f"fetching {manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
-                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen"
+                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen{dht_nodes}{trackers}"
                 )
         problems = fetch.verify()
         # A write error (disk full) can surface only now, after libtorrent hash-checked the bytes in memory.

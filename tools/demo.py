@@ -3,9 +3,11 @@
 1. make the demo model when missing (a tiny Llama trained on the Zen of Python);
 2. `swarm seed --prepare-only` publishes it into the repository's catalog (torrents/), signed with a
    publisher key kept in .demo/publisher across runs;
-3. `swarm seedbox` seeds the publisher's chunk files;
-4. two `swarm join` peers each host half the blocks, fetching their chunks over BitTorrent from the seedbox;
-5. `swarm run --prompt "Beautiful is"` streams the continuation through both peers;
+3. `swarm seedbox` seeds the publisher's chunk files and anchors discovery;
+4. two `swarm join` peers, knowing only the seedbox's address, each host half the blocks, fetching their chunks
+   over BitTorrent;
+5. `swarm run --prompt "Beautiful is"`, knowing only the seedbox's address too, finds the peers and streams the
+   continuation through both;
 6. everything shuts down cleanly.
 """
 
@@ -91,19 +93,14 @@ def main() -> int:
             "seedbox",
         )  # fmt: skip
         processes.append(seedbox)
-        torrent_port = wait_for_event(seedbox, "listening")["torrent_port"]
+        bootstrap = f"127.0.0.1:{wait_for_event(seedbox, 'listening')['torrent_port']}"
         wait_for_event(seedbox, "seeding")
-        print(f"== seedbox seeding {NAME} on 127.0.0.1:{torrent_port}", flush=True)
+        print(f"== seedbox seeding {NAME}; the others know only its address, {bootstrap}", flush=True)
         manifest = json.loads((CATALOG / f"{NAME}.json").read_text())
         half = manifest["num_blocks"] // 2
         peers = []
         for home, blocks in (("peer-a", f"0:{half}"), ("peer-b", f"{half}:{manifest['num_blocks']}")):
-            peer = start(
-                [SWARM, "join", "--model", NAME, "--catalog", str(CATALOG), "--blocks", blocks,
-                 "--listen", "127.0.0.1:0", "--torrent-listen", "127.0.0.1:0", "--peer", f"127.0.0.1:{torrent_port}",
-                 "--json"],
-                home,
-            )  # fmt: skip
+            peer = start([SWARM, "join", "--model", NAME, "--blocks", blocks, "--bootstrap", bootstrap, "--json"], home)
             processes.append(peer)
             peers.append(peer)
         addresses = []
@@ -111,16 +108,14 @@ def main() -> int:
             serving = wait_for_event(peer, "serving")
             addresses.append(serving["address"].removeprefix("tcp://"))
             print(f"== peer {serving['address']} serves blocks {serving['blocks']} (chunks fetched over BitTorrent)")
-        print(f"== swarm run --prompt {PROMPT!r}", flush=True)
-        print(PROMPT, end="", flush=True)
+        print(f"== swarm run --prompt {PROMPT!r} --bootstrap {bootstrap}", flush=True)
         run = subprocess.run(
-            [SWARM, "run", "--model", NAME, "--catalog", str(CATALOG), "--prompt", PROMPT, "--max-new-tokens", "24",
-             "--route", ",".join(addresses), "--peer", f"127.0.0.1:{torrent_port}"],
+            [SWARM, "run", "--model", NAME, "--prompt", PROMPT, "--max-new-tokens", "24", "--bootstrap", bootstrap],
             env=environment("client"),
         )  # fmt: skip
         if run.returncode != 0:
             return run.returncode
-        print(f"== route: {' -> '.join(addresses)} -> client")
+        print(f"== peers: {', '.join(addresses)}")
     finally:
         print("== shutting down", flush=True)
         stop(list(reversed(processes)))

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # Shortest time between two publications caused by routing-table growth (nodes arrive in bursts).
 GROWTH_GAP_SECONDS = 3.0
+# When a direct store found no answer (a DHT node still starting, a bootstrap node restarting), try again soon.
+RETRY_SECONDS = 2.0
 
 
 def republish_due(now: float, last: float | None, interval: float, nodes: int, nodes_then: int) -> bool:
@@ -109,8 +111,10 @@ class Presence:
             else:
                 self._checking[item.slot] = item
                 dht.start_get(self.node, item.slot)
-        if self.direct:
-            self._store_directly(announcements + [(key, port) for key in dht.torrent_keys(self.node)])
+        if self.direct and not self._store_directly(
+            announcements + [(key, port) for key in dht.torrent_keys(self.node)]
+        ):
+            self._last = time.monotonic() - self.interval + RETRY_SECONDS
 
     def _on_alert(self, alert: object) -> None:
         answer = dht.mutable_item_answer(alert)
@@ -125,13 +129,17 @@ class Presence:
         if item.replaces is not None and item.replaces(found.value if found is not None else None):
             dht.start_put(self.node, item.key_pair, item.salt, item.value)
 
-    def _store_directly(self, announcements: list[tuple[bytes, int]]) -> None:
-        targets = own_store_endpoints(self.node.udp_endpoints) + list(self.node.bootstrap)
+    def _store_directly(self, announcements: list[tuple[bytes, int]]) -> bool:
+        """Store at our own DHT node and the bootstrap nodes; whether our own node took everything."""
+        own = own_store_endpoints(self.node.udp_endpoints)
         items = [item.key_pair.item(item.salt, item.value, item.replaces) for item in self.items.values()]
-        for endpoint in targets:
+        complete = bool(own)
+        for endpoint in own + list(self.node.bootstrap):
             report = krpc.store(endpoint, announcements, items)
             if report.failures:
+                complete = complete and endpoint not in own
                 log.info(
                     "DHT node %s: %d of %d stores failed%s", endpoint, report.failures,
                     len(announcements) + len(items), "" if report.answered else " (no answer)",
                 )  # fmt: skip
+        return complete

@@ -135,6 +135,7 @@ def session_settings(
             | lt.alert_category.dht
             | lt.alert_category.dht_operation
             | lt.alert_category.peer
+            | lt.alert_category.tracker
         ),
     }
 
@@ -197,6 +198,8 @@ class _Tracked:
     # (peer_info forgets a peer when it disconnects).
     open_totals: dict[str, PeerTransfer] = field(default_factory=dict)
     closed_totals: dict[str, PeerTransfer] = field(default_factory=dict)
+    # Tracker URL → why its last announce failed (dropped once it answers).
+    tracker_errors: dict[str, str] = field(default_factory=dict)
 
 
 def _with_banked(transfer: PeerTransfer, banked: PeerTransfer | None) -> PeerTransfer:
@@ -262,11 +265,12 @@ class TorrentNode:
         self._accepted_requests = MIN_ACCEPTED_REQUESTS
         if limit_local_peers:
             self.set_rate_limits(upload_limit, download_limit, limit_local_peers=True)
-        # The listen sockets are opened asynchronously: wait for them, so listen_port and udp_endpoints are known.
-        self.pump(0.0)
+        # The listen sockets are opened asynchronously: wait for them, so listen_port and udp_endpoints are known
+        # (a wildcard opens one per interface: their reports come together, shortly after the first).
         deadline = time.monotonic() + 5.0
         while not self.udp_endpoints and time.monotonic() < deadline:
             self.pump(0.05)
+        self.pump(0.05)
 
     @property
     def listen_port(self) -> int:
@@ -450,6 +454,10 @@ class TorrentNode:
     def keys(self) -> list[str]:
         return list(self._tracked)
 
+    def tracker_errors(self, key: str) -> dict[str, str]:
+        """Trackers of the torrent whose last announce failed, with the reason."""
+        return dict(self._tracked_or_error(key).tracker_errors)
+
     def hash_failures(self, key: str) -> int:
         return self._tracked_or_error(key).hash_failures
 
@@ -552,6 +560,13 @@ class TorrentNode:
         key = _alert_key(alert)
         tracked = self._tracked.get(key or "")
         if key is None or tracked is None:
+            return
+        if isinstance(alert, lt.tracker_error_alert):
+            reason = _text(alert.failure_reason()) or alert.error.message()
+            tracked.tracker_errors[_text(alert.tracker_url())] = reason
+            return
+        if isinstance(alert, lt.tracker_reply_alert):
+            tracked.tracker_errors.pop(_text(alert.tracker_url()), None)
             return
         name = _text(alert.torrent_name)
         event: TorrentEvent | None = None
