@@ -369,8 +369,8 @@ def join(
         elif event["event"] == "serving":
             what = "a full replica" if event["replica"] else f"blocks {event['blocks'][0]}:{event['blocks'][1]}"
             click.echo(
-                f"serving {what} of {event['model']} on {event['address']} "
-                f"({event['throughput']:.1f} tokens/s); Ctrl-C stops"
+                f"serving {what} of {event['model']} on {event['address']}, BitTorrent and DHT on port "
+                f"{event['torrent_port']} ({event['throughput']:.1f} tokens/s); Ctrl-C stops"
             )
         elif event["event"] == "stopped":
             click.echo("stopped")

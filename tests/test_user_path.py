@@ -7,7 +7,9 @@ commands are the README's, apart from the seedbox's port and each command's SWAR
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -15,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import SWARM
-from tests.peer_harness import PeerProcess, peer_environment, wait_for_event
+from tests.peer_harness import peer_environment
 from tests.test_dht import LineProcess
 from tests.test_interop import free_port
 
@@ -39,74 +41,64 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
     joiner = None
     try:
         # The seedbox prints one line per event; it seeds once it has checked the publisher's files.
-        while "seeding demo" not in (line := seedbox_line(seedbox)):
-            assert "refused" not in line and "not findable" not in line, line
-        join_log = tmp_path / "join.log"
-        process = subprocess.Popen(
-            [SWARM, "join", "--model", "demo", "--bootstrap", bootstrap, "--json"],
-            env=peer_environment(os.environ, home=tmp_path / "joiner"),
-            stdout=subprocess.PIPE, stderr=join_log.open("w"), text=True,
-        )  # fmt: skip
-        joiner = PeerProcess(process, wait_for_event(process, "serving", join_log), join_log)
-        assert joiner.serving["blocks"] == [0, 4], joiner.log()
-
-        run = subprocess.run(
-            [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", bootstrap],
-            env=peer_environment(os.environ, home=tmp_path / "client"),
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr + joiner.log()
+        wait_line(seedbox, "seeding demo", refuse=("refused", "not findable"))
+        joiner = LineProcess([SWARM, "join", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "joiner"))
+        assert wait_line(joiner, "serving ", timeout=120).startswith("serving blocks 0:4 of demo on tcp://")
+        run = run_prompt(tmp_path, bootstrap)
     finally:
-        if joiner is not None:
-            joiner.stop()
-        seedbox.stop()
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompt = torch.tensor([tokenizer(PROMPT)["input_ids"]])
-    expected = model.generate(
-        prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS
-    )
-    text = tokenizer.decode(expected[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
-    assert run.stdout == text + "\n"
-
-
-def seedbox_line(seedbox: LineProcess, timeout: float = 60.0) -> str:
-    line = seedbox.lines.get(timeout=timeout)
-    assert line is not None, "".join(seedbox.stderr_lines)
-    return line
+        for process in (joiner, seedbox):
+            if process is not None:
+                process.stop()
+    assert run.returncode == 0, run.stderr + "".join(joiner.stderr_lines)
+    assert run.stdout == expected_text(model_dir) + "\n"
 
 
 def test_a_seeding_publisher_and_a_peer_are_bootstrap_nodes_too(make_model_tool: ModuleType, tmp_path: Path) -> None:
     """Any running node is enough: the joiner knows only the seeding publisher, the client only the joiner."""
     model_dir = make_model_tool.make_model("llama", tmp_path / "m", layers=4, seed=6, log=lambda _line: None)
-    publisher = LineProcess(
-        [SWARM, "seed", str(model_dir), "--name", "demo"], peer_environment(os.environ, home=tmp_path / "publisher")
-    )
+    publisher = LineProcess([SWARM, "seed", str(model_dir), "--name", "demo"], home(tmp_path, "publisher"))
     joiner = None
     try:
-        while not (line := seedbox_line(publisher, 120)).startswith("seeding demo on port "):
-            pass
-        publisher_port = int(line.removeprefix("seeding demo on port ").partition(";")[0])
-        join_log = tmp_path / "join.log"
-        process = subprocess.Popen(
-            [SWARM, "join", "--model", "demo", "--bootstrap", f"127.0.0.1:{publisher_port}", "--json"],
-            env=peer_environment(os.environ, home=tmp_path / "joiner"),
-            stdout=subprocess.PIPE, stderr=join_log.open("w"), text=True,
-        )  # fmt: skip
-        joiner = PeerProcess(process, wait_for_event(process, "serving", join_log), join_log)
-        peer_bootstrap = f"127.0.0.1:{joiner.serving['torrent_port']}"
-        run = subprocess.run(
-            [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", peer_bootstrap],
-            env=peer_environment(os.environ, home=tmp_path / "client"),
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr + joiner.log()
+        seeding = wait_line(publisher, "seeding demo on port ", timeout=120)
+        publisher_port = int(seeding.removeprefix("seeding demo on port ").partition(";")[0])
+        joiner = LineProcess(
+            [SWARM, "join", "--model", "demo", "--bootstrap", f"127.0.0.1:{publisher_port}"], home(tmp_path, "joiner")
+        )
+        serving = wait_line(joiner, "serving ", timeout=120)
+        joiner_port = int(serving.partition("BitTorrent and DHT on port ")[2].partition(" ")[0])
+        run = run_prompt(tmp_path, f"127.0.0.1:{joiner_port}")
     finally:
-        if joiner is not None:
-            joiner.stop()
-        publisher.stop()
+        for process in (joiner, publisher):
+            if process is not None:
+                process.stop()
+    assert run.returncode == 0, run.stderr + "".join(joiner.stderr_lines)
     assert run.stdout == expected_text(model_dir) + "\n"
+
+
+def home(tmp_path: Path, label: str) -> dict[str, str]:
+    return peer_environment(os.environ, home=tmp_path / label)
+
+
+def wait_line(process: LineProcess, prefix: str, timeout: float = 60.0, refuse: tuple[str, ...] = ()) -> str:
+    """The first line the process prints that starts with `prefix` (none of the earlier ones may hold `refuse`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = process.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no line starting {prefix!r} within {timeout} s: {process.stderr_lines}") from None
+        assert line is not None, "".join(process.stderr_lines)
+        assert not any(word in line for word in refuse), line
+        if line.startswith(prefix):
+            return line
+
+
+def run_prompt(tmp_path: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    """`swarm run` as the README shows it, from a home of its own."""
+    return subprocess.run(
+        [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", bootstrap],
+        env=home(tmp_path, "client"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def expected_text(model_dir: Path) -> str:
