@@ -118,3 +118,40 @@ def test_hosts_knowing_only_the_seedbox_fetch_join_and_run(
         prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS
     )
     assert record["tokens"] == expected[0, prompt.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("lsd", [True, False])
+def test_hosts_on_one_lan_find_each_other_with_no_address_at_all(
+    make_model_tool: ModuleType, tmp_path: Path, lsd: bool
+) -> None:
+    """Local service discovery (BEP 14): a fetcher given no bootstrap node, no tracker and no peer finds the
+    seeder next to it on the LAN by multicast; with LSD off (the control) it finds nobody."""
+    usable, reason = netlab.available()
+    assert usable, reason
+    model_dir = make_model_tool.make_model("llama", tmp_path / "m", layers=2, seed=4, log=lambda _line: None)
+    with netlab.Lab(2, rate=None) as lan:
+        seeder_host, fetcher_host = lan.hosts
+        seeder_home = peer_environment(os.environ, home=tmp_path / "seeder", lsd=int(lsd))
+        seeder = LineProcess(on(seeder_host, ["seed", str(model_dir), "--name", "lan", "--json"]), seeder_home)
+        try:
+            seeder.wait_event("seeding", 60)
+            fetcher_home = tmp_path / "fetcher"
+            (fetcher_home / "torrents").mkdir(parents=True)
+            for suffix in (".json", ".torrent"):
+                source = tmp_path / "seeder" / "torrents" / f"lan{suffix}"
+                (fetcher_home / "torrents" / source.name).write_bytes(source.read_bytes())
+            done = subprocess.run(
+                on(fetcher_host, ["fetch", "lan", "--json", "--timeout", "30" if lsd else "8"]),
+                env=peer_environment(os.environ, home=fetcher_home, lsd=int(lsd)),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            seeder.stop()
+    if not lsd:
+        assert done.returncode == 1 and "0 peers seen" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    verified = [json.loads(line) for line in done.stdout.splitlines() if '"verified"' in line][-1]
+    assert any(source.startswith(seeder_host.address) for source in verified["sources"]), verified
