@@ -372,6 +372,10 @@ def join(
                 f"serving {what} of {event['model']} on {event['address']}, BitTorrent and DHT on port "
                 f"{event['torrent_port']} ({event['throughput']:.1f} tokens/s); Ctrl-C stops"
             )
+        elif event["event"] == "moving":
+            click.echo(f"moving to blocks {event['blocks'][0]}:{event['blocks'][1]}: the swarm needs them more")
+        elif event["event"] == "moved":
+            click.echo(f"serving blocks {event['blocks'][0]}:{event['blocks'][1]} now")
         elif event["event"] == "stopped":
             click.echo("stopped")
         sys.stdout.flush()
@@ -476,6 +480,53 @@ def run(
             f"[dim]{len(timings.token_ids)} tokens via {len(result.route)} hop(s); prefill "
             f"{timings.prefill_seconds:.3f} s" + (f", {rate:.1f} tokens/s[/dim]" if rate else "[/dim]")
         )
+
+
+@main.command()
+@click.argument("models", nargs=-1)
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--timeout", "network_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait on the DHT.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Show the swarm: for MODELS (default: every model in the catalog), their seeders, their compute peers with
+    blocks, throughput, load and version, and which blocks have no server or only one."""
+    from swarm.catalog import NAME_PATTERN
+    from swarm.discovery.resolve import resolve_model
+    from swarm.distribute import open_node
+    from swarm.status import status_document
+    from swarm.survey import survey
+
+    settings = settings_from(ctx, **flags)
+    if not settings.bootstrap:
+        raise SwarmError(
+            "swarm status asks the swarm: give --bootstrap HOST:PORT (any running node) or SWARM_BOOTSTRAP"
+        )
+    names = list(models) or sorted(
+        path.stem for path in settings.catalog.glob("*.json") if NAME_PATTERN.match(path.stem)
+    )
+    if not names:
+        raise SwarmError(f"no model to show: name one (swarm status NAME) or resolve one into {settings.catalog}")
+    node = open_node(settings, short_lived=True)
+    try:
+        manifests = [resolve_model(name, settings, node).manifest for name in names]
+        document = status_document(survey(node, manifests, min(settings.network_timeout, 5.0)))
+    finally:
+        node.close(timeout=1.0)
+    if as_json:
+        click.echo(json.dumps(document))
+        return
+    for model in document["models"]:
+        click.echo(f"{model['name']}@{model['fingerprint']}: {model['summary']}; {len(model['seeders'])} seeder(s)")
+        for peer in model["peers"]:
+            blocks = "whole model" if peer["replica"] else f"blocks {peer['blocks'][0]}:{peer['blocks'][1]}"
+            click.echo(
+                f"  {peer['address']}  {blocks}  {peer['throughput']:.1f} tokens/s  "
+                f"sessions {peer['sessions']}/{peer['max_sessions']}  version {peer['version'] or '?'}"
+            )
+        for address in model["silent_peers"]:
+            click.echo(f"  {address}  announced, but did not answer")
 
 
 def _transfer_options(command: Any) -> Any:

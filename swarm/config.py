@@ -84,6 +84,11 @@ class Settings:
     request_timeout: float = 30.0
     # Seconds a peer waits to connect to the next hop (or reply_to) before failing the request as unreachable.
     forward_connect_timeout: float = 2.0
+    # Seconds without an answered ZeroMQ heartbeat after which a connection to a peer counts as lost (a killed
+    # peer's connection resets at once); clients and peers then route around it.
+    liveness_timeout: float = 2.0
+    # Seconds a client keeps retrying, with growing pauses, while every route needs a peer that is busy.
+    busy_retry_seconds: float = 15.0
     # Seconds a peer keeps checking for the next step without sleeping after it handled one (0: always sleep).
     # Waking from sleep costs milliseconds on virtual machines, whose idle CPUs the host parks; checking costs
     # one CPU core for this long after every step (yielded to any other runnable thread).
@@ -92,6 +97,9 @@ class Settings:
     memory_fraction: float = 0.5
     # Seconds between a compute peer's DHT announcements.
     announce_interval: float = 60.0
+    # Mean seconds between a peer's looks at the swarm to decide whether to move to other blocks (0: never move;
+    # a peer given --blocks never moves).
+    rebalance_interval: float = 120.0
     # Compute client (swarm run). Host peers send results to; empty: the address this machine reaches the
     # route's last peer from.
     client_reply_host: str = ""
@@ -188,7 +196,10 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
     "SWARM_MAX_BATCH": ("max_batch", int),
     "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),
+    "SWARM_LIVENESS_TIMEOUT": ("liveness_timeout", float),
+    "SWARM_BUSY_RETRY": ("busy_retry_seconds", float),
     "SWARM_BUSY_POLL": ("busy_poll_seconds", float),
+    "SWARM_REBALANCE_INTERVAL": ("rebalance_interval", float),
     "SWARM_MEMORY_FRACTION": ("memory_fraction", float),
     "SWARM_CLIENT_REPLY_HOST": ("client_reply_host", str),
     "SWARM_DHT_REFRESH": ("dht_refresh_interval", float),

@@ -289,7 +289,9 @@ class ChunkFetch:
             torrent_data,
             models_dir,
             [chunk.file for chunk in self.chunks],
-            peers=peers,
+            # The bootstrap nodes are BitTorrent peers too (their DHT port is their BitTorrent port): in a small swarm
+            # the node a user named is often the one that holds the chunks, found this way before any DHT lookup.
+            peers=[*peers, *(str(address) for address in node.bootstrap)],
             resume_dir=resume_dir if resume_dir is not None else models_dir.parent / "resume",
         )
         self.verified: dict[str, str | None] = {chunk_id: None for chunk_id in self.already}
@@ -411,9 +413,10 @@ def fetch_chunks(
                 missing = ", ".join(chunk.id for chunk in fetch.pending())
                 trackers = "".join(f"; tracker {url}: {why}" for url, why in node.tracker_errors(fetch.key).items())
                 dht_nodes = f"; {node.dht_nodes} DHT node(s) known" if node.session.is_dht_running() else ""
+                known = f" ({status.known_peers} known)" if status.known_peers else ""
                 raise SwarmError(
                     f"fetching {manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
-                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen{dht_nodes}{trackers}"
+                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen{known}{dht_nodes}{trackers}"
                 )
         problems = fetch.verify()
         # A write error (disk full) can surface only now, after libtorrent hash-checked the bytes in memory.

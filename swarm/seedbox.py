@@ -20,12 +20,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from swarm import signing
+from swarm.address import Address
 from swarm.catalog import check_entry, manifest_path, torrent_path
 from swarm.config import Settings
 from swarm.discovery.keeper import hold_name
 from swarm.distribute import LOOP_SECONDS, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem, load_manifest
+from swarm.status import status_page
+from swarm.survey import Surveyor
 from swarm.torrent.dht import info_hash_key
 from swarm.torrent.presence import Presence
 from swarm.torrent.session import TorrentEvent, TorrentStatus
@@ -220,7 +223,9 @@ class Seedbox:
     # --- main loop -------------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        self.surveyor = Surveyor(self.settings, [self._own_dht_address(), *self.settings.bootstrap], self._manifests)
         server = self._start_http()
+        self.surveyor.start()
         try:
             self.emit(
                 {
@@ -249,9 +254,19 @@ class Seedbox:
         finally:
             server.shutdown()
             server.server_close()
+            self.surveyor.stop()
             self.presence.close()
             self.node.close()
             self.emit({"event": "stopped", "text": "seedbox stopped; resume data saved"})
+
+    def _own_dht_address(self) -> Address:
+        """Where this box's own DHT answers, for its survey node: loopback when it listens there."""
+        endpoints = self.node.udp_endpoints
+        return next((endpoint for endpoint in endpoints if endpoint.is_loopback), endpoints[0])
+
+    def _manifests(self) -> list[Manifest]:
+        """The models the page shows (called from the survey thread)."""
+        return [entry.manifest for entry in list(self.entries.values())]
 
     def _start_http(self) -> ThreadingHTTPServer:
         seedbox = self
@@ -259,7 +274,11 @@ class Seedbox:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/status":
+                if path == "/":
+                    self._reply(200, "text/html; charset=utf-8", status_page())
+                elif path == "/swarm":
+                    self._reply(200, "application/json", json.dumps(seedbox.surveyor.document, indent=1).encode())
+                elif path == "/status":
                     body = json.dumps(seedbox.status_document(), indent=1).encode()
                     self._reply(200, "application/json", body)
                 elif path == "/metrics":
@@ -271,7 +290,7 @@ class Seedbox:
                     body = seedbox.tracker.answer(path, query, str(self.client_address[0]), own)
                     self._reply(200, "text/plain", body)
                 else:
-                    self._reply(404, "text/plain", b"not found: try /status, /metrics or /announce\n")
+                    self._reply(404, "text/plain", b"not found: try /, /swarm, /status, /metrics or /announce\n")
 
             def _reply(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)

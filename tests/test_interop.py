@@ -2,8 +2,8 @@
 made by `swarm seed --format v1`, and `swarm fetch` downloads the same model from it.
 
 aria2 1.36 reads v1 torrents only (not v2 or hybrid) and knows nothing of BEP 47 pad files: it stores them
-as ordinary zero-filled files, so its copy has `.pad/N` files beside the chunks. The tests skip when aria2c
-is not installed (CI installs it: `apt-get install -y --no-install-recommends aria2`).
+as ordinary zero-filled files, so its copy has `.pad/N` files beside the chunks. The tests fail when aria2c
+is missing (.ci/run installs it: `apt-get install -y --no-install-recommends aria2`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ from swarm.manifest import Manifest, file_sha256
 from tests.test_fetch import NAME, Process, home_env, last_event, new_home, publish, run_fetch
 
 ARIA2 = shutil.which("aria2c")
-pytestmark = pytest.mark.skipif(ARIA2 is None, reason="aria2c is not installed (apt-get install aria2)")
+
+
+@pytest.fixture(autouse=True)
+def aria2_installed() -> None:
+    assert ARIA2 is not None, "aria2c is needed (apt-get install aria2; .ci/run installs it)"
+
 
 ARIA2_QUIET = [
     "--enable-dht=false",
@@ -115,7 +120,10 @@ def test_swarm_fetches_from_aria2(
     done = run_fetch(home, NAME, "--peer", f"127.0.0.1:{port}", "--timeout", "30")
     assert done.returncode == 0, done.stderr
     verified = last_event(done.stdout, "verified")
-    # aria2 was the only peer: every byte came from it.
-    assert set(verified["sources"]) == {f"127.0.0.1:{port}"}
+    # aria2 was the only peer (no bootstrap node, no LSD on loopback): every byte came from it. Per-source counts are
+    # sampled every 0.1 s, and aria2 drops the connection once both sides are seeds, so a transfer this small may
+    # finish between two samples: the bytes are counted in total, the source named when it was seen.
+    assert verified["downloaded_bytes"] >= sum(chunk.size for chunk in manifest.chunks)
+    assert set(verified["sources"]) <= {f"127.0.0.1:{port}"}
     for chunk in manifest.chunks:
         assert file_sha256(home / "data" / "models" / chunk.file) == chunk.sha256

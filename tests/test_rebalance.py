@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from swarm.peer.rebalance import DEFAULT_GAIN, ServedSpan, better_span, capacities, health
+from swarm.peer.rebalance import DEFAULT_GAIN, Coverage, Health, ServedSpan, better_span, health
 
 
 def spans(*triples: tuple[int, int, float]) -> list[ServedSpan]:
@@ -39,6 +39,10 @@ CASES = [
     (4, (0, 4, 10.0), [(0, 4, 10.0)], None),
     (4, (2, 2, 10.0), [], None),
     (4, (0, 5, 10.0), [], None),
+    # Blocks 2..5 have one server each (one crash from a gap); 0..1 have three: a spare there moves to 2..3.
+    (6, (0, 2, 10.0), [(0, 2, 10.0), (0, 2, 10.0), (2, 4, 10.0), (4, 6, 10.0)], (2, 4)),
+    # Moving would only trade which blocks have a single server: stay.
+    (4, (0, 2, 10.0), [(0, 2, 10.0), (2, 4, 10.0)], None),
     # Spans reaching past the model (a peer that announces blocks the model lacks) count only where they fit.
     (4, (0, 2, 10.0), [(0, 2, 10.0), (2, 9, 20.0)], None),
 ]
@@ -52,13 +56,13 @@ def test_better_span(
     expected: tuple[int, int] | None,
 ) -> None:
     span = ServedSpan(*own)
-    assert better_span(span, capacities(num_blocks, [*spans(*others), span])) == expected
+    assert better_span(span, Coverage.of(num_blocks, [*spans(*others), span])) == expected
 
 
-def test_capacities_and_health() -> None:
-    capacity = capacities(5, spans((0, 2, 10.0), (1, 3, 5.0), (-3, 1, 1.0), (4, 99, 2.0)))
-    assert capacity == [11.0, 15.0, 5.0, 0.0, 2.0]
-    assert (health(capacity).uncovered, health(capacity).thinnest) == (1, 2.0)
+def test_coverage_and_health() -> None:
+    coverage = Coverage.of(5, spans((0, 2, 10.0), (1, 3, 5.0), (-3, 1, 1.0), (4, 99, 2.0)))
+    assert coverage.capacity == [11.0, 15.0, 5.0, 0.0, 2.0] and coverage.servers == [2, 2, 1, 0, 1]
+    assert health(coverage) == Health(uncovered=1, single=2, thinnest=2.0)
 
 
 def test_a_lone_peer_settles_and_never_returns_to_a_span_it_left() -> None:
@@ -75,7 +79,7 @@ def test_a_lone_peer_settles_and_never_returns_to_a_span_it_left() -> None:
         own = ServedSpan(start, start + length, randomness.uniform(1, 50))
         visited = {(own.start, own.end)}
         for _ in range(num_blocks + 1):
-            move = better_span(own, capacities(num_blocks, [*others, own]), DEFAULT_GAIN)
+            move = better_span(own, Coverage.of(num_blocks, [*others, own]), DEFAULT_GAIN)
             if move is None:
                 break
             assert move not in visited

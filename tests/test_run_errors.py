@@ -1,13 +1,15 @@
 """`swarm run` on bad input: one clear line on stderr naming the problem, exit status 1, never a traceback.
 
-Real processes throughout: a real `swarm join` peer that hosts only part of the model, and a ZeroMQ ROUTER
-bound by the test that never answers (a peer that hangs).
+Real processes throughout: a real `swarm join` peer that hosts only part of the model, a ZeroMQ ROUTER bound by
+the test that never answers (a peer that hangs), and an address nothing listens on (a peer that died). A --route
+candidate that does not answer is skipped; when the others do not cover the model, the error names it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,13 +60,20 @@ def address_of(tcp: str) -> str:
 def test_bad_input_gives_one_line_errors(setup: Setup) -> None:
     """Each bad run in its own process, all at once (each spends seconds importing torch)."""
     peer, silent = address_of(setup.partial_peer.address), address_of(setup.silent_address)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
     long_prompt = "Beautiful is better than ugly. " * 200
     cases = {
         "unknown model": (["--model", "no-such-model", "--prompt", "hi", "--route", peer], r"no-such-model"),
         "uncovered blocks": (["--model", "llama", "--prompt", "hi", "--route", peer], r"no peer serves blocks 2 "),
         "silent peer": (
             ["--model", "llama", "--prompt", "hi", "--route", silent, "--timeout", str(TIMEOUT)],
-            rf"peer {setup.silent_address} did not answer info within 2 s",
+            rf"no peer serves blocks 0\.\.2 .*; not reachable: peer {setup.silent_address} did not answer info within 2 s$",
+        ),
+        "dead candidate, the rest uncovered": (
+            ["--model", "llama", "--prompt", "hi", "--route", f"{dead},{peer}"],
+            rf"no peer serves blocks 2 .*; not reachable: cannot reach peer tcp://{dead}: the connection was refused",
         ),
         "prompt too long": (
             ["--model", "llama", "--prompt", long_prompt, "--route", peer],

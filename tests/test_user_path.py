@@ -64,7 +64,7 @@ def test_a_seeding_publisher_and_a_peer_are_bootstrap_nodes_too(make_model_tool:
         joiner = LineProcess(
             [SWARM, "join", "--model", "demo", "--bootstrap", f"127.0.0.1:{publisher_port}"], home(tmp_path, "joiner")
         )
-        serving = wait_line(joiner, "serving ", timeout=120)
+        serving = wait_line(joiner, "serving ", timeout=120, context=publisher)
         joiner_port = int(serving.partition("BitTorrent and DHT on port ")[2].partition(" ")[0])
         run = run_prompt(tmp_path, f"127.0.0.1:{joiner_port}")
     finally:
@@ -79,15 +79,26 @@ def home(tmp_path: Path, label: str) -> dict[str, str]:
     return peer_environment(os.environ, home=tmp_path / label)
 
 
-def wait_line(process: LineProcess, prefix: str, timeout: float = 60.0, refuse: tuple[str, ...] = ()) -> str:
-    """The first line the process prints that starts with `prefix` (none of the earlier ones may hold `refuse`)."""
+def wait_line(
+    process: LineProcess,
+    prefix: str,
+    timeout: float = 60.0,
+    refuse: tuple[str, ...] = (),
+    context: LineProcess | None = None,
+) -> str:
+    """The first line the process prints that starts with `prefix` (none of the earlier ones may hold `refuse`).
+    On failure the process's stderr is shown, and the `context` process's too."""
     deadline = time.monotonic() + timeout
+
+    def logs() -> str:
+        return "".join(process.stderr_lines) + ("\n--- and:\n" + "".join(context.stderr_lines) if context else "")
+
     while True:
         try:
             line = process.lines.get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
-            raise AssertionError(f"no line starting {prefix!r} within {timeout} s: {process.stderr_lines}") from None
-        assert line is not None, "".join(process.stderr_lines)
+            raise AssertionError(f"no line starting {prefix!r} within {timeout} s: {logs()}") from None
+        assert line is not None, logs()
         assert not any(word in line for word in refuse), line
         if line.startswith(prefix):
             return line

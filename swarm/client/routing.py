@@ -1,28 +1,66 @@
-"""Route planning (pure): which peers run which blocks for one request.
+"""Route planning and failover policy (pure): which peers run which blocks for one request, and what to do when
+one of them fails.
 
 A route is a chain of hops that runs blocks [0, num_blocks) in order; each hop runs a contiguous sub-range of
 the span its peer hosts. The plan minimises the number of hops first (every hop costs a network round trip and
-a serialisation), then the estimated seconds per token. Peers whose estimates are close are treated as equals,
-and `spread` rotates the choice among them, so successive requests are spread over replicas and chains.
+a serialisation), then the estimated seconds per token. The estimates come from speeds measured over time: each
+peer's throughput smoothed over the steps it ran, and the client's smoothed round trips to it. Peers whose
+estimates are close are treated as equals, and `spread` rotates the choice among them, so successive requests
+are spread over replicas and chains.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
+from swarm.measure import ewma
 from swarm.wire import Hop
 
 # Estimated per-token times within this fraction of the best count as equal: measured throughputs are noisy.
 TIE_TOLERANCE = 0.10
+# ... and so do those within this many seconds: below it a difference is timer and scheduling noise (loopback round
+# trips on a busy machine vary by a millisecond), which must not stop equal replicas from taking turns.
+TIE_SECONDS = 0.002
+# Weight of the newest round trip in a peer's smoothed latency (round trips are measured at each refresh of the
+# peers' info, seconds apart, so the newest counts for more than a step's time does).
+LATENCY_WEIGHT = 0.3
+# A peer's software version is shown to people: long enough for any version, short enough for a table.
+MAX_VERSION_CHARS = 64
 # Seconds per token assumed for a peer that reports no throughput (an unmeasured span).
 UNKNOWN_SECONDS_PER_TOKEN = 0.05
 
 T = TypeVar("T")
+
+# PeerFailure codes: a peer that did not answer in time, one the client could not send to, one whose connection
+# is gone (refused, reset, or silent past the heartbeat timeout, seen by the client or by the hop before it).
+TIMEOUT = "timeout"
+SEND_FAILED = "send_failed"
+UNREACHABLE = "unreachable"
+BUSY = "busy"
+# Codes that mean the peer did not answer at all (a candidate with one of these is skipped, not an error).
+NO_ANSWER_CODES = frozenset({TIMEOUT, SEND_FAILED, UNREACHABLE})
+
+
+class PeerFailure(SwarmError):
+    """A request failed at a known peer: it refused (an `error` reply with `code`) or did not answer."""
+
+    def __init__(self, message: str, address: str, code: str) -> None:
+        super().__init__(message)
+        self.address = address
+        self.code = code
+
+
+class UncoveredError(SwarmError):
+    """No peer (that is not excluded) serves some of the model's blocks."""
+
+
+class BusyError(SwarmError):
+    """Peers serve every block, but every route needs one that has no free session: worth retrying later."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +81,13 @@ class PeerInfo:
     family: str | None = None
     dtype: str = ""
     serves_embed_head: bool = False
+    # The software the peer says it runs ("swarm/0.1.0"); shown by `swarm status`, never trusted for anything.
+    version: str = ""
+    # Blocks [start, end) the peer is moving to (it fetches and loads them, then switches): peers deciding where to
+    # move count it there already.
+    moving_to: tuple[int, int] | None = None
+    # A random id the peer chose at start: the same peer reached at two addresses is one peer.
+    peer_id: str = ""
 
     @property
     def span_length(self) -> int:
@@ -65,14 +110,12 @@ class PeerInfo:
         def fail(what: str) -> SwarmError:
             return SwarmError(f"peer {address} sent a malformed info reply: {what}")
 
-        blocks = body.get("blocks")
-        if not (
-            isinstance(blocks, list)
-            and len(blocks) == 2
-            and all(isinstance(value, int) and not isinstance(value, bool) for value in blocks)
-            and 0 <= blocks[0] <= blocks[1]
-        ):
-            raise fail(f"blocks {blocks!r:.60}")
+        blocks = _block_range(body.get("blocks"))
+        if blocks is None:
+            raise fail(f"blocks {body.get('blocks')!r:.60}")
+        moving_to = _block_range(body.get("moving_to"))
+        if body.get("moving_to") is not None and moving_to is None:
+            raise fail(f"moving_to {body.get('moving_to')!r:.60}")
 
         def number(key: str, default: float) -> float:
             value = body.get(key, default)
@@ -92,7 +135,7 @@ class PeerInfo:
         return cls(
             # The address we reached it at is known to work; the one it claims is only a hint.
             address=address if address else own_address,
-            blocks=(blocks[0], blocks[1]),
+            blocks=blocks,
             throughput=max(number("throughput", 0.0), 0.0),
             free_sessions=max(int(number("free_sessions", 1)), 0),
             max_sessions=max(int(number("max_sessions", 1)), 1),
@@ -103,7 +146,22 @@ class PeerInfo:
             family=text("family") or None,
             dtype=text("dtype"),
             serves_embed_head=bool(body.get("serves_embed_head", False)),
+            version=text("software")[:MAX_VERSION_CHARS],
+            moving_to=moving_to,
+            peer_id=text("peer_id")[:MAX_VERSION_CHARS],
         )
+
+
+def _block_range(value: object) -> tuple[int, int] | None:
+    """[start, end] with 0 <= start <= end, from an untrusted reply; None for anything else."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+        and 0 <= value[0] <= value[1]
+    ):
+        return value[0], value[1]
+    return None
 
 
 def block_ranges_text(blocks: Sequence[int]) -> str:
@@ -154,59 +212,63 @@ def plan_route(num_blocks: int, peers: Sequence[PeerInfo], spread: int = 0) -> l
         if not replicas:
             busy = [peer for peer in peers if peer.replica]
             if busy:
-                raise SwarmError(f"every replica peer is busy ({', '.join(sorted(p.address for p in busy))})")
-            raise SwarmError("no replica peer serves this model")
+                raise BusyError(f"every replica peer is busy ({', '.join(sorted(p.address for p in busy))})")
+            raise _uncovered(num_blocks, peers)
         chosen = _pick(
             [(peer.seconds_per_token(max(peer.span_length, 1)), peer) for peer in replicas],
             spread,
         )
         return [Hop(chosen.address, _nonempty(chosen.blocks))]
 
-    missing = uncovered_blocks(num_blocks, peers)
-    if missing:
-        raise SwarmError(
-            f"no peer serves blocks {block_ranges_text(missing)} (the model has blocks 0..{num_blocks - 1})"
-        )
+    if uncovered_blocks(num_blocks, peers):
+        raise _uncovered(num_blocks, peers)
     missing_free = uncovered_blocks(num_blocks, available)
     if missing_free:
-        raise SwarmError(
+        raise BusyError(
             f"every peer serving blocks {block_ranges_text(missing_free)} is busy (no free sessions); try again later"
         )
 
     # best[b]: the best way to run blocks [b, num_blocks). From b, a peer hosting b runs as far as its span goes:
     # stopping earlier never saves a hop, because any peer that covers the stopping point and reaches further
     # also covers the peer's end.
+    # Peers by the blocks they cover: the planning work grows with the spans' total length, not blocks x peers.
+    covering: list[list[PeerInfo]] = [[] for _ in range(num_blocks)]
+    for peer in available:
+        for block in range(max(peer.blocks[0], 0), min(peer.blocks[1], num_blocks)):
+            covering[block].append(peer)
     best: list[_Plan | None] = [None] * (num_blocks + 1)
     best[num_blocks] = _Plan(0, 0.0, ())
     for start in range(num_blocks - 1, -1, -1):
-        options: list[tuple[_Plan, PeerInfo]] = []
-        for peer in available:
-            if not peer.blocks[0] <= start < peer.blocks[1]:
-                continue
+        options: list[tuple[int, float, PeerInfo, int]] = []
+        for peer in covering[start]:
             end = min(peer.blocks[1], num_blocks)
             rest = best[end]
-            if rest is None:
-                continue
-            plan = _Plan(
-                hops=rest.hops + 1,
-                seconds=rest.seconds + peer.seconds_per_token(end - start),
-                route=(Hop(peer.address, (start, end)), *rest.route),
-            )
-            options.append((plan, peer))
+            if rest is not None:
+                options.append((rest.hops + 1, rest.seconds + peer.seconds_per_token(end - start), peer, end))
         if options:
-            fewest = min(plan.hops for plan, _ in options)
-            shortest = [(plan.seconds, plan) for plan, _ in options if plan.hops == fewest]
-            best[start] = _pick(shortest, spread)
+            fewest = min(hops for hops, _, _, _ in options)
+            seconds, chosen, end = _pick([(s, (s, p, e)) for h, s, p, e in options if h == fewest], spread)
+            rest = best[end]
+            if rest is not None:
+                best[start] = _Plan(fewest, seconds, (Hop(chosen.address, (start, end)), *rest.route))
     result = best[0]
     if result is None:  # unreachable: coverage was checked above
         raise SwarmError("no route covers every block")
     return list(result.route)
 
 
+def _uncovered(num_blocks: int, peers: Sequence[PeerInfo]) -> UncoveredError:
+    if num_blocks == 0:
+        return UncoveredError("no replica peer serves this model")
+    missing = block_ranges_text(uncovered_blocks(num_blocks, peers))
+    return UncoveredError(f"no peer serves blocks {missing} (the model has blocks 0..{num_blocks - 1})")
+
+
 def _pick(scored: Sequence[tuple[float, T]], spread: int) -> T:
-    """Among the items within TIE_TOLERANCE of the lowest score, the one `spread` selects (round robin)."""
+    """Among the items within TIE_TOLERANCE (or TIE_SECONDS) of the lowest score, the one `spread` selects (round
+    robin)."""
     lowest = min(score for score, _ in scored)
-    ties = [item for score, item in scored if score <= lowest * (1 + TIE_TOLERANCE) + 1e-12]
+    ties = [item for score, item in scored if score <= max(lowest * (1 + TIE_TOLERANCE), lowest + TIE_SECONDS)]
     return ties[spread % len(ties)]
 
 
@@ -215,9 +277,15 @@ def _nonempty(blocks: tuple[int, int]) -> tuple[int, int]:
     return blocks if blocks[1] > blocks[0] else (blocks[0], blocks[0] + 1)
 
 
-# Failures after which a request moves to another route: the peer is gone, overloaded, restarted (it lost the
-# session) or broken. Other codes (a malformed message, a wrong tensor) would fail on any route.
-FAILOVER_CODES = frozenset({"timeout", "send_failed", "busy", "unknown_session", "shutting_down", "internal"})
+# Failures after which a request moves to another route: the peer is gone (no answer, connection lost, or named as
+# unreachable by the hop before it), overloaded, restarted (it lost the session) or broken. Other codes (a malformed
+# message, a wrong tensor) would fail on any route.
+FAILOVER_CODES = frozenset({TIMEOUT, SEND_FAILED, UNREACHABLE, BUSY, "unknown_session", "shutting_down", "internal"})
+# Pauses between tries while the swarm is busy: BACKOFF_FIRST seconds, doubling up to BACKOFF_CAP.
+BACKOFF_FIRST = 0.2
+BACKOFF_CAP = 3.0
+# Share of a pause that jitter may take off, so that clients refused together do not all come back together.
+BACKOFF_JITTER = 0.5
 
 
 def fails_over(code: str) -> bool:
@@ -225,9 +293,55 @@ def fails_over(code: str) -> bool:
     return code in FAILOVER_CODES
 
 
-def route_without(num_blocks: int, peers: Sequence[PeerInfo], excluded: Collection[str], spread: int = 0) -> list[Hop]:
-    """A new route avoiding the `excluded` peer addresses (those that failed this request)."""
-    return plan_route(num_blocks, [peer for peer in peers if peer.address not in excluded], spread)
+def backoff_delay(attempt: int, jitter: float = 0.0) -> float:
+    """Seconds to wait before try `attempt` + 1 (0 is the first retry) while the swarm is busy; `jitter` in [0, 1)
+    (a random draw) shortens the pause by up to BACKOFF_JITTER of it."""
+    delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(max(attempt, 0), 32))
+    return delay * (1 - BACKOFF_JITTER * min(max(jitter, 0.0), 1.0))
+
+
+def route_avoiding(
+    num_blocks: int,
+    peers: Sequence[PeerInfo],
+    failed: Collection[str],
+    busy: Collection[str] = (),
+    spread: int = 0,
+) -> list[Hop]:
+    """A route around the `failed` peers (gone for this request) and the `busy` ones (they refused a session).
+
+    BusyError when a route exists only through busy peers (worth retrying later); UncoveredError when not even
+    those cover every block."""
+    live = [peer for peer in peers if peer.address not in failed]
+    free = [peer for peer in live if peer.address not in busy]
+    try:
+        return plan_route(num_blocks, free, spread)
+    except UncoveredError:
+        if not busy:
+            raise
+        if not _covers(num_blocks, live):
+            raise _uncovered(num_blocks, live) from None
+        names = ", ".join(sorted(address for address in busy if address not in failed))
+        if num_blocks == 0:
+            raise BusyError(f"every replica peer is busy ({names})") from None
+        blocked = block_ranges_text(uncovered_blocks(num_blocks, free))
+        raise BusyError(f"every peer serving blocks {blocked} is busy ({names})") from None
+
+
+def _covers(num_blocks: int, peers: Sequence[PeerInfo]) -> bool:
+    if num_blocks == 0:
+        return any(peer.replica for peer in peers)
+    return not uncovered_blocks(num_blocks, peers)
+
+
+def smooth_latencies(previous: Sequence[PeerInfo], fresh: Sequence[PeerInfo]) -> list[PeerInfo]:
+    """`fresh` infos whose latencies are averaged (LATENCY_WEIGHT on the new one) with those measured before."""
+    before = {peer.address: peer.latency for peer in previous if peer.latency > 0}
+    smoothed = []
+    for peer in fresh:
+        old = before.get(peer.address)
+        latency = peer.latency if old is None or peer.latency <= 0 else ewma(old, peer.latency, LATENCY_WEIGHT)
+        smoothed.append(replace(peer, latency=latency))
+    return smoothed
 
 
 def manifest_info_hash(manifest: Manifest) -> str:
@@ -235,14 +349,37 @@ def manifest_info_hash(manifest: Manifest) -> str:
     return manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1 or ""
 
 
-def peers_for_model(manifest: Manifest, infos: dict[str, PeerInfo | SwarmError], pinned: bool) -> list[PeerInfo]:
-    """The peers that serve this model. With a pinned route every peer must answer and serve it (else an error
-    naming the peer); discovered peers that do not are skipped."""
+@dataclass(frozen=True)
+class Candidates:
+    """The peers that serve this model, and the candidates that did not answer (address → why)."""
+
+    peers: list[PeerInfo]
+    unreachable: dict[str, str]
+
+    def explain(self, error: SwarmError) -> SwarmError:
+        """A planning error, with the candidates that did not answer when they may be why blocks are missing."""
+        if not self.unreachable or not isinstance(error, UncoveredError):
+            return error
+        return UncoveredError(f"{error}; not reachable: {'; '.join(self.unreachable.values())}")
+
+
+def peers_for_model(manifest: Manifest, infos: Mapping[str, PeerInfo | SwarmError], pinned: bool) -> list[PeerInfo]:
+    """The peers that serve this model (see `candidates_for_model`)."""
+    return candidates_for_model(manifest, infos, pinned).peers
+
+
+def candidates_for_model(manifest: Manifest, infos: Mapping[str, PeerInfo | SwarmError], pinned: bool) -> Candidates:
+    """The peers that serve this model. A candidate that does not answer is skipped (and listed); with a pinned
+    route (--route) a peer that answers but serves another model, or answers nonsense, is an error naming it;
+    discovered peers that do are skipped."""
     expected_hash = manifest_info_hash(manifest)
     peers = []
+    unreachable: dict[str, str] = {}
     for address, info in infos.items():
         if isinstance(info, SwarmError):
-            if pinned:
+            if isinstance(info, PeerFailure) and info.code in NO_ANSWER_CODES:
+                unreachable[address] = str(info)
+            elif pinned:
                 raise info
             continue
         # Peers identify the model by its torrent's info hash; the name is only a fallback for peers that omit it.
@@ -255,4 +392,4 @@ def peers_for_model(manifest: Manifest, infos: dict[str, PeerInfo | SwarmError],
                 )
             continue
         peers.append(info)
-    return peers
+    return Candidates(peers, unreachable)

@@ -10,7 +10,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +20,19 @@ from swarm import transport
 from swarm.client.generate import Generation, SamplingParams, generate
 from swarm.client.local_parts import LocalParts
 from swarm.client.resolve import Resolver
-from swarm.client.routing import PeerInfo, fails_over, peers_for_model, plan_route, route_without
+from swarm.client.routing import (
+    BUSY,
+    NO_ANSWER_CODES,
+    BusyError,
+    Candidates,
+    PeerInfo,
+    backoff_delay,
+    candidates_for_model,
+    fails_over,
+    route_avoiding,
+    smooth_latencies,
+)
 from swarm.client.session import (
-    SEND_FAILED,
-    TIMEOUT,
     ComputeClient,
     InferenceSession,
     PeerFailure,
@@ -37,8 +46,12 @@ from swarm.errors import SwarmError
 from swarm.manifest import Manifest
 from swarm.wire import DTYPES, Hop
 
-# Failovers one generation may go through before it gives up.
+# Failovers one generation may go through before it gives up (refusals from busy peers do not count: the busy
+# retry time bounds those).
 MAX_FAILOVERS = 3
+# A client older than this asks its peers for their info again before the next generation: their load and smoothed
+# speeds change, and its own round trips to them are smoothed over these refreshes.
+PEER_REFRESH_SECONDS = 10.0
 
 
 def route_record(route: Sequence[Hop]) -> list[dict[str, Any]]:
@@ -50,8 +63,11 @@ class RunResult:
     generation: Generation
     # The route that produced the last token (another one than at the start after a failover).
     route: list[Hop]
-    # One record per failover: the peer that failed and why.
-    failovers: list[dict[str, str]] = field(default_factory=list)
+    # One record per failover: the peer that failed ("peer"), its code, the error, "detect_seconds" (from the
+    # failed request's start until the failure was known) and "seconds_lost" (from the failed request's start
+    # until the step it belonged to came back from the new route: detection, re-planning, the new session and
+    # the replay together).
+    failovers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -98,6 +114,12 @@ class SwarmClient:
         self.parts = parts
         self.peers = list(peers)
         self.settings = settings
+        # The candidates the peers were found among, and those of them that did not answer (address → why).
+        self.addresses = [peer.address for peer in peers]
+        self.pinned = False
+        self.unreachable: dict[str, str] = {}
+        self._refreshed = time.monotonic()
+        self._peers_lock = threading.Lock()
         self.context = transport.Context()
         # Counts requests, to take turns among equally good routes; clients started apart begin apart.
         self._requests = itertools.count(random.randrange(1 << 16) if spread_seed is None else spread_seed)
@@ -131,25 +153,54 @@ class SwarmClient:
         addresses = list(route) or resolver.compute_addresses(manifest)
         client = cls(manifest, parts, [], resolver.settings, spread_seed)
         try:
-            client.peers = client.discover(addresses, pinned=bool(route))
+            client.find_peers(addresses, pinned=bool(route))
         except BaseException:
             client.close()
             raise
         return client
 
-    def discover(self, addresses: Sequence[str], pinned: bool) -> list[PeerInfo]:
-        """Ask each address for its info; the peers that serve this model. A pinned peer that does not answer,
-        or serves another model, is an error; a discovered one is skipped."""
+    def discover(self, addresses: Sequence[str], pinned: bool) -> Candidates:
+        """Ask each address for its info: the peers that serve this model, and the candidates that did not answer
+        (skipped, pinned or not). A pinned peer that answers but serves another model is an error."""
         with self.endpoint() as endpoint:
             infos = query_peers(endpoint, addresses, timeout=self.settings.request_timeout)
-        return peers_for_model(self.manifest, infos, pinned=pinned)
+        return candidates_for_model(self.manifest, infos, pinned=pinned)
 
-    def plan(self, spread: int | None = None) -> list[Hop]:
-        return plan_route(self.manifest.num_blocks, self.peers, next(self._requests) if spread is None else spread)
+    def find_peers(self, addresses: Sequence[str], pinned: bool) -> None:
+        """Use the peers among `addresses` that serve this model (see `discover`); round trips to peers seen
+        before are smoothed with the earlier ones."""
+        candidates = self.discover(addresses, pinned)
+        with self._peers_lock:
+            self.addresses, self.pinned = list(addresses), pinned
+            self.peers = smooth_latencies(self.peers, candidates.peers)
+            self.unreachable = candidates.unreachable
+            self._refreshed = time.monotonic()
+
+    def refresh_peers(self, older_than: float = 0.0) -> None:
+        """Ask the candidates for their info again (load, smoothed speeds), if the last answers are older than
+        `older_than` seconds."""
+        if self.addresses and time.monotonic() - self._refreshed >= older_than:
+            self.find_peers(self.addresses, self.pinned)
+
+    def plan(self, spread: int | None = None, failed: Collection[str] = (), busy: Collection[str] = ()) -> list[Hop]:
+        """A route through the peers but the `failed` (and, while possible, the `busy`) ones; a request counter
+        spreads requests over equally good routes. The error names candidates that did not answer."""
+        spread = next(self._requests) if spread is None else spread
+        with self._peers_lock:
+            peers, candidates = self.peers, Candidates(self.peers, self.unreachable)
+        try:
+            return route_avoiding(self.manifest.num_blocks, peers, failed, busy, spread)
+        except SwarmError as error:
+            raise candidates.explain(error) from None
 
     def endpoint(self) -> ComputeClient:
         """A new client endpoint (reply socket and dealers) for one request: sockets are not shared by threads."""
-        return ComputeClient(self.settings.client_reply_host, self.settings.request_timeout, self.context)
+        return ComputeClient(
+            self.settings.client_reply_host,
+            self.settings.request_timeout,
+            self.context,
+            liveness_timeout=self.settings.liveness_timeout,
+        )
 
     # ----- generation -----
 
@@ -177,8 +228,12 @@ class SwarmClient:
         on_text: Callable[[str], None] | None = None,
         ban_eos: bool = False,
         route: Sequence[Hop] | None = None,
+        pinned: bool = True,
     ) -> RunResult:
-        """Generate a continuation of `prompt` (text, or token ids) through the swarm."""
+        """Generate a continuation of `prompt` (text, or token ids) through the swarm.
+
+        `route`: the route to use; with `pinned` a failure on it ends the generation (a busy peer is waited for),
+        otherwise it is only the first route and failures fail over as on a planned one."""
         if not self.parts.causal:
             raise SwarmError(f"{self.manifest.name} is an encoder: use --embed instead of --prompt")
         prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -191,7 +246,13 @@ class SwarmClient:
                 params.seed,
                 tuple(sorted(set(params.banned_tokens) | self.parts.eos_token_ids)),
             )
-        steps = _FailoverSteps(self, list(route) if route is not None else None, len(prompt_ids) + max_new_tokens)
+        self.refresh_peers(older_than=PEER_REFRESH_SECONDS)
+        steps = _FailoverSteps(
+            self,
+            list(route) if route is not None else None,
+            route is not None and pinned,
+            len(prompt_ids) + max_new_tokens,
+        )
         try:
             generation = generate(
                 steps,
@@ -204,7 +265,7 @@ class SwarmClient:
             )
         finally:
             steps.close()
-        return RunResult(generation, steps.route, steps.failovers)
+        return RunResult(generation, steps.route or [], steps.failovers)
 
     def run_step(self, session: InferenceSession, ids: torch.Tensor, start: int) -> torch.Tensor:
         """New tokens `ids` at positions [start, ...) through the session's route: last position's logits."""
@@ -276,57 +337,112 @@ class SwarmClient:
 class _FailoverSteps:
     """The `NextLogits` of one generation: runs steps in a session along a route, and when a peer fails in a way
     another route can avoid (it is gone, busy, lost the session), plans a route without it, opens a new session
-    and replays every token so far as one prefill, so generation goes on where it was.
+    and replays every token so far as one prefill, so generation goes on where it was. While only busy peers stand
+    in the way it waits, with growing pauses, up to Settings.busy_retry_seconds, and then fails saying so.
 
-    A route given by the caller is pinned: failures then propagate.
+    A pinned route is kept: a failure on it propagates (a busy peer on it is waited for, as above).
     """
 
-    def __init__(self, client: SwarmClient, pinned_route: list[Hop] | None, max_length: int) -> None:
+    def __init__(self, client: SwarmClient, route: list[Hop] | None, pinned: bool, max_length: int) -> None:
         self.client = client
-        self.pinned = pinned_route is not None
-        self.route = pinned_route if pinned_route is not None else client.plan()
+        self.pinned = pinned
+        # None: planned when the first session opens (so that a busy swarm is waited for there too).
+        self.route = route
         self.max_length = max_length
         self.endpoint = client.endpoint()
         self.session: InferenceSession | None = None
         self.history: torch.Tensor | None = None
-        self.failovers: list[dict[str, str]] = []
-        self.excluded: set[str] = set()
+        self.failovers: list[dict[str, Any]] = []
+        # Peers gone for this generation, and peers that refused a session (tried again after a pause).
+        self.failed: set[str] = set()
+        self.busy: set[str] = set()
+        self.failures = 0
+        self.busy_tries = 0
+        self.busy_waited = 0.0
 
     def __call__(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        failed_attempts: list[tuple[dict[str, Any], float]] = []
         while True:
+            attempt_started = time.monotonic()
             try:
-                if self.session is None:
-                    self.session = InferenceSession(self.endpoint, self.route, self.max_length)
-                    self.session.open()
-                    if self.history is not None:
-                        # A new route: replay everything the old one had cached.
-                        replay = torch.cat([self.history, ids], dim=1)
-                        logits = self.client.run_step(self.session, replay, 0)
-                        break
-                logits = self.client.run_step(self.session, ids, start)
+                logits = self._attempt(ids, start)
                 break
             except PeerFailure as failure:
-                self._fail_over(failure)
+                failed_attempts.append((self._fail_over(failure, attempt_started), attempt_started))
+        done = time.monotonic()
+        for record, started in failed_attempts:
+            record["seconds_lost"] = round(done - started, 4)
         self.history = ids if self.history is None else torch.cat([self.history, ids], dim=1)
         return logits
 
-    def _fail_over(self, failure: PeerFailure) -> None:
-        if self.pinned or not fails_over(failure.code) or len(self.failovers) >= MAX_FAILOVERS:
-            raise failure
-        self.failovers.append({"peer": failure.address, "code": failure.code, "error": str(failure)})
-        self.excluded.add(failure.address)
-        # A hop that stopped answering would not answer close_session either: its idle timeout frees the caches.
-        self._drop_session(close=failure.code not in (TIMEOUT, SEND_FAILED))
-        try:
-            self.route = route_without(
-                self.client.manifest.num_blocks, self.client.peers, self.excluded, len(self.failovers)
-            )
-        except SwarmError as error:
-            raise SwarmError(f"{failure}; no other route: {error}") from failure
+    def _attempt(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        if self.session is None:
+            if self.route is None:
+                self.route = self._plan()
+            self.session = InferenceSession(self.endpoint, self.route, self.max_length)
+            self.session.open()
+            if self.history is not None:
+                # A new route: replay everything the old one had cached.
+                return self.client.run_step(self.session, torch.cat([self.history, ids], dim=1), 0)
+        return self.client.run_step(self.session, ids, start)
 
-    def _drop_session(self, close: bool = True) -> None:
-        if self.session is not None and close:
+    def _fail_over(self, failure: PeerFailure, started: float) -> dict[str, Any]:
+        """Record the failure and drop the session, or raise when no other route may help."""
+        busy = failure.code == BUSY
+        if not fails_over(failure.code) or (not busy and (self.pinned or self.failures >= MAX_FAILOVERS)):
+            raise failure
+        record: dict[str, Any] = {"peer": failure.address, "code": failure.code, "error": str(failure)}
+        record["detect_seconds"] = round(time.monotonic() - started, 4)
+        self.failovers.append(record)
+        self._drop_session(gone=failure.address)
+        if failure.code in NO_ANSWER_CODES:
+            self.endpoint.dealers.drop(failure.address)
+        if busy:
+            self.busy.add(failure.address)
+            if self.pinned:
+                self._back_off(str(failure))
+        else:
+            self.failures += 1
+            self.failed.add(failure.address)
+        if not self.pinned:
+            self.route = None
+        return record
+
+    def _plan(self) -> list[Hop]:
+        """A route around the failed peers and, while possible, the busy ones; while only busy peers remain, pause
+        and ask the peers for their load again."""
+        while True:
+            try:
+                return self.client.plan(failed=self.failed, busy=self.busy)
+            except BusyError as error:
+                self._back_off(str(error))
+                self.busy.clear()
+                self.client.refresh_peers()
+            except SwarmError as error:
+                if not self.failovers:
+                    raise
+                raise SwarmError(f"{self.failovers[-1]['error']}; no other route: {error}") from error
+
+    def _back_off(self, reason: str) -> None:
+        """Pause before trying busy peers again; BusyError once the pauses would pass the busy retry time."""
+        delay = backoff_delay(self.busy_tries, random.random())
+        if self.busy_waited + delay > self.client.settings.busy_retry_seconds:
+            raise BusyError(
+                f"the swarm is busy: {reason}; gave up after {self.busy_tries + 1} tries in {self.busy_waited:.1f} s "
+                "(SWARM_BUSY_RETRY sets how long to keep trying)"
+            )
+        time.sleep(delay)
+        self.busy_tries += 1
+        self.busy_waited += delay
+
+    def _drop_session(self, gone: str | None = None) -> None:
+        """After a failure, free the session on the other hops without waiting; at the end, close it in order."""
+        if self.session is None:
+            return
+        if gone is None:
             self.session.close()
+        else:
+            self.session.abandon({gone})
         self.session = None
 
     def close(self) -> None:

@@ -2,8 +2,14 @@
 
 The client binds its own ROUTER (its `reply_to` address) and sends through one DEALER per first hop. A routed
 request goes to the first hop only; its result comes from the last hop to the ROUTER, and an error from
-whichever peer failed (to the ROUTER, or back on the DEALER when the peer could not read `reply_to`). Every wait
-has a deadline; when it passes, the hops are pinged to name the peer that stopped answering.
+whichever peer failed (to the ROUTER, or back on the DEALER when the peer could not read `reply_to`).
+
+Liveness: the client also keeps a DEALER to every other hop of the route, which carries nothing but ZeroMQ
+heartbeats, and watches all of them. A hop that dies anywhere on the route (its connection resets when the
+process dies, or it stops answering heartbeats for the liveness timeout) fails the request at once with
+"unreachable" naming that hop, instead of after the request timeout; a hop known to be gone fails it before it is
+sent. The request timeout stays for peers that are alive but do not answer; when it passes, the hops are pinged
+to name the peer that stopped answering.
 
 Sockets are not thread-safe: use one ComputeClient per thread (they may share a transport Context).
 """
@@ -13,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +27,7 @@ import torch
 
 from swarm import transport
 from swarm.address import Address, local_host_towards
-from swarm.client.routing import PeerInfo
+from swarm.client.routing import SEND_FAILED, TIMEOUT, UNREACHABLE, PeerFailure, PeerInfo
 from swarm.errors import SwarmError
 from swarm.wire import (
     PROTOCOL_VERSION,
@@ -34,11 +40,29 @@ from swarm.wire import (
     expect_tensor,
 )
 
+__all__ = [
+    "SEND_FAILED",
+    "TIMEOUT",
+    "UNREACHABLE",
+    "ComputeClient",
+    "InferenceSession",
+    "PeerFailure",
+    "Reply",
+    "describe_hop",
+    "expect_hidden",
+    "expect_logits",
+    "new_id",
+    "peer_error",
+    "query_peers",
+    "run_encoder",
+]
+
 # A ping that takes longer than this while diagnosing a timeout counts as no answer.
 PING_SECONDS = 2.0
-# PeerFailure codes of the client's own making: a peer that did not answer in time, one it could not send to.
-TIMEOUT = "timeout"
-SEND_FAILED = "send_failed"
+# Seconds without an answered heartbeat after which a hop counts as gone (Settings.liveness_timeout).
+DEFAULT_LIVENESS_SECONDS = 2.0
+# Longest sleep of a wait that watches links: a hop still connecting is checked this often against its deadline.
+_LINK_CHECK_SECONDS = 0.1
 
 
 def new_id() -> str:
@@ -48,15 +72,6 @@ def new_id() -> str:
 def describe_hop(hop: Hop) -> str:
     start, end = hop.blocks
     return f"{hop.address} (blocks {start}..{end - 1})"
-
-
-class PeerFailure(SwarmError):
-    """A request failed at a known peer: it refused (an `error` reply with `code`) or did not answer ("timeout")."""
-
-    def __init__(self, message: str, address: str, code: str) -> None:
-        super().__init__(message)
-        self.address = address
-        self.code = code
 
 
 def peer_error(header: Header, fallback_peer: str, route: Sequence[Hop] = ()) -> PeerFailure:
@@ -71,6 +86,8 @@ def peer_error(header: Header, fallback_peer: str, route: Sequence[Hop] = ()) ->
     code, message = str(body.get("code", "error")), str(body.get("message", ""))[:500]
     if code == "busy":
         return PeerFailure(f"peer {peer} is busy: {message}", peer, code)
+    if code == UNREACHABLE:  # told by the hop before it, which could not forward to it
+        return PeerFailure(f"peer {peer} is unreachable: {message}", peer, code)
     return PeerFailure(f"peer {peer} refused the request ({code}): {message}", peer, code)
 
 
@@ -81,6 +98,17 @@ class Reply:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Lost:
+    """A watched connection that went down (or never came up) while waiting."""
+
+    address: str
+    reason: str
+
+
+_Message = tuple[transport.Socket, Header, dict[str, torch.Tensor]]
+
+
 class ComputeClient:
     """One client endpoint: a reply ROUTER, DEALERs to peers, and request/reply with deadlines."""
 
@@ -89,9 +117,11 @@ class ComputeClient:
         reply_host: str = "",
         timeout: float = 30.0,
         context: transport.Context | None = None,
+        liveness_timeout: float = DEFAULT_LIVENESS_SECONDS,
     ) -> None:
         """`reply_host`: the host peers send results to; empty: the address this machine reaches each route's
-        last peer from (the reply socket then listens on every interface)."""
+        last peer from (the reply socket then listens on every interface). `liveness_timeout`: seconds without an
+        answered heartbeat (or without a connection) after which a peer counts as gone."""
         self.timeout = timeout
         self._owns_context = context is None
         self.context = context or transport.Context()
@@ -104,7 +134,11 @@ class ComputeClient:
             raise
         self.reply_port = Address.parse(bound).port
         self._reply_to: dict[str, str] = {}
-        self.dealers = transport.DealerPool(self.context, identity_prefix=f"client-{new_id()[:8]}")
+        self.dealers = transport.DealerPool(
+            self.context,
+            identity_prefix=f"client-{new_id()[:8]}",
+            heartbeat=transport.Heartbeat(liveness_timeout),
+        )
         self.closed = False
 
     def reply_to(self, last_hop: str) -> str:
@@ -119,11 +153,13 @@ class ComputeClient:
     def ask_many(
         self, addresses: Sequence[str], kind: Kind, body: Mapping[str, Any] | None = None, timeout: float | None = None
     ) -> dict[str, Reply | SwarmError]:
-        """Send `kind` to every address at once; each gets its reply or a SwarmError (no answer, error reply)."""
+        """Send `kind` to every address at once; each gets its reply or a SwarmError (no answer, connection refused
+        or lost, error reply). A peer that cannot be reached fails as soon as its connection does."""
         timeout = self.timeout if timeout is None else timeout
         pending: dict[str, str] = {}  # request id → address
         results: dict[str, Reply | SwarmError] = {}
         sent_at: dict[str, float] = {}
+        watched: dict[str, int] = {}
         for address in addresses:
             request_id = new_id()
             try:
@@ -134,17 +170,24 @@ class ComputeClient:
                 continue
             pending[request_id] = address
             sent_at[request_id] = time.perf_counter()
+            watched[address] = self.dealers.watch(address)
         deadline = time.monotonic() + timeout
-        replies = self._incoming(lambda: list(self.dealers.sockets().values()), deadline)
-        for _sock, header, tensors in replies if pending else ():
-            if header.request_id not in pending:
-                continue
-            address = pending.pop(header.request_id)
-            if header.kind is Kind.ERROR:
-                results[address] = peer_error(header, address)
-            else:
-                seconds = time.perf_counter() - sent_at[header.request_id]
-                results[address] = Reply(header, tensors, seconds)
+        replies = self._incoming(lambda: list(self.dealers.sockets().values()), deadline, watched)
+        for item in replies if pending else ():
+            if isinstance(item, _Lost):
+                watched.pop(item.address, None)
+                for request_id in [key for key, address in pending.items() if address == item.address]:
+                    del pending[request_id]
+                message = f"cannot reach peer {item.address}: {item.reason}"
+                results[item.address] = PeerFailure(message, item.address, UNREACHABLE)
+                self.dealers.drop(item.address)
+            elif item[1].request_id in pending:
+                _sock, header, tensors = item
+                address = pending.pop(header.request_id)
+                if header.kind is Kind.ERROR:
+                    results[address] = peer_error(header, address)
+                else:
+                    results[address] = Reply(header, tensors, time.perf_counter() - sent_at[header.request_id])
             if not pending:
                 break
         for address in pending.values():
@@ -172,12 +215,15 @@ class ComputeClient:
         tensors: Mapping[str, torch.Tensor] | None = None,
         timeout: float | None = None,
     ) -> Reply:
-        """Send a routed message to route[0] and wait for the last hop's result (or any hop's error)."""
+        """Send a routed message to route[0] and wait for the last hop's result (or any hop's error).
+
+        PeerFailure "unreachable" naming the hop as soon as any hop's connection is gone (see the module doc)."""
         if not route:
             raise SwarmError("a routed request needs at least one hop")
         timeout = self.timeout if timeout is None else timeout
         header = replace(header, route=tuple(route), reply_to=self.reply_to(route[-1].address))
         first = route[0].address
+        watched = self._watch(route)
         try:
             frames = encode(header, tensors)
             sent = time.perf_counter()
@@ -188,7 +234,10 @@ class ComputeClient:
             raise PeerFailure(f"cannot send to peer {first}: {error}", first, SEND_FAILED) from error
         deadline = time.monotonic() + timeout
         # Results come to the reply ROUTER; an error may come back on the DEALER to the first hop.
-        for sock, reply, reply_tensors in self._incoming(lambda: [self.router, self.dealers.get(first)], deadline):
+        for item in self._incoming(lambda: [self.router, self.dealers.get(first)], deadline, watched):
+            if isinstance(item, _Lost):
+                raise self._lost(route, item.address, item.reason)
+            sock, reply, reply_tensors = item
             if reply.request_id != header.request_id:
                 continue  # a late reply to an earlier request that already timed out
             if reply.kind is Kind.ERROR:
@@ -198,14 +247,42 @@ class ComputeClient:
             return Reply(reply, reply_tensors, time.perf_counter() - sent)
         raise self._timeout_error(route, header.kind, timeout)
 
-    def _incoming(
-        self, sockets: Callable[[], list[transport.Socket]], deadline: float
-    ) -> Iterator[tuple[transport.Socket, Header, dict[str, torch.Tensor]]]:
-        """Every message that decodes on `sockets` until `deadline` (time.monotonic), with the socket it came on.
+    def post(self, route: Sequence[Hop], header: Header) -> None:
+        """Send a routed message without waiting for its result (a late result is ignored like any other)."""
+        header = replace(header, route=tuple(route), reply_to=self.reply_to(route[-1].address))
+        transport.send_frames(self.dealers.get(route[0].address), encode(header))
 
-        A garbled message is skipped: the request it answers then times out and is reported as unanswered."""
+    def _watch(self, route: Sequence[Hop]) -> dict[str, int]:
+        """Watch every hop's connection (made now if needed): address → its drop count so far. PeerFailure at once
+        for a hop already known to be gone."""
+        watched = {hop.address: self.dealers.watch(hop.address) for hop in route}
+        for address, drops in watched.items():
+            problem = self.dealers.problem(address, drops)
+            if problem is not None:
+                raise self._lost(route, address, problem)
+        return watched
+
+    def _lost(self, route: Sequence[Hop], address: str, reason: str) -> PeerFailure:
+        # Whatever is queued for it is stale: the next request to this address starts on a new connection.
+        self.dealers.drop(address)
+        hop = next((hop for hop in route if hop.address == address), None)
+        name = describe_hop(hop) if hop is not None else address
+        return PeerFailure(f"peer {name} is unreachable: {reason}", address, UNREACHABLE)
+
+    def _incoming(
+        self, sockets: Callable[[], list[transport.Socket]], deadline: float, watched: Mapping[str, int]
+    ) -> Iterator[_Message | _Lost]:
+        """Every message that decodes on `sockets` until `deadline` (time.monotonic), with the socket it came on,
+        and every address of `watched` (address → drop count when watching began) whose connection is gone.
+
+        Messages that came first are yielded first. A garbled message is skipped: the request it answers then
+        times out and is reported as unanswered."""
         while (remaining := deadline - time.monotonic()) > 0:
-            for sock in transport.poll(sockets(), remaining):
+            data = sockets()
+            wait = min(remaining, _LINK_CHECK_SECONDS) if watched else remaining
+            for sock in transport.poll([*data, *self.dealers.monitors(watched)], wait):
+                if sock not in data:
+                    continue  # a monitor: its events are read below
                 received = transport.recv_frames(sock, 0)
                 if received is None:
                     continue
@@ -214,6 +291,10 @@ class ComputeClient:
                 except WireError:
                     continue
                 yield sock, header, tensors
+            for address, drops in list(watched.items()):
+                problem = self.dealers.problem(address, drops)
+                if problem is not None:
+                    yield _Lost(address, problem)
 
     def _timeout_error(self, route: Sequence[Hop], kind: Kind, timeout: float) -> SwarmError:
         """Name the first hop that does not answer a ping; otherwise say the route as a whole was too slow."""
@@ -260,8 +341,11 @@ class InferenceSession:
         self.session_id = new_id()
         self.step_index = 0
         self.is_open = False
+        # Some hops may hold the session once open_session went out, even when it failed further down the route.
+        self.opening = False
 
     def open(self) -> None:
+        self.opening = True
         header = Header(kind=Kind.OPEN_SESSION, request_id=new_id(), session_id=self.session_id)
         header = replace(header, body={"max_length": self.max_length})
         reply = self.client.request(self.route, header, timeout=self.timeout)
@@ -287,12 +371,27 @@ class InferenceSession:
     def close(self) -> None:
         """Free the session on every hop; a failure here is not worth failing the whole run for."""
         if not self.is_open:
+            self.abandon()  # an open_session that failed may still have opened it on the hops before the failure
             return
-        self.is_open = False
+        self.is_open = self.opening = False
         header = Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id)
         # On failure the peers' idle timeout frees it.
         with contextlib.suppress(SwarmError):
             self.client.request(self.route, header, timeout=min(self.timeout or self.client.timeout, 5.0))
+
+    def abandon(self, gone: Collection[str] = ()) -> None:
+        """Free the session on every hop but the `gone` ones, each on its own, without waiting: after a failure the
+        route is broken, and the hops before and after the failed one still hold caches and session slots."""
+        if not (self.is_open or self.opening):
+            return
+        self.is_open = self.opening = False
+        for hop in self.route:
+            if hop.address in gone:
+                continue
+            header = Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id)
+            # A hop that does not get it frees the session after its idle timeout.
+            with contextlib.suppress(SwarmError):
+                self.client.post([hop], header)
 
     def __enter__(self) -> InferenceSession:
         self.open()

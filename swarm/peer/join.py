@@ -8,6 +8,7 @@ saves resume data. The node is handed to that thread only after the fetch, so it
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from swarm.distribute import chunks_for_blocks, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest
 from swarm.peer.admission import AdmissionLimits
+from swarm.peer.heal import Healer, Loader, dht_peer_finder
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner, check_device, resolve_dtype
 from swarm.peer.selection import HostingPlan, coverage_from_spans, plan_hosting
@@ -164,6 +166,8 @@ class TorrentKeeper(threading.Thread):
     def __init__(self, node: TorrentNode, manifest: Manifest, compute_port: int, settings: Settings) -> None:
         super().__init__(name="torrent", daemon=True)
         self.node = node
+        # Set when this peer chose its own blocks: it keeps the swarm whole from this thread (swarm.peer.heal).
+        self.healer: Healer | None = None
         self.presence = Presence(node, settings.announce_interval)
         announce_compute_peer(self.presence, manifest, compute_port)
         try:
@@ -176,6 +180,8 @@ class TorrentKeeper(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 self.presence.tick()
+                if self.healer is not None:
+                    self.healer.tick()
                 # The node saves resume data periodically from its pump, and once more on close.
                 # Batched: this thread shares the GIL with the compute loop, so it wakes at most 4 times a second.
                 self.node.pump(wait_seconds=0.25, min_wait_seconds=0.25)
@@ -247,6 +253,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
             advertise_host=options.advertise_host,
             throughput=round(throughput, 3),
             connect_timeout=settings.forward_connect_timeout,
+            liveness_timeout=settings.liveness_timeout,
             busy_poll_seconds=settings.busy_poll_seconds,
         )
     except BaseException:
@@ -255,6 +262,16 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     torrent_port = node.listen_port
     # From here on only the keeper's thread touches the node.
     keeper = TorrentKeeper(node, manifest, server.port, settings)
+    if options.blocks is None and not runner.replica and settings.rebalance_interval > 0:
+        keeper.healer = Healer(
+            manifest,
+            server,
+            _span_loader(manifest, torrent_data, node, options, settings, stop, device, dtype),
+            settings.rebalance_interval,
+            dht_peer_finder(node, manifest),
+            emit,
+            random.Random(),
+        )
     keeper.start()
     try:
         emit(
@@ -274,6 +291,28 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
         server.close()
         keeper.stop()
     emit({"event": "stopped", "address": server.address})
+
+
+def _span_loader(
+    manifest: Manifest,
+    torrent_data: bytes,
+    node: TorrentNode,
+    options: JoinOptions,
+    settings: Settings,
+    stop: threading.Event,
+    device: str,
+    dtype: torch.dtype,
+) -> Loader:
+    """What a move to other blocks does before the switch: fetch and verify their chunks, load, measure."""
+
+    def load(blocks: tuple[int, int]) -> tuple[SpanRunner | ReplicaRunner, float]:
+        plan = HostingPlan(*blocks)
+        chunks = chunks_to_fetch(manifest, plan)
+        fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
+        runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
+        return runner, round(runner.benchmark(), 3)
+
+    return load
 
 
 def _load(

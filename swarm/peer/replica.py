@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ from transformers.utils import logging as transformers_logging
 
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
+from swarm.measure import benchmark, compute_clock
 from swarm.model.chunker import extract_meta_archive
 
 _BENCHMARK_PROMPT_TOKENS = 4
-_BENCHMARK_STEPS = 3
+_BENCHMARK_STEPS = 2
 
 
 class ReplicaRunner:
@@ -80,12 +80,22 @@ class ReplicaRunner:
         return int(cache.get_seq_length()) if cache is not None else 0
 
     def benchmark(self) -> float:
+        """Tokens per second: after a warm-up (a short prompt and one step), the median of repeated timed
+        single-token steps (swarm.measure.benchmark)."""
         cache = self.new_cache()
-        self.run_tokens(
-            torch.zeros(1, _BENCHMARK_PROMPT_TOKENS, dtype=torch.long), cache, (0, _BENCHMARK_PROMPT_TOKENS)
-        )
-        started = time.perf_counter()
-        for step in range(_BENCHMARK_STEPS):
-            position = _BENCHMARK_PROMPT_TOKENS + step
-            self.run_tokens(torch.zeros(1, 1, dtype=torch.long), cache, (position, position + 1))
-        return _BENCHMARK_STEPS / max(time.perf_counter() - started, 1e-9)
+        position = 0
+
+        def steps(count: int, width: int = 1) -> None:
+            nonlocal position
+            for _ in range(count):
+                ids = torch.zeros(1, width, dtype=torch.long)
+                self.run_tokens(ids, cache, (position, position + width))
+                position += width
+            if self.device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+                torch.cuda.synchronize(self.device)
+
+        def warm_up() -> None:
+            steps(1, _BENCHMARK_PROMPT_TOKENS)
+            steps(1)
+
+        return benchmark(warm_up, lambda: steps(_BENCHMARK_STEPS), _BENCHMARK_STEPS, compute_clock(self.device.type))

@@ -7,7 +7,6 @@ splits work between peers as it likes), so the runner keeps one view of the load
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from transformers.utils import logging as transformers_logging
 
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
+from swarm.measure import benchmark, compute_clock
 from swarm.model.span import Span, load_tensors, make_positions
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Tokens of the startup benchmark: a short prompt, then single-token steps as in generation.
+# Tokens of the startup benchmark: a short prompt, then repetitions of single-token steps as in generation.
 _BENCHMARK_PROMPT_TOKENS = 4
-_BENCHMARK_STEPS = 3
+_BENCHMARK_STEPS = 2
 
 
 def resolve_dtype(requested: str, manifest_dtype: str, device: str) -> torch.dtype:
@@ -116,17 +116,38 @@ class SpanRunner:
         return view.forward(hidden, session_cache=cache, positions=position_ids, attention_mask=attention_mask)
 
     def benchmark(self) -> float:
-        """Tokens per second of the whole span: a short prompt, then a few single-token steps."""
-        cache = self.new_cache()
-        prompt = torch.randn(1, _BENCHMARK_PROMPT_TOKENS, self.hidden_size, dtype=self.dtype)
+        """Tokens per second of the whole span: after a warm-up (a short prompt and one step), the median of
+        repeated timed single-token steps (swarm.measure.benchmark); an encoder times whole short prompts."""
         blocks = (self.start, self.end)
         if not self.causal:
-            started = time.perf_counter()
-            self.run(blocks, prompt, None, None)
-            return _BENCHMARK_PROMPT_TOKENS / max(time.perf_counter() - started, 1e-9)
-        self.run(blocks, prompt, cache, (0, _BENCHMARK_PROMPT_TOKENS))
-        started = time.perf_counter()
-        for step in range(_BENCHMARK_STEPS):
-            position = _BENCHMARK_PROMPT_TOKENS + step
-            self.run(blocks, torch.randn(1, 1, self.hidden_size, dtype=self.dtype), cache, (position, position + 1))
-        return _BENCHMARK_STEPS / max(time.perf_counter() - started, 1e-9)
+
+            def encode() -> None:
+                self.run(blocks, self._random_hidden(_BENCHMARK_PROMPT_TOKENS), None, None)
+                self._synchronize()
+
+            return benchmark(encode, encode, _BENCHMARK_PROMPT_TOKENS, compute_clock(self.span.device.type))
+        cache = self.new_cache()
+        position = 0
+
+        def steps(count: int, width: int = 1) -> None:
+            nonlocal position
+            for _ in range(count):
+                self.run(blocks, self._random_hidden(width), cache, (position, position + width))
+                position += width
+            self._synchronize()
+
+        def warm_up() -> None:
+            steps(1, _BENCHMARK_PROMPT_TOKENS)
+            steps(1)
+
+        return benchmark(
+            warm_up, lambda: steps(_BENCHMARK_STEPS), _BENCHMARK_STEPS, compute_clock(self.span.device.type)
+        )
+
+    def _random_hidden(self, tokens: int) -> torch.Tensor:
+        return torch.randn(1, tokens, self.hidden_size, dtype=self.dtype, device=self.span.device)
+
+    def _synchronize(self) -> None:
+        # CUDA kernels run asynchronously: wait for them, or the benchmark times only their launch.
+        if self.span.device.type == "cuda":
+            torch.cuda.synchronize(self.span.device)

@@ -6,6 +6,10 @@ Protocol (compute protocol v1, see swarm/wire.py for the framing):
   the hop and forwards to the next hop through a cached DEALER; the last hop sends `result` to `reply_to`.
 - A failure becomes an `error` (body: code, message, peer) sent to `reply_to` when the message had one,
   else back to the sender. Nothing a client sends can stop the loop.
+- Every outgoing connection carries ZeroMQ heartbeats: a next hop that died is known as soon as its connection
+  resets (or stops answering pings), and a step for it fails at once with "unreachable" naming that hop, before
+  this peer spends time computing it.
+- `throughput` in `info` is smoothed over the decode steps this peer really ran, seeded by its start-up benchmark.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+import swarm
 from swarm import transport, wire
 from swarm.address import Address
 from swarm.errors import SwarmError
+from swarm.measure import SpeedMeter
 from swarm.peer.admission import AdmissionLimits, admit_batch, free_sessions
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
@@ -46,17 +53,21 @@ _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 BIND_RETRIES = 10
 # How long one loop iteration waits for a message before housekeeping (session expiry, the tick callback).
 _POLL_SECONDS = 0.2
+# Seconds without an answered heartbeat after which a connection to another peer or a client counts as lost.
+DEFAULT_LIVENESS_SECONDS = 2.0
 
 Runner = SpanRunner | ReplicaRunner
 
 
 class PeerError(Exception):
-    """A request this peer refuses; becomes an `error` reply with `code`."""
+    """A request this peer refuses; becomes an `error` reply with `code`. `peer` names the peer at fault when it
+    is not this one (a next hop that cannot be reached)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, peer: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.peer = peer
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class PeerServer:
         advertise_host: str | None = None,
         throughput: float = 0.0,
         connect_timeout: float = 2.0,
+        liveness_timeout: float = DEFAULT_LIVENESS_SECONDS,
         busy_poll_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -91,19 +103,39 @@ class PeerServer:
         self.runner = runner
         self.identity = identity
         self.limits = limits
-        self.throughput = throughput
+        # Seconds per decode step through the whole span, smoothed; the start-up benchmark is the first figure.
+        self.speed = SpeedMeter(throughput)
         self.context = transport.Context()
         self.router, self.bound_address = _bind(self.context, listen)
         self.port = Address.parse(self.bound_address).port
         self.address = _public_address(self.bound_address, advertise_host)
         # Our DEALERs name themselves after this peer, so receivers can tell who sent what.
-        self.dealers = transport.DealerPool(self.context, identity_prefix=self.address, connect_timeout=connect_timeout)
+        self.dealers = transport.DealerPool(
+            self.context,
+            identity_prefix=self.address,
+            connect_timeout=connect_timeout,
+            heartbeat=transport.Heartbeat(liveness_timeout),
+        )
         self.sessions = SessionTable(limits, idle_timeout, clock)
         self.handled = 0
         self.busy_poll_seconds = busy_poll_seconds
         # Until when the loop checks for the next message without sleeping (set by every session step).
         self._busy_until = 0.0
+        self._links_read_at = 0.0
         self._closed = False
+        # Moving to other blocks (swarm.peer.heal, from another thread): the blocks decided on, reported in `info`
+        # from the start so that other peers count this one there; then the runner for them, which replaces the
+        # current one once the open sessions have ended (none are opened while it waits).
+        self.planned_blocks: tuple[int, int] | None = None
+        self._next_runner: tuple[Runner, float] | None = None
+        self.moved = threading.Event()
+        # Tells this peer's own announcement apart from others' (it may be reachable at several addresses).
+        self.peer_id = uuid.uuid4().hex[:16]
+
+    @property
+    def throughput(self) -> float:
+        """Decode steps per second through the whole hosted span, smoothed over the steps run so far."""
+        return round(self.speed.rate, 3)
 
     # ----- loop -----
 
@@ -117,8 +149,32 @@ class PeerServer:
             self._drain_dealers()
             for session in self.sessions.expire():
                 log.info("session %s expired after %.0f s idle", session.session_id, self.sessions.idle_timeout)
+            self._switch_runner_when_idle()
             if tick is not None:
                 tick()
+
+    # ----- moving to other blocks -----
+
+    def move_to(self, runner: Runner, throughput: float) -> None:
+        """Serve `runner` (other blocks, loaded by the caller) from the moment no session is open; until then open
+        sessions finish and new ones are refused. Thread-safe; `moved` is set once switched."""
+        self.moved.clear()
+        self._next_runner = (runner, throughput)
+
+    @property
+    def draining(self) -> bool:
+        return self._next_runner is not None
+
+    def _switch_runner_when_idle(self) -> None:
+        pending = self._next_runner
+        if pending is None or len(self.sessions):
+            return
+        previous = (self.runner.start, self.runner.end)
+        self.runner, self.speed = pending[0], SpeedMeter(pending[1])
+        self._next_runner = None
+        self.planned_blocks = None
+        self.moved.set()
+        log.info("moved from blocks %d:%d to %d:%d", *previous, self.runner.start, self.runner.end)
 
     def _next_message(self) -> tuple[bytes | None, list[Any]] | None:
         busy_left = self._busy_until - time.monotonic()
@@ -133,6 +189,11 @@ class PeerServer:
         for sock in self.dealers.sockets().values():
             while transport.recv_frames(sock, 0) is not None:
                 pass
+        now = time.monotonic()
+        if now >= self._links_read_at + _POLL_SECONDS:
+            # What is known about next hops stays current, and their monitors' queues short, however busy the loop.
+            self._links_read_at = now
+            self.dealers.refresh()
 
     def handle(self, sender: bytes | None, frames: list[Any]) -> None:
         """Handle one message; every failure becomes an error reply."""
@@ -144,7 +205,7 @@ class PeerServer:
         except WireError as error:
             self._send_error(header, sender, error.code, error.message)
         except PeerError as error:
-            self._send_error(header, sender, error.code, error.message)
+            self._send_error(header, sender, error.code, error.message, error.peer)
         except Exception as error:  # the loop must outlive any bug a message can trigger
             log.exception("internal error handling a message")
             if header is not None and header.session_id is not None and header.kind is Kind.STEP:
@@ -184,6 +245,8 @@ class PeerServer:
         if header.kind is not Kind.CLOSE_SESSION:
             # The session's next step comes one token later: be awake for it.
             self._busy_until = time.monotonic() + self.busy_poll_seconds
+            if len(header.route) > 1:
+                self._check_next_hop(header.route[1].address)
         if header.kind is Kind.OPEN_SESSION:
             self._open(header, hop.blocks)
             body = {"opened": True}
@@ -214,6 +277,14 @@ class PeerServer:
         else:
             self._send_to(header.reply_to, frames, header, sender)
 
+    def _check_next_hop(self, address: str) -> None:
+        """Refuse, before computing anything, a message whose next hop is known to be gone."""
+        link = self.dealers.link(address)
+        if link is not None and link.state is transport.LinkState.DOWN:
+            # A fresh connection next time: the address may serve again (a peer restarted on a fixed port).
+            self.dealers.drop(address)
+            raise PeerError(UNREACHABLE, f"cannot send to the next hop {address}: {link.reason}", peer=address)
+
     def _open(self, header: Header, blocks: tuple[int, int]) -> None:
         if header.session_id is None:
             raise PeerError(ErrorCode.BAD_HEADER, "open_session needs a session_id")
@@ -222,6 +293,9 @@ class PeerServer:
             raise PeerError(ErrorCode.BAD_HEADER, "open_session body needs an integer max_length")
         if not self.runner.causal:
             raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: it keeps no sessions, send steps alone")
+        if self.draining and self.planned_blocks is not None:
+            start, end = self.planned_blocks
+            raise PeerError(BUSY, f"this peer is moving to blocks {start}:{end}; ask another one")
         session, admission = self.sessions.open(header.session_id, blocks, max_length, self.runner.new_cache)
         if session is None:
             raise PeerError(admission.code, admission.reason)
@@ -256,15 +330,25 @@ class PeerServer:
                 ErrorCode.BAD_TENSOR, f"{new_tokens} new tokens, but positions [{start}, {end}) span {end - start}"
             )
         cache = session.cache if session is not None else self.runner.new_cache()
+        started = time.perf_counter()
         if isinstance(self.runner, ReplicaRunner):
             output = {"logits": self.runner.run_tokens(inputs, cache, (start, end))}
         else:
             output = {"hidden": self.runner.run(blocks, inputs, cache, (start, end))}
+        if batch == 1 and new_tokens == 1:
+            # Decode steps of one sequence are what the throughput figure means (a prefill runs many tokens at once).
+            self._measure(blocks, time.perf_counter() - started)
         if session is not None:
             session.cached_tokens = end
             session.next_step += 1
             session.batch = batch
         return output
+
+    def _measure(self, blocks: tuple[int, int], seconds: float) -> None:
+        """Add one decode step's compute time, scaled to the whole span (a replica always runs all of it)."""
+        hosted = self.runner.end - self.runner.start
+        ran = hosted if self.runner.replica else blocks[1] - blocks[0]
+        self.speed.add(seconds * hosted / max(ran, 1))
 
     def _session_for_step(self, header: Header, blocks: tuple[int, int]) -> Session | None:
         """The step's session, checked; None for a stateless request (a whole sequence from position 0)."""
@@ -330,7 +414,7 @@ class PeerServer:
             "blocks": [self.runner.start, self.runner.end],
             "dtype": self.identity.dtype,
             "throughput": self.throughput,
-            "free_sessions": free_sessions(self.limits, len(self.sessions)),
+            "free_sessions": 0 if self.draining else free_sessions(self.limits, len(self.sessions)),
             "max_sessions": self.limits.max_sessions,
             "address": self.address,
             "serves_embed_head": self.runner.replica,
@@ -339,6 +423,9 @@ class PeerServer:
             "max_length": self.limits.max_session_tokens,
             "max_batch": self.limits.max_batch,
             "causal": self.runner.causal,
+            "software": f"swarm/{swarm.__version__}",
+            "moving_to": list(self.planned_blocks) if self.planned_blocks else None,
+            "peer_id": self.peer_id,
         }
 
     def _send_direct(self, sender: bytes | None, frames: list[Any]) -> None:
@@ -356,12 +443,15 @@ class PeerServer:
         except transport.TransportError as error:
             self.dealers.drop(address)
             if address != header.reply_to:
-                raise PeerError(UNREACHABLE, f"cannot send to the next hop {address}: {error}") from None
+                # Named as the peer at fault: the client then routes around the hop, not around this peer.
+                raise PeerError(UNREACHABLE, f"cannot send to the next hop {address}: {error}", peer=address) from None
             log.warning("cannot send a reply to %s: %s", address, error)
 
-    def _send_error(self, header: Header | None, sender: bytes | None, code: str, message: str) -> None:
+    def _send_error(
+        self, header: Header | None, sender: bytes | None, code: str, message: str, peer: str | None = None
+    ) -> None:
         try:
-            frames = wire.error_reply(header, code, message, peer=self.address)
+            frames = wire.error_reply(header, code, message, peer=peer or self.address)
         except WireError:
             log.exception("cannot encode an error reply")
             return

@@ -158,6 +158,8 @@ class TorrentStatus:
     session_download: int = 0
     wanted_bytes: int = 0
     wanted_done: int = 0
+    # Peers libtorrent knows of for the torrent (from the DHT, trackers, LSD, PEX, given ones), connected or not.
+    known_peers: int = 0
     error: str | None = None
 
 
@@ -738,6 +740,7 @@ def _status(status: lt.torrent_status) -> TorrentStatus:
         session_download=int(status.total_payload_download),
         wanted_bytes=int(status.total_wanted),
         wanted_done=int(status.total_wanted_done),
+        known_peers=int(status.list_peers),
         error=error,
     )
 

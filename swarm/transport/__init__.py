@@ -15,6 +15,15 @@ Stable API (shared by swarm.peer and swarm.client):
     ready = poll([router, dealer], timeout=0.5)           # the sockets that have a message waiting
     pool = DealerPool(context)                            # one cached DEALER per destination address
     pool.send("tcp://127.0.0.1:6000", frames)
+    pool = DealerPool(context, heartbeat=Heartbeat(2.0))  # DEALERs that ping and are watched
+    drops = pool.watch(address)                           # connect (if needed); its drop count so far
+    pool.problem(address, drops)                          # None, or why a request sent then cannot be answered
+
+Liveness: a pool made with `heartbeat=Heartbeat(timeout)` sends ZeroMQ heartbeats (ZMQ_HEARTBEAT_IVL/TIMEOUT/TTL)
+on every DEALER and watches it with a socket monitor. `pool.link(address)` says whether the connection is up, still
+connecting, or down (refused, reset, or silent past the timeout); `link_problem` turns that into a reason. Heartbeats
+are answered by libzmq's I/O thread, so a peer whose Python loop is busy computing stays up; a killed one's
+connection resets at once.
 
 Received frames are `zmq.Frame` objects (buffers; zero copy): pass them straight to `swarm.wire.decode`.
 Timeouts are seconds (float); None waits forever.
@@ -23,10 +32,14 @@ Timeouts are seconds (float); None waits forever.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import zmq
@@ -38,12 +51,18 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Context",
     "DealerPool",
+    "Heartbeat",
+    "Link",
+    "LinkEvent",
+    "LinkState",
     "Socket",
     "TransportError",
     "bind_router",
     "close_socket",
     "connect_dealer",
     "default_context",
+    "link_after",
+    "link_problem",
     "normalize_address",
     "poll",
     "recv_frames",
@@ -60,6 +79,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 520 * 1024 * 1024
 _LINGER_MS = 500
 # Messages queued per socket before send_frames reports the destination as congested.
 _SEND_HIGH_WATER_MARK = 1000
+# Longest pause between reconnection attempts to a destination that went away (milliseconds; libzmq starts at 100).
+_RECONNECT_MAX_MS = 2000
 
 
 class TransportError(SwarmError):
@@ -74,12 +95,121 @@ def normalize_address(address: str) -> str:
         raise TransportError(str(error)) from None
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """ZeroMQ heartbeats on a connection: it counts as lost after `timeout` seconds without an answer.
+
+    A ping goes out every quarter of the timeout and must be answered within the remaining three quarters, so a
+    silent destination is noticed within `timeout` seconds whatever the phase of the pings.
+    """
+
+    timeout: float
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise TransportError(f"a liveness timeout must be more than 0 seconds, got {self.timeout:g}")
+
+    @property
+    def interval_ms(self) -> int:
+        return max(100, int(self.timeout * 250))
+
+    @property
+    def timeout_ms(self) -> int:
+        return max(100, int(self.timeout * 1000) - self.interval_ms)
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"  # never connected yet
+    UP = "up"  # handshake done
+    DOWN = "down"  # refused, reset, or silent past the heartbeat timeout
+
+
+class LinkEvent(IntEnum):
+    """The socket monitor events that change what is known about a connection."""
+
+    HANDSHAKE_SUCCEEDED = zmq.EVENT_HANDSHAKE_SUCCEEDED
+    DISCONNECTED = zmq.EVENT_DISCONNECTED
+    CONNECT_RETRIED = zmq.EVENT_CONNECT_RETRIED
+    HANDSHAKE_FAILED_NO_DETAIL = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    HANDSHAKE_FAILED_PROTOCOL = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    HANDSHAKE_FAILED_AUTH = zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+_LINK_EVENT_MASK = sum(int(event) for event in LinkEvent)
+_HANDSHAKE_FAILURES = frozenset(
+    {LinkEvent.HANDSHAKE_FAILED_NO_DETAIL, LinkEvent.HANDSHAKE_FAILED_PROTOCOL, LinkEvent.HANDSHAKE_FAILED_AUTH}
+)
+
+
+@dataclass(frozen=True)
+class Link:
+    """What is known about one outgoing connection: its state, since when, and how often it went down."""
+
+    state: LinkState = LinkState.CONNECTING
+    since: float = 0.0
+    drops: int = 0
+    reason: str = ""
+
+
+def link_after(link: Link, event: int, now: float) -> Link:
+    """The link after one monitor event (pure). A connection counts as up only after the ZeroMQ handshake: a TCP
+    connection to a frozen process is accepted by its kernel, but nobody answers the handshake."""
+    if event == LinkEvent.HANDSHAKE_SUCCEEDED:
+        return link if link.state is LinkState.UP else Link(LinkState.UP, now, link.drops)
+    if event == LinkEvent.DISCONNECTED:
+        return _down(link, now, "the connection was lost (closed, reset, or no heartbeat answered)")
+    if event == LinkEvent.CONNECT_RETRIED and link.state is not LinkState.DOWN:
+        return _down(link, now, "the connection was refused or failed")
+    if event in _HANDSHAKE_FAILURES:
+        return _down(link, now, "the ZeroMQ handshake failed")
+    return link
+
+
+def _down(link: Link, now: float, reason: str) -> Link:
+    return Link(LinkState.DOWN, now, link.drops + 1, reason)
+
+
+def link_problem(link: Link, drops_before: int, now: float, connect_timeout: float) -> str | None:
+    """Why a request over `link` cannot be answered, or None (pure): the connection is down, went down since
+    `drops_before` was read (whatever was in flight is lost), or has not come up within `connect_timeout`."""
+    if link.state is LinkState.DOWN or link.drops > drops_before:
+        return link.reason or "the connection was lost"
+    if link.state is LinkState.CONNECTING and now - link.since > connect_timeout:
+        return f"no connection within {connect_timeout:g} s"
+    return None
+
+
+def _stop_monitor(sock: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
+    """Stop a socket's monitor, then close the PAIR its events came on.
+
+    In this order only: libzmq's I/O thread sends monitor events with a blocking send, so a socket that is still
+    monitored while its connections are torn down (or retried) after the PAIR was closed would block that thread,
+    and with it every connection of the context."""
+    if not sock.closed:
+        sock.disable_monitor()
+    monitor.close(linger=0)
+
+
+def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
+    """Event ids waiting on a monitor socket (never blocks). Monitor messages are libzmq's own, over inproc."""
+    events: list[int] = []
+    while True:
+        try:
+            frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # Again: nothing more waiting
+            return events
+        if frames and len(frames[0]) == 6:
+            events.append(int.from_bytes(frames[0][:2], sys.byteorder))
+
+
 class Context:
     """Owns a zmq context and the sockets made through it, so one close() tears everything down."""
 
     def __init__(self) -> None:
         self._context = zmq.Context()
         self._sockets: list[zmq.Socket[Any]] = []
+        # Monitored socket → the PAIR its events arrive on.
+        self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
         self._lock = threading.Lock()
 
     def _track(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
@@ -119,38 +249,92 @@ class Context:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         immediate: bool = False,
+        heartbeat: Heartbeat | None = None,
     ) -> zmq.Socket[Any]:
         """A DEALER connected to `address`; `identity` is the routing id the far ROUTER will see.
 
         `immediate`: queue messages only once the connection is up (sends before that fail with Again).
+        `heartbeat`: ping the far end and drop the connection when it stops answering.
         """
+        return self._dealer(address, identity, max_message_bytes, immediate, heartbeat, monitored=False)[0]
+
+    def connect_watched_dealer(
+        self, address: str, identity: bytes | None, *, immediate: bool, heartbeat: Heartbeat
+    ) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """Like `connect_dealer` with heartbeats, plus a monitor socket (PAIR) that receives its link events."""
+        dealer, monitor = self._dealer(
+            address, identity, DEFAULT_MAX_MESSAGE_BYTES, immediate, heartbeat, monitored=True
+        )
+        if monitor is None:  # unreachable: monitored=True always makes one; keeps the types honest
+            raise TransportError("no monitor socket")
+        return dealer, monitor
+
+    def _dealer(
+        self,
+        address: str,
+        identity: bytes | None,
+        max_message_bytes: int,
+        immediate: bool,
+        heartbeat: Heartbeat | None,
+        monitored: bool,
+    ) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
         endpoint = normalize_address(address)
         sock = self._socket(zmq.DEALER, max_message_bytes)
         if immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if heartbeat is not None:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat.interval_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat.timeout_ms)
+            # Tells the far end to drop this connection too once our pings stop (it dies with us).
+            sock.setsockopt(zmq.HEARTBEAT_TTL, max(100, int(heartbeat.timeout * 1000)) // 100 * 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_MAX_MS)
         if identity is not None:
             if not 1 <= len(identity) <= 255 or identity[0] == 0:
                 sock.close(linger=0)
                 raise TransportError("a routing identity must be 1..255 bytes and not start with a zero byte")
             sock.setsockopt(zmq.ROUTING_ID, identity)
+        # The monitor must be attached before connect() to see the first events.
+        monitor = self._monitor(sock) if monitored else None
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
+            if monitor is not None:
+                _stop_monitor(sock, monitor)
             sock.close(linger=0)
             raise TransportError(f"cannot connect to {address}: {exc.strerror}") from None
-        return self._track(sock)
+        if monitor is not None:
+            with self._lock:
+                self._monitors[sock] = monitor
+        return self._track(sock), monitor
+
+    def _monitor(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
+        """A PAIR that receives `sock`'s link events. Its queue has no bound: libzmq would block its I/O thread on a
+        full one (events are few: a handful per connection, one per reconnection attempt)."""
+        endpoint = f"inproc://link-{uuid.uuid4().hex}"
+        sock.monitor(endpoint, _LINK_EVENT_MASK)
+        monitor = self._context.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, 0)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(endpoint)
+        return monitor
 
     def forget(self, sock: zmq.Socket[Any], linger_ms: int = _LINGER_MS) -> None:
-        """Close one socket made by this context."""
+        """Close one socket made by this context (and its monitor)."""
         with self._lock:
             if sock in self._sockets:
                 self._sockets.remove(sock)
+            monitor = self._monitors.pop(sock, None)
+        if monitor is not None:
+            _stop_monitor(sock, monitor)
         close_socket(sock, linger_ms)
 
     def close(self, linger_ms: int = _LINGER_MS) -> None:
         """Close every socket (flushing for at most `linger_ms`) and the context."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
+            monitors, self._monitors = self._monitors, {}
+        for sock, monitor in monitors.items():
+            _stop_monitor(sock, monitor)
         for sock in sockets:
             close_socket(sock, linger_ms)
         self._context.term()
@@ -246,11 +430,19 @@ def poll(sockets: Iterable[zmq.Socket[Any]], timeout: float | None) -> list[zmq.
     return [sock for sock, event in events if event & zmq.POLLIN]
 
 
+@dataclass
+class _Dealer:
+    socket: zmq.Socket[Any]
+    monitor: zmq.Socket[Any] | None
+    link: Link
+
+
 class DealerPool:
     """One DEALER per destination address, made on first use, least recently used ones closed past a cap.
 
     Destinations come from the network (route hops, reply_to), so the pool is bounded. `identity_prefix`
-    names this end to the far ROUTERs (a random suffix keeps identities unique).
+    names this end to the far ROUTERs (a random suffix keeps identities unique). With `heartbeat`, every DEALER
+    is pinged and watched (see `link`).
     """
 
     def __init__(
@@ -260,6 +452,7 @@ class DealerPool:
         identity_prefix: str = "",
         max_sockets: int = 256,
         connect_timeout: float | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._context = context or default_context()
         self._identity_prefix = identity_prefix
@@ -268,46 +461,133 @@ class DealerPool:
         # to a destination that cannot be reached within the timeout raises TransportError instead of piling up
         # in memory until the destination comes back.
         self._connect_timeout = connect_timeout
-        self._sockets: OrderedDict[str, zmq.Socket[Any]] = OrderedDict()
+        self._heartbeat = heartbeat
+        self._dealers: OrderedDict[str, _Dealer] = OrderedDict()
+
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        return self._heartbeat
 
     def _identity(self) -> bytes | None:
         if not self._identity_prefix:
             return None
         return f"{self._identity_prefix}#{os.urandom(4).hex()}".encode()[:255]
 
+    def _entry(self, address: str) -> _Dealer:
+        # Route hops already come as tcp://HOST:PORT: the common case needs no parsing.
+        key = address if address in self._dealers else normalize_address(address)
+        entry = self._dealers.get(key)
+        if entry is not None:
+            self._dealers.move_to_end(key)
+            return entry
+        immediate = self._connect_timeout is not None
+        if self._heartbeat is None:
+            sock = self._context.connect_dealer(key, self._identity(), immediate=immediate)
+            entry = _Dealer(sock, None, Link(since=time.monotonic()))
+        else:
+            sock, monitor = self._context.connect_watched_dealer(
+                key, self._identity(), immediate=immediate, heartbeat=self._heartbeat
+            )
+            entry = _Dealer(sock, monitor, Link(since=time.monotonic()))
+        self._dealers[key] = entry
+        while len(self._dealers) > self._max_sockets:
+            _, oldest = self._dealers.popitem(last=False)
+            self._close(oldest, _LINGER_MS)
+        return entry
+
     def get(self, address: str) -> zmq.Socket[Any]:
         """The DEALER connected to `address` (made now if needed)."""
-        # Route hops already come as tcp://HOST:PORT: the common case needs no parsing.
-        key = address if address in self._sockets else normalize_address(address)
-        sock = self._sockets.get(key)
-        if sock is not None:
-            self._sockets.move_to_end(key)
-            return sock
-        sock = self._context.connect_dealer(key, self._identity(), immediate=self._connect_timeout is not None)
-        self._sockets[key] = sock
-        while len(self._sockets) > self._max_sockets:
-            _, oldest = self._sockets.popitem(last=False)
-            self._context.forget(oldest)
-        return sock
+        return self._entry(address).socket
 
     def send(self, address: str, frames: Sequence[Any]) -> None:
-        """Send one message to `address` through its DEALER (waiting up to the connect timeout, if set)."""
-        sock = self.get(address)
-        if self._connect_timeout is not None and not sock.poll(int(self._connect_timeout * 1000), zmq.POLLOUT):
-            raise TransportError(f"cannot reach {address} within {self._connect_timeout:g} s")
-        send_frames(sock, frames)
+        """Send one message to `address` through its DEALER (waiting up to the connect timeout, if set).
+
+        With heartbeats, a destination whose connection is known to be down fails at once instead of waiting."""
+        entry = self._entry(address)
+        if self._connect_timeout is not None:
+            self._wait_writable(address, entry, self._connect_timeout)
+        send_frames(entry.socket, frames)
+
+    def _wait_writable(self, address: str, entry: _Dealer, timeout: float) -> None:
+        """Return once `entry` takes a message; TransportError when its link is down or the timeout passes."""
+        deadline = time.monotonic() + timeout
+        poller: zmq.Poller | None = None
+        while True:
+            self._update(entry)
+            if entry.link.state is LinkState.DOWN:
+                raise TransportError(f"cannot reach {address}: {entry.link.reason}")
+            if entry.socket.poll(0, zmq.POLLOUT):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"cannot reach {address} within {timeout:g} s")
+            if poller is None:  # only on the slow path: a connection still being made
+                poller = zmq.Poller()
+                poller.register(entry.socket, zmq.POLLOUT)
+                if entry.monitor is not None:
+                    poller.register(entry.monitor, zmq.POLLIN)
+            poller.poll(max(1, int(remaining * 1000)))
+
+    def _update(self, entry: _Dealer) -> None:
+        if entry.monitor is None:
+            return
+        for event in _monitor_events(entry.monitor):
+            entry.link = link_after(entry.link, event, time.monotonic())
+
+    def link(self, address: str) -> Link | None:
+        """What is known about the connection to `address` (events read now); None without heartbeats or a
+        DEALER for it."""
+        key = address if address in self._dealers else normalize_address(address)
+        entry = self._dealers.get(key)
+        if entry is None or entry.monitor is None:
+            return None
+        self._update(entry)
+        return entry.link
+
+    def watch(self, address: str) -> int:
+        """Make sure a watched DEALER to `address` exists (it pings from now on); the link's drop count so far,
+        to pass to `problem`."""
+        entry = self._entry(address)
+        self._update(entry)
+        return entry.link.drops
+
+    def problem(self, address: str, drops_before: int) -> str | None:
+        """Why `address` cannot answer a request sent when its drop count was `drops_before` (see
+        `link_problem`; the heartbeat timeout is the connect timeout), or None."""
+        link = self.link(address)
+        if link is None or self._heartbeat is None:
+            return None
+        return link_problem(link, drops_before, time.monotonic(), self._heartbeat.timeout)
+
+    def monitors(self, addresses: Iterable[str]) -> list[zmq.Socket[Any]]:
+        """The monitor sockets of the DEALERs to `addresses`, to poll along with the data sockets."""
+        monitors = []
+        for address in addresses:
+            key = address if address in self._dealers else normalize_address(address)
+            entry = self._dealers.get(key)
+            if entry is not None and entry.monitor is not None:
+                monitors.append(entry.monitor)
+        return monitors
+
+    def refresh(self) -> None:
+        """Read every pending monitor event (keeps link states current and monitor queues short)."""
+        for entry in self._dealers.values():
+            self._update(entry)
 
     def drop(self, address: str) -> None:
         """Close the DEALER to `address` (e.g. after the destination failed)."""
-        sock = self._sockets.pop(normalize_address(address), None)
-        if sock is not None:
-            self._context.forget(sock, linger_ms=0)
+        entry = self._dealers.pop(normalize_address(address), None)
+        if entry is not None:
+            self._close(entry, 0)
 
     def sockets(self) -> dict[str, zmq.Socket[Any]]:
         """Address → DEALER, for polling replies that come back on them."""
-        return dict(self._sockets)
+        return {address: entry.socket for address, entry in self._dealers.items()}
+
+    def _close(self, entry: _Dealer, linger_ms: int) -> None:
+        self._context.forget(entry.socket, linger_ms)  # its monitor too
 
     def close(self) -> None:
-        for sock in self._sockets.values():
-            self._context.forget(sock)
-        self._sockets.clear()
+        for entry in self._dealers.values():
+            self._close(entry, _LINGER_MS)
+        self._dealers.clear()

@@ -1,0 +1,160 @@
+"""A serving peer keeps its model's swarm whole: every few minutes (jittered, so peers do not all look at once)
+it looks at the other peers serving the model and moves to other blocks when the rebalancing policy
+(swarm.peer.rebalance) says so. It says where it is going from the moment it decides (`moving_to` in `info`:
+others count it there already), fetches and loads the new blocks while still serving the old ones, then hands
+the new runner to the server, which switches once its open sessions have ended.
+
+What others say of themselves is not taken on trust: each peer's rate counts for at most TRUST_MARGIN times
+what this peer measures of it (one decode step through its span, timed), and a peer that does not run the step
+counts for nothing (its blocks may then look uncovered, and someone moves there).
+
+Runs on the thread that owns the peer's TorrentNode (the fetch of new chunks needs it).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from swarm.client.routing import PeerInfo, peers_for_model
+from swarm.client.session import ComputeClient, InferenceSession, query_peers
+from swarm.discovery.compute import find_compute_peers
+from swarm.errors import SwarmError
+from swarm.manifest import Manifest
+from swarm.peer.rebalance import Coverage, ServedSpan, better_span
+from swarm.peer.server import PeerServer
+from swarm.wire import DTYPES, Hop
+
+log = logging.getLogger("swarm.peer")
+
+# Seconds to look the model's peers up in the DHT, and for each to answer `info` and a probe step.
+LOOKUP_SECONDS = 3.0
+ANSWER_SECONDS = 3.0
+# A peer's own rate is believed up to this multiple of the rate measured of it (network and load included).
+TRUST_MARGIN = 1.5
+# Before acting on a decision, a peer waits up to this long and looks again: two peers that decided at the same
+# moment would otherwise both move to the same gap.
+SECOND_LOOK_SECONDS = 2.0
+
+Emit = Callable[[dict[str, Any]], None]
+# Fetches and loads blocks [start, end); returns the runner and its measured throughput.
+Loader = Callable[[tuple[int, int]], tuple[Any, float]]
+
+
+@dataclass
+class Healer:
+    manifest: Manifest
+    server: PeerServer
+    load: Loader
+    interval: float
+    find_peers: Callable[[], list[str]]
+    emit: Emit
+    random_source: random.Random
+
+    def __post_init__(self) -> None:
+        self.next_look = time.monotonic() + self._pause()
+        # Rates measured of other peers, by peer id: kept for a peer too busy to run the probe next time.
+        self.measured: dict[str, float] = {}
+        # A move handed to the server, waiting for its open sessions to end: (from, to, throughput).
+        self.handed_over: tuple[tuple[int, int], tuple[int, int], float] | None = None
+
+    def _pause(self) -> float:
+        return self.interval * self.random_source.uniform(0.5, 1.5)
+
+    def tick(self) -> None:
+        """Look at the swarm when due; move when the policy says so (blocking while the new blocks load)."""
+        if self.handed_over is not None and self.server.moved.is_set():
+            previous, moved_to, throughput = self.handed_over
+            self.handed_over = None
+            self.emit({"event": "moved", "from": list(previous), "blocks": list(moved_to), "throughput": throughput})
+        if time.monotonic() < self.next_look or self.server.planned_blocks is not None:
+            return
+        self.next_look = time.monotonic() + self._pause()
+        try:
+            target = self.decide()
+            if target is not None:
+                time.sleep(self.random_source.uniform(0, SECOND_LOOK_SECONDS))
+                if self.decide() == target:
+                    self.move(target)
+        except SwarmError as error:
+            self.server.planned_blocks = None
+            log.warning("rebalancing: %s", error)
+
+    def decide(self) -> tuple[int, int] | None:
+        runner = self.server.runner
+        own = ServedSpan(runner.start, runner.end, self.server.throughput)
+        others = self.look()
+        return better_span(own, Coverage.of(self.manifest.num_blocks, [*others, own]))
+
+    def look(self) -> list[ServedSpan]:
+        """The other peers of the model, where they serve (or are going to) and at the rate we trust."""
+        with ComputeClient(timeout=ANSWER_SECONDS) as client:
+            infos = query_peers(client, self.find_peers(), ANSWER_SECONDS)
+            peers = _distinct(peers_for_model(self.manifest, infos, pinned=False), self.server.peer_id)
+            spans = []
+            for peer in peers:
+                start, end = (0, self.manifest.num_blocks) if peer.replica else peer.moving_to or peer.blocks
+                spans.append(ServedSpan(start, end, self._trusted_rate(client, peer)))
+        return spans
+
+    def _trusted_rate(self, client: ComputeClient, peer: PeerInfo) -> float:
+        if peer.replica:
+            return peer.throughput  # whole replicas serve every block; probing them needs token ids, not hidden states
+        measured = probe_rate(client, peer, self.server.runner.hidden_size)
+        if measured is None:
+            measured = self.measured.get(peer.peer_id, 0.0) if peer.free_sessions == 0 else 0.0
+        else:
+            self.measured[peer.peer_id] = measured
+        return min(peer.throughput, measured * TRUST_MARGIN)
+
+    def move(self, target: tuple[int, int]) -> None:
+        """Announce the target, fetch and load it (serving the old blocks meanwhile), hand it to the server."""
+        runner = self.server.runner
+        previous = (runner.start, runner.end)
+        self.server.planned_blocks = target
+        self.emit({"event": "moving", "from": list(previous), "blocks": list(target)})
+        new_runner, throughput = self.load(target)
+        self.server.move_to(new_runner, throughput)
+        self.handed_over = (previous, target, throughput)
+
+
+def _distinct(peers: list[PeerInfo], own_id: str) -> list[PeerInfo]:
+    """One entry per peer (a peer may be announced at several addresses), this peer left out."""
+    seen: dict[str, PeerInfo] = {}
+    for peer in peers:
+        key = peer.peer_id or peer.address
+        if key != own_id and key not in seen:
+            seen[key] = peer
+    return list(seen.values())
+
+
+def probe_rate(client: ComputeClient, peer: PeerInfo, hidden_size: int) -> float | None:
+    """Decode steps per second through `peer`'s span, measured with one step of one token (None when it does not
+    run it: busy, gone, or not serving those blocks)."""
+    dtype = DTYPES.get(peer.dtype, torch.float32)
+    session = InferenceSession(client, [Hop(peer.address, peer.blocks)], max_length=2)
+    try:
+        session.open()
+        started = time.perf_counter()
+        session.step({"hidden": torch.zeros(1, 1, hidden_size, dtype=dtype)}, (0, 1))
+        seconds = time.perf_counter() - started
+    except SwarmError:
+        return None
+    finally:
+        session.close()
+    return 1.0 / max(seconds, 1e-6)
+
+
+def dht_peer_finder(node: Any, manifest: Manifest) -> Callable[[], list[str]]:
+    """The compute addresses the DHT knows for the model, as a callable for the Healer."""
+
+    def find() -> list[str]:
+        return [address.tcp for address in find_compute_peers(node, manifest, LOOKUP_SECONDS)]
+
+    return find
