@@ -414,6 +414,8 @@ def fetch_chunks(
                 trackers = "".join(f"; tracker {url}: {why}" for url, why in node.tracker_errors(fetch.key).items())
                 dht_nodes = f"; {node.dht_nodes} DHT node(s) known" if node.session.is_dht_running() else ""
                 known = f" ({status.known_peers} known)" if status.known_peers else ""
+                if (peer_error := node.last_peer_error(fetch.key)) is not None:
+                    known += f"; last peer error {peer_error}"
                 raise SwarmError(
                     f"fetching {manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
                     f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen{known}{dht_nodes}{trackers}"

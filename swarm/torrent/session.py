@@ -202,6 +202,8 @@ class _Tracked:
     closed_totals: dict[str, PeerTransfer] = field(default_factory=dict)
     # Tracker URL → why its last announce failed (dropped once it answers).
     tracker_errors: dict[str, str] = field(default_factory=dict)
+    # Why the last connection to a peer failed or ended ("host:port: reason"), for a fetch that gets nowhere.
+    last_peer_error: str | None = None
 
 
 def _with_banked(transfer: PeerTransfer, banked: PeerTransfer | None) -> PeerTransfer:
@@ -460,6 +462,10 @@ class TorrentNode:
         """Trackers of the torrent whose last announce failed, with the reason."""
         return dict(self._tracked_or_error(key).tracker_errors)
 
+    def last_peer_error(self, key: str) -> str | None:
+        """How the last failed or ended peer connection of the torrent went ("host:port: reason")."""
+        return self._tracked_or_error(key).last_peer_error
+
     def hash_failures(self, key: str) -> int:
         return self._tracked_or_error(key).hash_failures
 
@@ -569,6 +575,9 @@ class TorrentNode:
             return
         if isinstance(alert, lt.tracker_reply_alert):
             tracked.tracker_errors.pop(_text(alert.tracker_url()), None)
+            return
+        if isinstance(alert, (lt.peer_error_alert, lt.peer_disconnected_alert)):
+            tracked.last_peer_error = f"{_endpoint_text(alert.endpoint)}: {alert.error.message()}"
             return
         name = _text(alert.torrent_name)
         event: TorrentEvent | None = None
