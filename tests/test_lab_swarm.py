@@ -50,6 +50,23 @@ def on(host: netlab.Host, arguments: list[str]) -> list[str]:
     return host.command([SWARM, *arguments])
 
 
+def start_seedbox_host(host: netlab.Host, model_dir: Path, name: str, environment: dict[str, str]) -> LineProcess:
+    """On `host`: publish the model into the catalog (swarm seed --prepare-only), then run a seedbox with every
+    default, once it seeds."""
+    prepared = subprocess.run(
+        on(host, ["seed", str(model_dir), "--name", name, "--prepare-only"]),
+        env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    seedbox = LineProcess(on(host, ["seedbox", "--json"]), environment)
+    try:
+        seedbox.wait_event("seeding", 60)
+    except BaseException:
+        seedbox.stop()
+        raise
+    return seedbox
+
+
 def test_hosts_knowing_only_the_seedbox_fetch_join_and_run(
     lab: netlab.Lab, make_model_tool: ModuleType, tmp_path: Path
 ) -> None:
@@ -60,15 +77,9 @@ def test_hosts_knowing_only_the_seedbox_fetch_join_and_run(
     def home(label: str) -> dict[str, str]:
         return peer_environment(os.environ, home=tmp_path / label)
 
-    prepared = subprocess.run(
-        on(seed_host, ["seed", str(model_dir), "--name", "demo", "--prepare-only"]),
-        env=home("seedbox"), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr
-    seedbox = LineProcess(on(seed_host, ["seedbox", "--json"]), home("seedbox"))
+    seedbox = start_seedbox_host(seed_host, model_dir, "demo", home("seedbox"))
     started: list[PeerProcess] = []
     try:
-        seedbox.wait_event("seeding", 60)
         fetches = [
             subprocess.Popen(
                 on(host, ["fetch", "demo", "--bootstrap", bootstrap, "--json"]),
@@ -176,15 +187,9 @@ def test_the_swarm_heals_after_two_peers_are_killed(
     def home(label: str) -> dict[str, str]:
         return peer_environment(os.environ, home=tmp_path / label, rebalance_interval=REBALANCE_SECONDS)
 
-    prepared = subprocess.run(
-        on(seed_host, ["seed", str(model_dir), "--name", "heal", "--prepare-only"]),
-        env=home("seedbox"), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr
-    seedbox = LineProcess(on(seed_host, ["seedbox", "--json"]), home("seedbox"))
+    seedbox = start_seedbox_host(seed_host, model_dir, "heal", home("seedbox"))
     peers: list[LineProcess] = []
     try:
-        seedbox.wait_event("seeding", 60)
         manifest, _ = resolve("heal", tmp_path / "seedbox" / "torrents")
         block_bytes = max(chunk.size for chunk in manifest.chunks if chunk.kind == "blocks")
         memory = str(2 * block_bytes + block_bytes // 2)
