@@ -355,6 +355,9 @@ def _header_from_obj(obj: object, max_tensor_bytes: int, max_total_bytes: int) -
 
     hops = _list(header.get("route", []), "route", MAX_ROUTE_HOPS, ErrorCode.BAD_ROUTE)
     route = tuple(_hop(hop, index) for index, hop in enumerate(hops))
+    if len({hop.address for hop in route}) != len(route):
+        # A peer runs its blocks for a message once: a route that loops through it multiplies its work.
+        raise WireError(ErrorCode.BAD_ROUTE, "route names a peer more than once")
     reply_value = header.get("reply_to")
     if reply_value is not None:
         parse_address(reply_value, "reply_to")
@@ -582,7 +585,7 @@ def expect_tensor(
     rank: int | None = None,
     last_dim: int | None = None,
 ) -> torch.Tensor:
-    """The tensor `name`, checked for dtype, rank and size of the last dimension.
+    """The tensor `name`, checked for dtype, rank, size of the last dimension and, for floats, finite values.
 
     Raises WireError("bad_tensor") naming what was expected and what came.
     """
@@ -602,4 +605,6 @@ def expect_tensor(
             ErrorCode.BAD_TENSOR,
             f"tensor {name!r} has shape {list(tensor.shape)}, expected last dim {last_dim}",
         )
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise WireError(ErrorCode.BAD_TENSOR, f"tensor {name!r} holds NaN or infinite values")
     return tensor

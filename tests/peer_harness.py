@@ -165,7 +165,18 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+# The secret the tests' sessions are opened with (peers let only messages carrying it touch the session).
+SESSION_SECRET = "testsecret0123456789"
+
+
 def request(kind: wire.Kind, **fields: Any) -> wire.Header:
+    """A header; messages of a session carry SESSION_SECRET in their body unless told otherwise."""
+    if fields.get("session_id") is not None and kind in (
+        wire.Kind.OPEN_SESSION,
+        wire.Kind.STEP,
+        wire.Kind.CLOSE_SESSION,
+    ):
+        fields["body"] = {"secret": SESSION_SECRET} | dict(fields.get("body", {}))
     return wire.Header(kind=kind, request_id=fields.pop("request_id", new_id()), **fields)
 
 

@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.peer.admission import AdmissionLimits, admit_batch, admit_session, free_sessions
-from swarm.peer.sessions import SessionTable
+from swarm.peer.admission import AdmissionLimits, admit_batch, admit_session, admit_stateless, free_sessions
+from swarm.peer.sessions import SESSION_EXISTS, SessionTable
 
 LIMITS = AdmissionLimits(max_sessions=3, max_session_tokens=100, max_total_tokens=200, max_batch=4)
 
-# (reserved tokens of the open sessions, requested max_length, admitted, code, reason fragment)
+# (reserved tokens of the open sessions, requested max_length, batch, admitted, code, reason fragment)
 SESSION_CASES = [
-    ([], 1, True, "", ""),
-    ([], 100, True, "", ""),
-    ([], 101, False, "busy", "cap of 100 tokens"),
-    ([50, 50], 100, True, "", ""),
-    ([50, 50, 10], 10, False, "busy", "all 3 sessions"),
-    ([100, 90], 10, True, "", ""),
-    ([100, 90], 11, False, "busy", "only 10 cached tokens are free"),
-    ([100, 100], 1, False, "busy", "only 0 cached tokens"),
-    ([], 0, False, "bad_header", "at least 1"),
-    ([], -5, False, "bad_header", "at least 1"),
+    ([], 1, 1, True, "", ""),
+    ([], 100, 1, True, "", ""),
+    ([], 101, 1, False, "busy", "cap of 100 tokens"),
+    ([50, 50], 100, 1, True, "", ""),
+    ([50, 50, 10], 10, 1, False, "busy", "all 3 sessions"),
+    ([100, 90], 10, 1, True, "", ""),
+    ([100, 90], 11, 1, False, "busy", "only 10 cached tokens are free"),
+    ([100, 100], 1, 1, False, "busy", "only 0 cached tokens"),
+    ([], 0, 1, False, "bad_header", "at least 1"),
+    ([], -5, 1, False, "bad_header", "at least 1"),
+    # The batch counts: four sequences of 60 tokens reserve 240 cache tokens, more than the 200 there are.
+    ([], 60, 4, False, "busy", "asks for 240 (4 x 60)"),
+    ([], 50, 4, True, "", ""),
+    ([], 10, 5, False, "bad_tensor", "batch of 5 exceeds"),
+    ([], 10, 0, False, "bad_tensor", "at least one sequence"),
 ]
 
 
-@pytest.mark.parametrize(("reserved", "max_length", "admitted", "code", "fragment"), SESSION_CASES)
-def test_admit_session(reserved: list[int], max_length: int, admitted: bool, code: str, fragment: str) -> None:
-    decision = admit_session(LIMITS, reserved, max_length)
+@pytest.mark.parametrize(("reserved", "max_length", "batch", "admitted", "code", "fragment"), SESSION_CASES)
+def test_admit_session(
+    reserved: list[int], max_length: int, batch: int, admitted: bool, code: str, fragment: str
+) -> None:
+    decision = admit_session(LIMITS, reserved, max_length, batch)
     assert decision.admitted is admitted
     assert decision.code == code
     assert fragment in decision.reason
@@ -38,6 +45,15 @@ def test_admit_session(reserved: list[int], max_length: int, admitted: bool, cod
 )
 def test_admit_batch(batch: int, admitted: bool, code: str) -> None:
     decision = admit_batch(LIMITS, batch)
+    assert (decision.admitted, decision.code) == (admitted, code)
+
+
+@pytest.mark.parametrize(
+    ("batch", "tokens", "admitted", "code"),
+    [(1, 100, True, ""), (4, 25, True, ""), (4, 26, False, "too_large"), (5, 1, False, "bad_tensor")],
+)
+def test_admit_stateless(batch: int, tokens: int, admitted: bool, code: str) -> None:
+    decision = admit_stateless(LIMITS, batch, tokens)
     assert (decision.admitted, decision.code) == (admitted, code)
 
 
@@ -58,30 +74,32 @@ def test_session_table_expires_idle_sessions_and_frees_their_reservation() -> No
     clock = FakeClock()
     table = SessionTable(LIMITS, idle_timeout=10.0, clock=clock)
     for name in ("a", "b"):
-        session, decision = table.open(name, (0, 1), 100, dict)
+        session, decision = table.open(name, (0, 1), 100, 1, "secret-" + name, dict)
         assert session is not None and decision.admitted
     assert table.reserved_tokens() == 200
-    refused, decision = table.open("c", (0, 1), 1, dict)
+    refused, decision = table.open("c", (0, 1), 1, 1, "secret-c", dict)
     assert refused is None and decision.code == "busy"
     clock.now += 6
-    assert table.get("a") is not None  # touching "a" keeps it alive
+    session = table.get("a")
+    assert session is not None
+    table.get("b")  # looking a session up (a message that may not be its owner's) does not keep it alive
+    table.touch(session)  # a step that ran does
     clock.now += 6
     expired = table.expire()
     assert [session.session_id for session in expired] == ["b"]
     assert "b" not in table and "a" in table
-    admitted, decision = table.open("c", (0, 1), 100, dict)
+    admitted, decision = table.open("c", (0, 1), 100, 1, "secret-c", dict)
     assert admitted is not None and decision.admitted
 
 
-def test_reopening_a_session_replaces_it_and_keeps_it_when_refused() -> None:
+def test_an_open_session_is_never_replaced_and_belongs_to_its_opener() -> None:
     table = SessionTable(LIMITS, idle_timeout=10.0, clock=FakeClock())
-    first, _ = table.open("a", (0, 1), 100, dict)
-    assert first is not None
+    first, _ = table.open("a", (0, 1), 50, 2, "the-owners-secret", dict)
+    assert first is not None and first.reserved == 100
     first.cached_tokens = 7
-    again, decision = table.open("a", (0, 1), 100, dict)
-    assert decision.admitted and again is not None and again is not first and again.cached_tokens == 0
-    # A refused reopen leaves the existing session untouched.
-    refused, decision = table.open("a", (0, 1), 101, dict)
-    assert refused is None and not decision.admitted
-    assert table.get("a") is again
+    again, decision = table.open("a", (0, 1), 10, 1, "someone-else", dict)
+    assert again is None and decision.code == SESSION_EXISTS
+    assert table.get("a") is first and first.cached_tokens == 7
+    assert first.owned_by("the-owners-secret")
+    assert not first.owned_by("someone-else") and not first.owned_by(None) and not first.owned_by(7)
     assert [session.session_id for session in table.drain()] == ["a"] and len(table) == 0

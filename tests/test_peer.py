@@ -125,7 +125,9 @@ def client() -> Iterator[ComputeClient]:
         made.close()
 
 
-def open_session(client: ComputeClient, swarm: Swarm, session_id: str, max_length: int = 32) -> wire.Header:
+def open_session(
+    client: ComputeClient, swarm: Swarm, session_id: str, max_length: int = 32, batch: int = 1
+) -> wire.Header:
     client.send(
         swarm.first.address,
         request(
@@ -133,7 +135,7 @@ def open_session(client: ComputeClient, swarm: Swarm, session_id: str, max_lengt
             session_id=session_id,
             route=swarm.full_route(),
             reply_to=client.address,
-            body={"max_length": max_length},
+            body={"max_length": max_length, "batch": batch},
         ),
     )
     return client.receive().header
@@ -233,7 +235,7 @@ def test_batch_of_two_matches_single_sequences(pipeline: Swarm, client: ComputeC
     prompts = torch.tensor([[5, 17, 42, 9], [7, 7, 300, 1]])
     outputs = {}
     for name, batch in (("pair", prompts), ("one", prompts[:1]), ("two", prompts[1:])):
-        assert open_session(client, pipeline, name).kind is Kind.RESULT
+        assert open_session(client, pipeline, name, batch=batch.shape[0]).kind is Kind.RESULT
         client.send(
             pipeline.first.address,
             request(
@@ -256,28 +258,26 @@ def test_batch_of_two_matches_single_sequences(pipeline: Swarm, client: ComputeC
     torch.testing.assert_close(outputs["pair"], torch.cat([outputs["one"], outputs["two"]]), atol=1e-5, rtol=1e-5)
 
 
-def test_sub_ranges_and_a_peer_visited_twice_give_the_same_hidden_states(
-    pipeline: Swarm, client: ComputeClient
-) -> None:
+def test_a_route_visits_each_peer_once(pipeline: Swarm, client: ComputeClient) -> None:
+    """A route through the same peer twice (here: the first peer's span as two hops) would make it run a message
+    twice: it is refused before anything runs; the same request along a plain route runs."""
     hidden = pipeline.ends.embed(torch.tensor([[8, 30, 2, 99, 14]]))
-    outputs = []
-    for hops in (
-        pipeline.full_route(),
-        # The first peer runs its span as two hops, forwarding to itself in between.
-        route(
-            (pipeline.first.address, 0, 1), (pipeline.first.address, 1, SPLIT), (pipeline.second.address, SPLIT, LAYERS)
-        ),
-    ):
-        # Stateless steps (no session): the whole prompt from position 0.
-        client.send(
-            pipeline.first.address,
-            request(Kind.STEP, route=hops, reply_to=client.address, positions=(0, hidden.shape[1])),
-            {"hidden": hidden},
-        )
-        reply = client.receive()
-        assert reply.header.kind is Kind.RESULT, reply.header.body
-        outputs.append(reply.tensors["hidden"])
-    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    looping = route(
+        (pipeline.first.address, 0, 1), (pipeline.first.address, 1, SPLIT), (pipeline.second.address, SPLIT, LAYERS)
+    )
+
+    def stateless_step(hops: tuple[wire.Hop, ...]) -> None:
+        header = request(Kind.STEP, route=hops, reply_to=client.address, positions=(0, hidden.shape[1]))
+        # Unchecked: this client's own encoder refuses a looping route too.
+        client.send_raw(pipeline.first.address, wire.encode(header, {"hidden": hidden}, validate=False))
+
+    stateless_step(looping)
+    refused = client.receive_direct(pipeline.first.address).header
+    assert refused.kind is Kind.ERROR and refused.body["code"] == "bad_route", refused.body
+    assert "more than once" in refused.body["message"]
+    stateless_step(pipeline.full_route())
+    reply = client.receive()
+    assert reply.header.kind is Kind.RESULT, reply.header.body
 
 
 def test_admission_refuses_when_sessions_are_full(pipeline: Swarm, client: ComputeClient) -> None:

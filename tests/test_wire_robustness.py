@@ -23,7 +23,16 @@ import torch
 from swarm import wire
 from swarm.wire import Kind
 from tests.conftest import SWARM
-from tests.peer_harness import ComputeClient, PeerProcess, new_id, peer_environment, request, route, start_peers
+from tests.peer_harness import (
+    SESSION_SECRET,
+    ComputeClient,
+    PeerProcess,
+    new_id,
+    peer_environment,
+    request,
+    route,
+    start_peers,
+)
 
 LAYERS = 4
 HOSTED = (0, 2)
@@ -283,7 +292,7 @@ def crafted_cases(hidden_size: int) -> list[tuple[str, list[Any], str | tuple[st
         )
     )
     for value in (None, "8", 8.5, True, [8]):
-        body = {} if value is None else {"max_length": value}
+        body = {"secret": SESSION_SECRET} | ({} if value is None else {"max_length": value})
         cases.append(
             (
                 f"open-max-length-{value!r}",
@@ -313,7 +322,7 @@ def crafted_cases(hidden_size: int) -> list[tuple[str, list[Any], str | tuple[st
                         "request_id": "a",
                         "session_id": "s",
                         "route": [{"address": "tcp://127.0.0.1:1", "blocks": [0, 2]}],
-                        "body": {"max_length": MAX_SESSION_TOKENS + 1},
+                        "body": {"max_length": MAX_SESSION_TOKENS + 1, "secret": SESSION_SECRET},
                     }
                 )
             ],
@@ -390,6 +399,54 @@ def test_session_step_order_is_enforced(peer: PeerProcess, client: ComputeClient
     assert_error(routed.header, "bad_step", "error to reply_to")
     assert routed.header.body["peer"] == peer.address
     assert client.pending_direct(peer.address) == 0
+
+
+def test_a_session_belongs_to_whoever_opened_it(peer: PeerProcess, client: ComputeClient, hidden_size: int) -> None:
+    """Another client that knows the session id (not its secret) can neither step, close nor re-open it; the owner's
+    steps go on as if nothing happened."""
+    hop = route((peer.address, *HOSTED))
+    owner, thief = {"secret": "owner0123456789abcdef"}, {"secret": "thief0123456789abcdef"}
+
+    def send(kind: Kind, body: dict[str, Any], step: int = 0, positions: tuple[int, int] | None = None) -> wire.Header:
+        tensors = {"hidden": torch.randn(1, positions[1] - positions[0], hidden_size)} if positions else None
+        header = request(kind, session_id="owned", route=hop, step=step, positions=positions, body=body)
+        client.send(peer.address, header, tensors)
+        return client.receive_direct(peer.address).header
+
+    assert send(Kind.OPEN_SESSION, owner | {"max_length": 16}).body == {"opened": True}
+    assert send(Kind.STEP, owner, 0, (0, 3)).kind is Kind.RESULT
+    assert_error(send(Kind.STEP, thief, 1, (3, 4)), "not_owner", "a step with another secret")
+    assert_error(send(Kind.STEP, {}, 1, (3, 4)), "not_owner", "a step with no secret")
+    assert_error(send(Kind.CLOSE_SESSION, thief), "not_owner", "a close with another secret")
+    assert_error(send(Kind.OPEN_SESSION, thief | {"max_length": 16}), "session_exists", "a re-open of the id")
+    assert_error(send(Kind.OPEN_SESSION, {"max_length": 16, "secret": "short"}), "bad_header", "a weak secret")
+    # The owner's session is untouched: its next step runs where the cache left off, and the owner can close it.
+    assert send(Kind.STEP, owner, 1, (3, 4)).kind is Kind.RESULT
+    assert send(Kind.CLOSE_SESSION, owner).body == {"closed": True}
+    assert_error(send(Kind.STEP, owner, 2, (4, 5)), "unknown_session", "a step after the close")
+
+
+def test_the_kv_budget_counts_the_batch(peer: PeerProcess, client: ComputeClient, hidden_size: int) -> None:
+    """MAX_BATCH sequences of MAX_SESSION_TOKENS each are more cache than one session of that length: a session
+    declares its batch, and steps of another batch are refused; stateless requests are capped by batch x tokens."""
+    hop = route((peer.address, *HOSTED))
+    body = {"max_length": 8, "batch": 2}
+    client.send(peer.address, request(Kind.OPEN_SESSION, session_id="batched", route=hop, body=body))
+    assert client.receive_direct(peer.address).header.body == {"opened": True}
+    step = request(Kind.STEP, session_id="batched", route=hop, positions=(0, 2))
+    client.send(peer.address, step, {"hidden": torch.randn(3, 2, hidden_size)})
+    assert_error(client.receive_direct(peer.address).header, "bad_tensor", "a batch other than declared")
+    client.send(peer.address, step, {"hidden": torch.randn(2, 2, hidden_size)})
+    assert client.receive_direct(peer.address).header.kind is Kind.RESULT
+    tokens = MAX_SESSION_TOKENS // MAX_BATCH + 1
+    obj, _ = step_obj(hidden_size)
+    tensor = torch.zeros(MAX_BATCH, tokens, hidden_size)
+    obj.update(
+        positions=[0, tokens],
+        tensors=[{"name": "hidden", "dtype": "float32", "shape": list(tensor.shape), "nbytes": tensor.nbytes}],
+    )
+    reply = exchange(client, peer, [header_frame(obj), tensor.numpy().tobytes()])
+    assert_error(reply, "too_large", "a stateless batch x tokens past one session's length")
 
 
 def mutate(obj: Any, rng: random.Random, depth: int = 0) -> Any:

@@ -305,10 +305,10 @@ def percentile(values: list[float], share: float) -> float:
 def report(simulation: Simulation, seconds: float) -> bool:
     blocks = simulation.blocks
     print(
-        "| hour | requests | served % | failovers | blocks < 2 servers (mean, worst) | blocks with none | moves "
-        "| joins/crashes | route s/token median | p99 |"
+        "| hour | requests | served % | failovers | busy retries | blocks < 2 servers (mean, worst) | blocks with none "
+        "| moves | joins/crashes | route s/token median | p99 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for index, hour in enumerate(simulation.hours):
         served = 100 * hour.served / max(hour.requests, 1)
         thin = hour.blocks_thin_samples / max(hour.samples, 1)

@@ -42,6 +42,8 @@ TIMEOUT = "timeout"
 SEND_FAILED = "send_failed"
 UNREACHABLE = "unreachable"
 BUSY = "busy"
+# A result that cannot be right (wrong shape, NaN or infinite values): the peer that sent it is avoided.
+BAD_RESULT = "bad_result"
 # Codes that mean the peer did not answer at all (a candidate with one of these is skipped, not an error).
 NO_ANSWER_CODES = frozenset({TIMEOUT, SEND_FAILED, UNREACHABLE})
 
@@ -280,7 +282,9 @@ def _nonempty(blocks: tuple[int, int]) -> tuple[int, int]:
 # Failures after which a request moves to another route: the peer is gone (no answer, connection lost, or named as
 # unreachable by the hop before it), overloaded, restarted (it lost the session) or broken. Other codes (a malformed
 # message, a wrong tensor) would fail on any route.
-FAILOVER_CODES = frozenset({TIMEOUT, SEND_FAILED, UNREACHABLE, BUSY, "unknown_session", "shutting_down", "internal"})
+FAILOVER_CODES = frozenset(
+    {TIMEOUT, SEND_FAILED, UNREACHABLE, BUSY, BAD_RESULT, "unknown_session", "shutting_down", "internal"}
+)
 # Pauses between tries while the swarm is busy: BACKOFF_FIRST seconds, doubling up to BACKOFF_CAP.
 BACKOFF_FIRST = 0.2
 BACKOFF_CAP = 3.0

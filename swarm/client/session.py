@@ -27,7 +27,7 @@ import torch
 
 from swarm import transport
 from swarm.address import Address, local_host_towards
-from swarm.client.routing import SEND_FAILED, TIMEOUT, UNREACHABLE, PeerFailure, PeerInfo
+from swarm.client.routing import BAD_RESULT, SEND_FAILED, TIMEOUT, UNREACHABLE, PeerFailure, PeerInfo
 from swarm.errors import SwarmError
 from swarm.wire import (
     PROTOCOL_VERSION,
@@ -333,12 +333,22 @@ class InferenceSession:
     expire idle sessions, so a client that dies leaks nothing for long).
     """
 
-    def __init__(self, client: ComputeClient, route: Sequence[Hop], max_length: int, timeout: float | None = None):
+    def __init__(
+        self,
+        client: ComputeClient,
+        route: Sequence[Hop],
+        max_length: int,
+        timeout: float | None = None,
+        batch: int = 1,
+    ):
         self.client = client
         self.route = tuple(route)
         self.max_length = max_length
+        self.batch = batch
         self.timeout = timeout
         self.session_id = new_id()
+        # Sent with every message of the session: the peers let only its holder step or close it.
+        self.secret = new_id()
         self.step_index = 0
         self.is_open = False
         # Some hops may hold the session once open_session went out, even when it failed further down the route.
@@ -346,8 +356,8 @@ class InferenceSession:
 
     def open(self) -> None:
         self.opening = True
-        header = Header(kind=Kind.OPEN_SESSION, request_id=new_id(), session_id=self.session_id)
-        header = replace(header, body={"max_length": self.max_length})
+        body = {"max_length": self.max_length, "batch": self.batch, "secret": self.secret}
+        header = Header(kind=Kind.OPEN_SESSION, request_id=new_id(), session_id=self.session_id, body=body)
         reply = self.client.request(self.route, header, timeout=self.timeout)
         if reply.header.body.get("opened") is not True:
             raise SwarmError(f"peer {self.route[-1].address} did not confirm the session")
@@ -363,6 +373,7 @@ class InferenceSession:
             session_id=self.session_id,
             step=self.step_index,
             positions=positions,
+            body={"secret": self.secret},
         )
         reply = self.client.request(self.route, header, tensors, timeout=self.timeout)
         self.step_index += 1
@@ -374,7 +385,7 @@ class InferenceSession:
             self.abandon()  # an open_session that failed may still have opened it on the hops before the failure
             return
         self.is_open = self.opening = False
-        header = Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id)
+        header = self._close_header()
         # On failure the peers' idle timeout frees it.
         with contextlib.suppress(SwarmError):
             self.client.request(self.route, header, timeout=min(self.timeout or self.client.timeout, 5.0))
@@ -388,10 +399,13 @@ class InferenceSession:
         for hop in self.route:
             if hop.address in gone:
                 continue
-            header = Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id)
             # A hop that does not get it frees the session after its idle timeout.
             with contextlib.suppress(SwarmError):
-                self.client.post([hop], header)
+                self.client.post([hop], self._close_header())
+
+    def _close_header(self) -> Header:
+        body = {"secret": self.secret}
+        return Header(kind=Kind.CLOSE_SESSION, request_id=new_id(), session_id=self.session_id, body=body)
 
     def __enter__(self) -> InferenceSession:
         self.open()
@@ -418,18 +432,19 @@ def run_encoder(
 
 
 def expect_hidden(tensors: Mapping[str, torch.Tensor], peer: str, hidden_size: int) -> torch.Tensor:
-    """The result's "hidden" tensor, checked for rank and width (it comes from the network)."""
+    """The result's "hidden" tensor, checked for rank, width and finite values (it comes from the network); a bad
+    one is the peer's failure, and the client routes around it."""
     try:
         return expect_tensor(tensors, "hidden", rank=3, last_dim=hidden_size)
     except WireError as error:
-        raise SwarmError(f"peer {peer} returned a bad result: {error.message}") from error
+        raise PeerFailure(f"peer {peer} returned a bad result: {error.message}", peer, BAD_RESULT) from error
 
 
 def expect_logits(tensors: Mapping[str, torch.Tensor], peer: str, vocab_size: int | None) -> torch.Tensor:
     try:
         return expect_tensor(tensors, "logits", rank=2, last_dim=vocab_size)
     except WireError as error:
-        raise SwarmError(f"peer {peer} returned a bad result: {error.message}") from error
+        raise PeerFailure(f"peer {peer} returned a bad result: {error.message}", peer, BAD_RESULT) from error
 
 
 def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float) -> dict[str, PeerInfo | SwarmError]:

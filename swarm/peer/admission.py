@@ -33,10 +33,16 @@ class Admission:
 ADMITTED = Admission(True)
 
 
-def admit_session(limits: AdmissionLimits, reserved_tokens: Sequence[int], max_length: int) -> Admission:
-    """Admit a new session of `max_length` tokens, given the tokens reserved by the sessions already open."""
+def admit_session(
+    limits: AdmissionLimits, reserved_tokens: Sequence[int], max_length: int, batch: int = 1
+) -> Admission:
+    """Admit a new session of `batch` sequences of up to `max_length` tokens each, given the cache tokens the open
+    sessions reserved (each its length times its batch)."""
     if max_length < 1:
         return Admission(False, "bad_header", f"max_length must be at least 1, got {max_length}")
+    batched = admit_batch(limits, batch)
+    if not batched.admitted:
+        return batched
     if max_length > limits.max_session_tokens:
         return Admission(
             False, BUSY, f"max_length {max_length} exceeds this peer's cap of {limits.max_session_tokens} tokens"
@@ -44,9 +50,27 @@ def admit_session(limits: AdmissionLimits, reserved_tokens: Sequence[int], max_l
     if len(reserved_tokens) >= limits.max_sessions:
         return Admission(False, BUSY, f"all {limits.max_sessions} sessions are in use")
     reserved = sum(reserved_tokens)
-    if reserved + max_length > limits.max_total_tokens:
+    wanted = max_length * batch
+    if reserved + wanted > limits.max_total_tokens:
         free = max(0, limits.max_total_tokens - reserved)
-        return Admission(False, BUSY, f"only {free} cached tokens are free, the session asks for {max_length}")
+        return Admission(
+            False, BUSY, f"only {free} cached tokens are free, the session asks for {wanted} ({batch} x {max_length})"
+        )
+    return ADMITTED
+
+
+def admit_stateless(limits: AdmissionLimits, batch: int, tokens: int) -> Admission:
+    """Admit a request without a session (a whole sequence at once): its batch x tokens may not exceed one
+    session's length, so one message cannot cost more than a full session does."""
+    batched = admit_batch(limits, batch)
+    if not batched.admitted:
+        return batched
+    if batch * tokens > limits.max_session_tokens:
+        return Admission(
+            False,
+            "too_large",
+            f"{batch} x {tokens} tokens exceed this peer's cap of {limits.max_session_tokens} tokens per request",
+        )
     return ADMITTED
 
 

@@ -15,6 +15,7 @@ Protocol (compute protocol v1, see swarm/wire.py for the framing):
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from swarm import transport, wire
 from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.measure import SpeedMeter
-from swarm.peer.admission import AdmissionLimits, admit_batch, free_sessions
+from swarm.peer.admission import AdmissionLimits, admit_batch, admit_stateless, free_sessions
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
 from swarm.peer.sessions import Session, SessionTable
@@ -46,6 +47,9 @@ WRONG_BLOCKS = "wrong_blocks"
 INTERNAL = "internal"
 SHUTTING_DOWN = "shutting_down"
 UNREACHABLE = "unreachable"
+NOT_OWNER = "not_owner"
+# What a session's secret may look like (the client makes it: random hex, in practice).
+_SECRET_RE = re.compile(r"[A-Za-z0-9]{16,64}")
 
 _ROUTED_KINDS = frozenset({Kind.OPEN_SESSION, Kind.STEP, Kind.CLOSE_SESSION})
 _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
@@ -253,7 +257,7 @@ class PeerServer:
         elif header.kind is Kind.CLOSE_SESSION:
             if header.session_id is None:
                 raise PeerError(ErrorCode.BAD_HEADER, "close_session needs a session_id")
-            self.sessions.close(header.session_id)
+            self.sessions.close(self._owned_session(header).session_id)
             body = {"closed": True}
         else:
             outputs = self._step(header, hop.blocks, tensors)
@@ -288,19 +292,32 @@ class PeerServer:
     def _open(self, header: Header, blocks: tuple[int, int]) -> None:
         if header.session_id is None:
             raise PeerError(ErrorCode.BAD_HEADER, "open_session needs a session_id")
-        max_length = header.body.get("max_length")
-        if not isinstance(max_length, int) or isinstance(max_length, bool):
-            raise PeerError(ErrorCode.BAD_HEADER, "open_session body needs an integer max_length")
+        max_length = _body_int(header, "max_length")
+        batch = _body_int(header, "batch", default=1)
+        secret = header.body.get("secret")
+        if not isinstance(secret, str) or _SECRET_RE.fullmatch(secret) is None:
+            raise PeerError(ErrorCode.BAD_HEADER, "open_session body needs a secret: 16 to 64 letters and digits")
         if not self.runner.causal:
             raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: it keeps no sessions, send steps alone")
         if self.draining and self.planned_blocks is not None:
             start, end = self.planned_blocks
             raise PeerError(BUSY, f"this peer is moving to blocks {start}:{end}; ask another one")
-        session, admission = self.sessions.open(header.session_id, blocks, max_length, self.runner.new_cache)
+        session, admission = self.sessions.open(
+            header.session_id, blocks, max_length, batch, secret, self.runner.new_cache
+        )
         if session is None:
             raise PeerError(admission.code, admission.reason)
         session.reply_to = header.reply_to
         session.request_id = header.request_id
+
+    def _owned_session(self, header: Header) -> Session:
+        """The message's session, when the message proves it comes from the session's opener."""
+        session = self.sessions.get(header.session_id or "")
+        if session is None:
+            raise PeerError(UNKNOWN_SESSION, f"no open session {header.session_id!r} (never opened, closed or expired)")
+        if not session.owned_by(header.body.get("secret")):
+            raise PeerError(NOT_OWNER, f"session {header.session_id!r} belongs to whoever opened it")
+        return session
 
     def _step(
         self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
@@ -324,7 +341,7 @@ class PeerServer:
         else:
             inputs = _checked_tensor(tensors, "hidden", _FLOAT_DTYPES, rank=3, last_dim=self.runner.hidden_size)
         batch, new_tokens = int(inputs.shape[0]), int(inputs.shape[1])
-        self._check_batch(batch, session)
+        self._check_batch(batch, new_tokens, session)
         if new_tokens != end - start:
             raise PeerError(
                 ErrorCode.BAD_TENSOR, f"{new_tokens} new tokens, but positions [{start}, {end}) span {end - start}"
@@ -341,7 +358,7 @@ class PeerServer:
         if session is not None:
             session.cached_tokens = end
             session.next_step += 1
-            session.batch = batch
+            self.sessions.touch(session)
         return output
 
     def _measure(self, blocks: tuple[int, int], seconds: float) -> None:
@@ -354,9 +371,7 @@ class PeerServer:
         """The step's session, checked; None for a stateless request (a whole sequence from position 0)."""
         if header.session_id is None:
             return None
-        session = self.sessions.get(header.session_id)
-        if session is None:
-            raise PeerError(UNKNOWN_SESSION, f"no open session {header.session_id!r} (never opened, closed or expired)")
+        session = self._owned_session(header)
         if session.blocks != blocks:
             raise PeerError(
                 WRONG_BLOCKS,
@@ -371,12 +386,16 @@ class PeerServer:
         session.request_id = header.request_id
         return session
 
-    def _check_batch(self, batch: int, session: Session | None) -> None:
-        admission = admit_batch(self.limits, batch)
+    def _check_batch(self, batch: int, tokens: int, session: Session | None) -> None:
+        """A session's steps carry the batch it was opened for; a request without a session costs at most what a
+        whole session could."""
+        admission = (
+            admit_batch(self.limits, batch) if session is not None else admit_stateless(self.limits, batch, tokens)
+        )
         if not admission.admitted:
             raise PeerError(admission.code, admission.reason)
-        if session is not None and session.batch is not None and batch != session.batch:
-            raise PeerError(ErrorCode.BAD_TENSOR, f"the session has batch {session.batch}, this step has {batch}")
+        if session is not None and batch != session.batch:
+            raise PeerError(ErrorCode.BAD_TENSOR, f"the session was opened for batch {session.batch}, not {batch}")
 
     def _encoder_step(
         self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
@@ -384,11 +403,9 @@ class PeerServer:
         if header.session_id is not None:
             raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: steps carry no session_id")
         hidden = _checked_tensor(tensors, "hidden", _FLOAT_DTYPES, rank=3, last_dim=self.runner.hidden_size)
-        self._check_batch(int(hidden.shape[0]), None)
-        if hidden.shape[1] > self.limits.max_session_tokens:
-            raise PeerError(
-                ErrorCode.TOO_LARGE, f"{hidden.shape[1]} tokens, this peer's cap is {self.limits.max_session_tokens}"
-            )
+        admission = admit_stateless(self.limits, int(hidden.shape[0]), int(hidden.shape[1]))
+        if not admission.admitted:
+            raise PeerError(admission.code, admission.reason)
         mask = None
         if "attention_mask" in tensors:
             mask = _checked_tensor(tensors, "attention_mask", {torch.int64}, rank=2)
@@ -484,6 +501,13 @@ class PeerServer:
             except (transport.TransportError, WireError) as error:
                 log.warning("cannot tell %s about the shutdown: %s", session.reply_to, error)
         self.context.close()
+
+
+def _body_int(header: Header, key: str, default: int | None = None) -> int:
+    value = header.body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PeerError(ErrorCode.BAD_HEADER, f"{header.kind.value} body needs an integer {key}")
+    return value
 
 
 def _checked_tensor(

@@ -1,12 +1,19 @@
-"""Open inference sessions on a peer: one KV cache per session, bounded in count, length and idle time."""
+"""Open inference sessions on a peer: one KV cache per session, bounded in count, length, batch and idle time.
+
+A session belongs to whoever opened it: the opener chose a secret, and only messages carrying it touch the
+session. An id already in use is refused (never silently replaced), and only steps that ran keep it alive."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from swarm.peer.admission import Admission, AdmissionLimits, admit_session
+
+# Refusal code for an open_session whose id is already open on this peer.
+SESSION_EXISTS = "session_exists"
 
 
 @dataclass
@@ -16,18 +23,28 @@ class Session:
     session_id: str
     # Blocks [start, end) this peer runs for the session (fixed at open: the cache holds only those layers).
     blocks: tuple[int, int]
-    # Most tokens (prompt + generated) the cache may hold; reserved at admission.
+    # Most tokens (prompt + generated) the cache may hold for each sequence; reserved at admission.
     max_length: int
+    # Sequences in every step, declared at open (the cache reserved is max_length x batch).
+    batch: int
     cache: Any
     last_used: float
+    # What every message of the session must carry: proof that it comes from the session's opener.
+    secret: str = ""
     # Where the session's results go, so a shutting-down peer can tell the client.
     reply_to: str | None = None
     request_id: str = "-"
     next_step: int = 0
     cached_tokens: int = 0
-    # Fixed by the first step: every later step must carry the same number of sequences.
-    batch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reserved(self) -> int:
+        """Cache tokens the session holds back: its length for each of its sequences."""
+        return self.max_length * self.batch
+
+    def owned_by(self, secret: object) -> bool:
+        return isinstance(secret, str) and hmac.compare_digest(secret.encode(), self.secret.encode())
 
 
 class SessionTable:
@@ -46,32 +63,31 @@ class SessionTable:
         return session_id in self._sessions
 
     def open(
-        self, session_id: str, blocks: tuple[int, int], max_length: int, make_cache: Callable[[], Any]
+        self,
+        session_id: str,
+        blocks: tuple[int, int],
+        max_length: int,
+        batch: int,
+        secret: str,
+        make_cache: Callable[[], Any],
     ) -> tuple[Session | None, Admission]:
-        """Open (or reopen from scratch, as a client does after failing over) a session, if admitted."""
-        # A reopened session gives its old reservation back first.
-        previous = self._sessions.pop(session_id, None)
-        reserved = [session.max_length for session in self._sessions.values()]
-        admission = admit_session(self.limits, reserved, max_length)
+        """Open a session, if admitted; an id in use is refused (a client that fails over opens a new one)."""
+        if session_id in self._sessions:
+            return None, Admission(False, SESSION_EXISTS, f"session {session_id!r} is already open")
+        reserved = [session.reserved for session in self._sessions.values()]
+        admission = admit_session(self.limits, reserved, max_length, batch)
         if not admission.admitted:
-            if previous is not None:
-                self._sessions[session_id] = previous
             return None, admission
-        session = Session(
-            session_id=session_id,
-            blocks=blocks,
-            max_length=max_length,
-            cache=make_cache(),
-            last_used=self._clock(),
-        )
+        session = Session(session_id, blocks, max_length, batch, make_cache(), self._clock(), secret=secret)
         self._sessions[session_id] = session
         return session, admission
 
     def get(self, session_id: str) -> Session | None:
-        session = self._sessions.get(session_id)
-        if session is not None:
-            session.last_used = self._clock()
-        return session
+        """The open session (its idle timer is not reset: only a step that ran does that, see `touch`)."""
+        return self._sessions.get(session_id)
+
+    def touch(self, session: Session) -> None:
+        session.last_used = self._clock()
 
     def close(self, session_id: str) -> Session | None:
         return self._sessions.pop(session_id, None)
@@ -91,4 +107,4 @@ class SessionTable:
         return sessions
 
     def reserved_tokens(self) -> int:
-        return sum(session.max_length for session in self._sessions.values())
+        return sum(session.reserved for session in self._sessions.values())
