@@ -302,8 +302,33 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def report(simulation: Simulation, seconds: float) -> bool:
-    blocks = simulation.blocks
+@dataclass(frozen=True)
+class Outcome:
+    """One run against the goals, counted from the end of the warm-up."""
+
+    requests: int
+    served: float  # share
+    empty_block_minutes: int
+    two_server_share: float
+
+    @property
+    def goals_met(self) -> bool:
+        return self.served >= 0.99 and self.empty_block_minutes == 0 and self.two_server_share >= 0.99
+
+
+def outcome(simulation: Simulation) -> Outcome:
+    hours = simulation.hours
+    requests = sum(hour.requests for hour in hours)
+    samples = sum(hour.samples for hour in hours) * simulation.blocks
+    return Outcome(
+        requests=requests,
+        served=sum(hour.served for hour in hours) / max(requests, 1),
+        empty_block_minutes=sum(hour.blocks_empty_samples for hour in hours),
+        two_server_share=1 - sum(hour.blocks_thin_samples for hour in hours) / max(samples, 1),
+    )
+
+
+def report_hours(simulation: Simulation) -> None:
     print(
         "| hour | requests | served % | failovers | busy retries | blocks < 2 servers (mean, worst) | blocks with none "
         "| moves | joins/crashes | route s/token median | p99 |"
@@ -314,24 +339,31 @@ def report(simulation: Simulation, seconds: float) -> bool:
         thin = hour.blocks_thin_samples / max(hour.samples, 1)
         print(
             f"| {index + 1} | {hour.requests} | {served:.2f} | {hour.failovers} | {hour.busy_waits} "
-            f"| {thin:.2f}, {hour.worst_thin} "
-            f"| {hour.blocks_empty_samples} | {hour.moves} | {hour.joins}/{hour.crashes} "
-            f"| {statistics.median(hour.costs) if hour.costs else float('nan'):.3f} "
+            f"| {thin:.2f}, {hour.worst_thin} | {hour.blocks_empty_samples} | {hour.moves} "
+            f"| {hour.joins}/{hour.crashes} | {statistics.median(hour.costs) if hour.costs else float('nan'):.3f} "
             f"| {percentile(hour.costs, 0.99):.3f} |"
         )
-    requests = sum(hour.requests for hour in simulation.hours)
-    served = sum(hour.served for hour in simulation.hours) / max(requests, 1)
-    samples = sum(hour.samples for hour in simulation.hours) * blocks
-    thin_share = sum(hour.blocks_thin_samples for hour in simulation.hours) / max(samples, 1)
-    empty = sum(hour.blocks_empty_samples for hour in simulation.hours)
-    goals = served >= 0.99 and empty == 0 and thin_share <= 0.01
+
+
+def report_outcome(result: Outcome, seconds: float) -> None:
     print(
-        f"\nafter the first {WARMUP_MINUTES} min: served {100 * served:.2f} % of {requests} requests (goal >= 99 %); "
-        f"block-minutes without a server: {empty} (goal 0); block-minutes with >= 2 servers: "
-        f"{100 * (1 - thin_share):.2f} % (goal >= 99 %); goals {'met' if goals else 'NOT met'}; "
-        f"simulated in {seconds:.0f} s"
+        f"after the first {WARMUP_MINUTES} min: served {100 * result.served:.2f} % of {result.requests} requests "
+        f"(goal >= 99 %); block-minutes without a server: {result.empty_block_minutes} (goal 0); block-minutes "
+        f"with >= 2 servers: {100 * result.two_server_share:.2f} % (goal >= 99 %); goals "
+        f"{'met' if result.goals_met else 'NOT met'}; simulated in {seconds:.0f} s"
     )
-    return goals
+
+
+def report_runs(results: list[Outcome]) -> None:
+    """Several seeds: the mean and the worst run."""
+    served = [result.served for result in results]
+    print(
+        f"{len(results)} runs: served mean {100 * statistics.mean(served):.2f} %, worst {100 * min(served):.2f} %; "
+        f"block-minutes without a server {sum(result.empty_block_minutes for result in results)} in all "
+        f"({sum(1 for result in results if result.empty_block_minutes)} runs with any); block-minutes with >= 2 "
+        f"servers mean {100 * statistics.mean(result.two_server_share for result in results):.2f} %; goals met in "
+        f"{sum(result.goals_met for result in results)} of {len(results)}"
+    )
 
 
 def main() -> int:
@@ -347,11 +379,21 @@ def main() -> int:
     parser.add_argument("--arrival-minutes", type=float, default=10.0, help="minutes over which the peers arrive")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-rebalance", action="store_true", help="the control: peers never move once joined")
+    parser.add_argument("--runs", type=int, default=1, help="runs with seeds --seed, --seed + 1, ...: a summary")
     arguments = parser.parse_args()
-    started = time.monotonic()
-    simulation = Simulation(arguments)
-    simulation.run()
-    return 0 if report(simulation, time.monotonic() - started) else 1
+    results = []
+    for run in range(arguments.runs):
+        started = time.monotonic()
+        simulation = Simulation(argparse.Namespace(**vars(arguments) | {"seed": arguments.seed + run}))
+        simulation.run()
+        results.append(outcome(simulation))
+        if arguments.runs == 1:
+            report_hours(simulation)
+            print()
+        report_outcome(results[-1], time.monotonic() - started)
+    if arguments.runs > 1:
+        report_runs(results)
+    return 0 if all(result.goals_met for result in results) else 1
 
 
 if __name__ == "__main__":
