@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from swarm.peer.rebalance import DEFAULT_GAIN, Coverage, Health, ServedSpan, better_span, health
+from swarm.peer.rebalance import DEFAULT_GAIN, Coverage, Health, ServedSpan, better_span, health, trusted_rate
 
 
 def spans(*triples: tuple[int, int, float]) -> list[ServedSpan]:
@@ -87,3 +87,20 @@ def test_a_lone_peer_settles_and_never_returns_to_a_span_it_left() -> None:
             own = ServedSpan(*move, own.rate)
         else:
             raise AssertionError("the peer never settled")
+
+
+@pytest.mark.parametrize(
+    ("claimed", "measured", "before", "busy", "trusted"),
+    [
+        (10.0, 10.0, None, False, 10.0),  # an honest claim stands
+        (100.0, 10.0, None, False, 15.0),  # a claim past what was measured counts for 1.5 x the measurement
+        (5.0, 10.0, None, False, 5.0),  # modesty is believed
+        (10.0, None, None, False, 0.0),  # no probe run, not busy: it does not serve what it claims
+        (10.0, None, 8.0, True, 10.0),  # busy: the last measurement stands
+        (100.0, None, 8.0, True, 12.0),
+        (10.0, None, None, True, 0.0),  # busy and never measured
+        (-4.0, 10.0, None, False, 0.0),
+    ],
+)
+def test_trusted_rate(claimed: float, measured: float | None, before: float | None, busy: bool, trusted: float) -> None:
+    assert trusted_rate(claimed, measured, before, busy) == pytest.approx(trusted)

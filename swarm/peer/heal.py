@@ -27,7 +27,7 @@ from swarm.client.session import ComputeClient, InferenceSession, query_peers
 from swarm.discovery.compute import find_compute_peers
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
-from swarm.peer.rebalance import Coverage, ServedSpan, better_span
+from swarm.peer.rebalance import Coverage, ServedSpan, better_span, trusted_rate
 from swarm.peer.server import PeerServer
 from swarm.wire import DTYPES, Hop
 
@@ -36,8 +36,6 @@ log = logging.getLogger("swarm.peer")
 # Seconds to look the model's peers up in the DHT, and for each to answer `info` and a probe step.
 LOOKUP_SECONDS = 3.0
 ANSWER_SECONDS = 3.0
-# A peer's own rate is believed up to this multiple of the rate measured of it (network and load included).
-TRUST_MARGIN = 1.5
 # Before acting on a decision, a peer waits up to this long and looks again: two peers that decided at the same
 # moment would otherwise both move to the same gap.
 SECOND_LOOK_SECONDS = 2.0
@@ -107,11 +105,9 @@ class Healer:
         if peer.replica:
             return peer.throughput  # whole replicas serve every block; probing them needs token ids, not hidden states
         measured = probe_rate(client, peer, self.server.runner.hidden_size)
-        if measured is None:
-            measured = self.measured.get(peer.peer_id, 0.0) if peer.free_sessions == 0 else 0.0
-        else:
+        if measured is not None:
             self.measured[peer.peer_id] = measured
-        return min(peer.throughput, measured * TRUST_MARGIN)
+        return trusted_rate(peer.throughput, measured, self.measured.get(peer.peer_id), busy=peer.free_sessions == 0)
 
     def move(self, target: tuple[int, int]) -> None:
         """Announce the target, fetch and load it (serving the old blocks meanwhile), hand it to the server."""
