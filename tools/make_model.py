@@ -122,6 +122,14 @@ class SpecialTokenIds:
 
 # --------------------------------------------------------------------------------------------
 # Text and tokenizers
+
+# A plain-text chat template for the causal models (served chats need one; real checkpoints ship their own).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -625,6 +633,8 @@ def make_model(
             model.generation_config = GenerationConfig(
                 bos_token_id=special.bos, eos_token_id=special.eos, pad_token_id=special.pad
             )
+        if family != "bert":
+            tokenizer.chat_template = CHAT_TEMPLATE
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(staging)
 
@@ -707,6 +717,7 @@ def make_demo(
             bos_token_id=special.bos, eos_token_id=special.eos, pad_token_id=special.pad
         )
         log(f"greedy: {DEMO_PROMPT!r} -> {greedy_continuation(model, tokenizer, DEMO_PROMPT)!r}")
+        tokenizer.chat_template = CHAT_TEMPLATE
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     log(f"wrote {out_path}")

@@ -182,10 +182,12 @@ def generate(
     eos_token_ids: Collection[int] = (),
     on_text: Callable[[str], None] | None = None,
     tokenizer: TokenDecoder | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Generation:
-    """Prefill the prompt, then decode one token per step until EOS or `max_new_tokens`.
+    """Prefill the prompt, then decode one token per step until EOS, `max_new_tokens` or `should_stop()`.
 
-    `on_text` receives each new piece of text as soon as its token is sampled (needs `tokenizer`).
+    `on_text` receives each new piece of text as soon as its token is sampled (needs `tokenizer`); `should_stop`
+    is asked after each token (a stop string was seen, the caller went away).
     """
     params.check()
     if not prompt_ids:
@@ -219,7 +221,7 @@ def generate(
         if token in eos:
             result.stopped_on_eos = True
             break
-        if len(result.token_ids) >= max_new_tokens:
+        if len(result.token_ids) >= max_new_tokens or (should_stop is not None and should_stop()):
             break
         started = time.perf_counter()
         logits = next_logits(torch.tensor([[token]], dtype=torch.long), position)

@@ -10,7 +10,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +208,23 @@ class SwarmClient:
         with self._tokenizer_lock:
             return self.parts.encode_prompt(prompt)
 
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a chat (`{"role", "content"}` messages) in the model's own chat template, ready for the
+        assistant's answer. SwarmError when the model has no template or the template rejects the chat."""
+        tokenizer = self.parts.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise SwarmError(f"{self.manifest.name} has no chat template: use a completion with a prompt instead")
+        with self._tokenizer_lock:
+            try:
+                text = tokenizer.apply_chat_template(
+                    [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+                )
+            except Exception as error:  # jinja raises its own types; any of them means this chat does not fit
+                raise SwarmError(f"{self.manifest.name}'s chat template rejected the messages: {error}") from error
+            # The template writes the special tokens it wants (BOS among them): the tokenizer must add none.
+            ids = tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        return [int(token) for token in ids]
+
     def fit_to_context(self, prompt_length: int, max_new_tokens: int) -> int:
         """New tokens that fit the model's context after the prompt; SwarmError when the prompt alone does not."""
         context = self.parts.context_length
@@ -229,11 +246,13 @@ class SwarmClient:
         ban_eos: bool = False,
         route: Sequence[Hop] | None = None,
         pinned: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> RunResult:
         """Generate a continuation of `prompt` (text, or token ids) through the swarm.
 
         `route`: the route to use; with `pinned` a failure on it ends the generation (a busy peer is waited for),
-        otherwise it is only the first route and failures fail over as on a planned one."""
+        otherwise it is only the first route and failures fail over as on a planned one. `should_stop` is asked
+        after each token; the session is closed on every hop when generation ends, whatever ends it."""
         if not self.parts.causal:
             raise SwarmError(f"{self.manifest.name} is an encoder: use --embed instead of --prompt")
         prompt_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -262,6 +281,7 @@ class SwarmClient:
                 eos_token_ids=set() if ban_eos else self.parts.eos_token_ids,
                 on_text=on_text,
                 tokenizer=_LockedDecoder(self.parts.tokenizer, self._tokenizer_lock),
+                should_stop=should_stop,
             )
         finally:
             steps.close()
