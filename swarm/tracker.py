@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from swarm.bencode import bencode
+from swarm.torrent.bencode import bencode
 
 # Seconds between a client's announces that the tracker asks for, and how long a silent peer stays listed.
 ANNOUNCE_INTERVAL = 60

@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from swarm.bencode import bdecode, bencode
 from swarm.discovery.records import RecordRejected, decode_record
 from swarm.pins import PinStore
+from swarm.torrent.bencode import bdecode, bencode
 from tests.conftest import ROOT, SWARM
 
 # Generous: the machine is shared and a loopback DHT converges in rounds. Success returns early.

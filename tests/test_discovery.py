@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm import signing
-from swarm.bencode import BencodeError, bdecode, bencode
 from swarm.discovery import slots
 from swarm.discovery.bundle import build_bundle, check_bundle
 from swarm.discovery.records import (
@@ -29,6 +28,7 @@ from swarm.errors import SwarmError
 from swarm.manifest import Manifest, TorrentInfo
 from swarm.pins import NOT_FOUND, PIN, REFUSE, REPIN, USE, PinStore, decide
 from swarm.torrent import dht
+from swarm.torrent.bencode import BencodeError, bdecode, bencode
 from swarm.torrent.create import make_torrent
 
 KEY_A = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -87,11 +87,64 @@ def test_bencode_round_trip(value: Any, encoded: bytes) -> None:
         b"i1ei2e",  # trailing bytes
         b"l" * 20 + b"e" * 20,  # nested too deeply
         b"x",
+        b"i1exyz",  # trailing garbage (libtorrent stops after the first value)
+        b"4:spam\x00",  # one trailing byte
+        b"i+1e",
+        b"i 1e",
+        b"i1.5e",
+        b"i9223372036854775808e",  # past 63 bits: libtorrent wraps it to 0
+        b"i-9223372036854775808e",  # the lowest 64-bit integer: libtorrent's decoder reads it as 0
+        b"i-9223372036854775809e",
+        b"i99999999999999999999999e",
+        b"-1:a",  # negative length
+        b"d1:a",  # dictionary without a value or an end
+        b"di1ee",  # dictionary key and value missing
+        b"d1:ai1e",  # unterminated dictionary
+        b"li1e",  # unterminated list
+        b"l" * 9 + b"i1e" + b"e" * 9,  # a value below the eighth level
+        b"l" * 120 + b"e" * 120,  # past libtorrent's own depth limit
     ],
 )
 def test_bdecode_rejects_non_canonical_input(data: bytes) -> None:
     with pytest.raises(BencodeError):
         bdecode(data)
+
+
+@pytest.mark.parametrize(
+    "data, max_depth",
+    [
+        (b"l" * 8 + b"i1e" + b"e" * 8, 8),  # a value on the eighth level
+        (b"l" * 9 + b"e" * 9, 8),  # an empty list there
+        (b"i9223372036854775807e", 8),
+        (b"i-9223372036854775807e", 8),
+        (b"d1:ad1:bi1eee", 2),
+    ],
+)
+def test_bdecode_accepts_canonical_input_up_to_the_depth(data: bytes, max_depth: int) -> None:
+    assert bencode(bdecode(data, max_depth=max_depth)) == data
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (True, TypeError),  # libtorrent would write i1e
+        (None, TypeError),  # libtorrent would write an empty string
+        (1.5, TypeError),
+        (bytearray(b"x"), TypeError),
+        ({1: b"x"}, TypeError),
+        ({b"a": 1, "a": 2}, TypeError),  # the same key twice (libtorrent would drop one)
+        ([b"ok", object()], TypeError),
+        (2**63, OverflowError),
+        (-(2**63) - 1, OverflowError),
+    ],
+)
+def test_bencode_refuses_what_it_cannot_encode_faithfully(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        bencode(value)
+
+
+def test_bencode_writes_str_as_utf8_and_tuples_as_lists() -> None:
+    assert bencode({"é": ("a", 1)}) == b"d2:\xc3\xa9l1:ai1eee"
 
 
 # --- records -------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from swarm.bencode import bdecode
 from swarm.catalog import resolve
 from swarm.manifest import Manifest, file_sha256
+from swarm.torrent.bencode import bdecode
 from swarm.tracker import PEER_TTL_SECONDS, PeerTable, TrackerError, parse_announce, parse_scrape
 from tests.conftest import SWARM
 from tests.test_fetch import NAME, home_env, last_event, new_home, run_fetch

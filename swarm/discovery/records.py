@@ -11,10 +11,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm import signing
-from swarm.bencode import BencodeError, bdecode, bencode
 from swarm.catalog import NAME_PATTERN
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
+from swarm.torrent.bencode import BencodeError, bdecode, bencode
 
 RECORD_FORMAT = 1
 # Signed bytes = this context + the bencoded record without its signature: a record signature can never be

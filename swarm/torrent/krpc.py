@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm.address import Address
-from swarm.bencode import BencodeError, bdecode, bencode
+from swarm.torrent.bencode import BencodeError, bdecode, bencode
 
 # Seconds one query waits for its answer: stores go to this machine or to bootstrap nodes that just answered.
 QUERY_SECONDS = 1.0
