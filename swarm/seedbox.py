@@ -1,4 +1,5 @@
-"""`swarm seedbox`: a long-running node that seeds every catalog entry it holds and answers /status, /metrics.
+"""`swarm seedbox`: a long-running node that seeds every catalog entry it holds and answers /status, /metrics
+(swarm/seedbox_http.py, served from a thread of its own beside the libtorrent loop).
 
 Startup does not re-hash what is known good: an entry whose resume data agrees with the files on disk is
 restored from it (libtorrent wrote it after checking every piece); otherwise libtorrent checks the files
@@ -10,13 +11,10 @@ was written and verified is downloaded again."""
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from swarm import signing
@@ -26,15 +24,14 @@ from swarm.config import Settings
 from swarm.discovery.keeper import hold_name
 from swarm.distribute import LOOP_SECONDS, open_node
 from swarm.errors import SwarmError
+from swarm.http_thread import ServerThread
 from swarm.manifest import Manifest, chunk_problem, load_manifest
-from swarm.status import status_page
+from swarm.seedbox_http import SeedboxView, Tracker, seedbox_app
+from swarm.seedbox_metrics import seedbox_registry
 from swarm.survey import Surveyor
 from swarm.torrent.dht import info_hash_key
 from swarm.torrent.presence import Presence
 from swarm.torrent.session import TorrentEvent, TorrentStatus
-from swarm.tracker import PeerTable, TrackerError, failure, parse_announce, parse_scrape
-
-log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 # Seconds between refreshes of the status snapshot the HTTP thread serves.
@@ -87,6 +84,8 @@ class Seedbox:
         self.tracker = Tracker() if settings.tracker else None
         self._snapshot_lock = threading.Lock()
         self._snapshot: list[dict[str, Any]] = []
+        # Read at each scrape of /metrics; a registry per seedbox, not the process-wide default.
+        self.metrics_registry = seedbox_registry(self.torrent_records)
 
     # --- catalog ---------------------------------------------------------------------------------------------
 
@@ -215,9 +214,13 @@ class Seedbox:
         with self._snapshot_lock:
             self._snapshot = records
 
-    def status_document(self) -> dict[str, Any]:
+    def torrent_records(self) -> list[dict[str, Any]]:
+        """The latest snapshot of GET /status's torrents (called from the HTTP thread)."""
         with self._snapshot_lock:
-            torrents = list(self._snapshot)
+            return list(self._snapshot)
+
+    def status_document(self) -> dict[str, Any]:
+        torrents = self.torrent_records()
         return {"version": 1, "listen_port": self.node.listen_port, "mirror": self.mirror, "torrents": torrents}
 
     # --- main loop -------------------------------------------------------------------------------------------
@@ -232,9 +235,9 @@ class Seedbox:
                     "event": "listening",
                     "torrent_port": self.node.listen_port,
                     "dht_port": self.node.listen_port,
-                    "status_port": server.server_address[1],
+                    "status_port": server.address.port,
                     "text": f"seedbox: BitTorrent and DHT on port {self.node.listen_port}, "
-                    f"status on http://{_host_text(str(server.server_address[0]))}:{server.server_address[1]}/status",
+                    f"status on http://{server.address}/status",
                 }
             )
             next_scan = 0.0
@@ -252,8 +255,7 @@ class Seedbox:
                     self._refresh_snapshot()
                     next_snapshot = time.monotonic() + SNAPSHOT_SECONDS
         finally:
-            server.shutdown()
-            server.server_close()
+            server.stop()
             self.surveyor.stop()
             self.presence.close()
             self.node.close()
@@ -268,72 +270,21 @@ class Seedbox:
         """The models the page shows (called from the survey thread)."""
         return [entry.manifest for entry in list(self.entries.values())]
 
-    def _start_http(self) -> ThreadingHTTPServer:
-        seedbox = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/":
-                    self._reply(200, "text/html; charset=utf-8", status_page())
-                elif path == "/swarm":
-                    self._reply(200, "application/json", json.dumps(seedbox.surveyor.document, indent=1).encode())
-                elif path == "/status":
-                    body = json.dumps(seedbox.status_document(), indent=1).encode()
-                    self._reply(200, "application/json", body)
-                elif path == "/metrics":
-                    body = render_metrics(seedbox.status_document()["torrents"]).encode()
-                    self._reply(200, "text/plain; version=0.0.4; charset=utf-8", body)
-                elif path in ("/announce", "/scrape") and seedbox.tracker is not None:
-                    query = self.path.partition("?")[2]
-                    own = (str(self.connection.getsockname()[0]), seedbox.node.listen_port)
-                    body = seedbox.tracker.answer(path, query, str(self.client_address[0]), own)
-                    self._reply(200, "text/plain", body)
-                else:
-                    self._reply(404, "text/plain", b"not found: try /, /swarm, /status, /metrics or /announce\n")
-
-            def _reply(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("status %s", format % args)
-
+    def _start_http(self) -> ServerThread:
+        view = SeedboxView(
+            swarm_document=lambda: self.surveyor.document,
+            status_document=self.status_document,
+            registry=self.metrics_registry,
+            tracker=self.tracker,
+            torrent_port=self.node.listen_port,
+        )
         try:
-            server = ThreadingHTTPServer(self.settings.status_listen.pair, Handler)
-        except OSError as error:
+            server = ServerThread(seedbox_app(view), self.settings.status_listen, "status")
+            server.start()
+        except SwarmError:
             self.node.close()
-            raise SwarmError(f"cannot serve status on {self.settings.status_listen}: {error.strerror}") from error
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
+            raise
         return server
-
-
-class Tracker:
-    """The seedbox's tracker: a PeerTable shared by the HTTP threads."""
-
-    def __init__(self) -> None:
-        self.table = PeerTable()
-        self.lock = threading.Lock()
-
-    def track(self, info_hashes: list[bytes]) -> None:
-        with self.lock:
-            self.table.track(info_hashes)
-
-    def answer(self, path: str, query: str, remote_host: str, own: tuple[str, int]) -> bytes:
-        try:
-            if path == "/scrape":
-                hashes = parse_scrape(query)
-                with self.lock:
-                    return self.table.scrape(hashes)
-            request = parse_announce(query, remote_host)
-            with self.lock:
-                return self.table.announce(request, own=own)
-        except TrackerError as error:
-            return failure(str(error))
 
 
 def tracker_keys(info_hash_v1: str | None, info_hash_v2: str | None) -> list[bytes]:
@@ -363,43 +314,4 @@ def torrent_record(entry: SeededEntry, status: TorrentStatus) -> dict[str, Any]:
     }
 
 
-# name, type, help, field of the torrent record
-METRICS = (
-    ("swarm_bytes_uploaded_total", "counter", "Payload bytes uploaded (all runs).", "bytes_uploaded"),
-    ("swarm_bytes_downloaded_total", "counter", "Payload bytes downloaded (all runs).", "bytes_downloaded"),
-    ("swarm_upload_rate_bytes", "gauge", "Current upload rate in bytes/s.", "upload_rate"),
-    ("swarm_download_rate_bytes", "gauge", "Current download rate in bytes/s.", "download_rate"),
-    ("swarm_peers", "gauge", "Connected peers.", "peers"),
-    ("swarm_progress_ratio", "gauge", "Share of wanted bytes present (0..1).", "progress"),
-    ("swarm_chunks_held", "gauge", "Chunks held and verified.", "chunks_held"),
-    ("swarm_chunks_total", "gauge", "Chunks in the model's manifest.", "chunks_total"),
-)
-
-
-def render_metrics(torrents: list[dict[str, Any]]) -> str:
-    """Prometheus text exposition format (version 0.0.4)."""
-    lines = [
-        "# HELP swarm_seedbox_torrents Torrents this seedbox holds.",
-        "# TYPE swarm_seedbox_torrents gauge",
-        f"swarm_seedbox_torrents {len(torrents)}",
-    ]
-    for metric, kind, help_text, field_name in METRICS:
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-        for torrent in torrents:
-            value = torrent[field_name]
-            if isinstance(value, list):
-                value = len(value)
-            labels = f'model="{_label(torrent["name"])}",info_hash="{_label(torrent["info_hash"])}"'
-            lines.append(f"{metric}{{{labels}}} {value}")
-    return "\n".join(lines) + "\n"
-
-
-def _label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _host_text(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-__all__ = ["Seedbox", "SeededEntry", "render_metrics", "torrent_record"]
+__all__ = ["Seedbox", "SeededEntry", "torrent_record"]

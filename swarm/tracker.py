@@ -2,7 +2,7 @@
 lists, and BEP 48 scrapes, so that standard clients and swarm nodes whose torrents name the seedbox's
 /announce find each other and the seedbox at once, without a DHT.
 
-Pure: requests come in as query strings and go out as bencoded bytes; the HTTP server (swarm/seedbox.py) only
+Pure: requests come in as query strings and go out as bencoded bytes; the HTTP app (swarm/seedbox_http.py) only
 moves them. Everything in a request is untrusted: a malformed one gets a BitTorrent "failure reason", never an
 exception. Only torrents the seedbox holds are tracked (no open tracker for strangers' content).
 """

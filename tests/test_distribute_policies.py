@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from swarm.distribute import (
     chunks_by_ids,
@@ -17,7 +19,7 @@ from swarm.distribute import (
 )
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest, TorrentInfo
-from swarm.seedbox import render_metrics
+from swarm.seedbox_metrics import seedbox_registry
 from swarm.torrent.dht import parse_magnet
 from swarm.torrent.fetch import SKIP, WANTED, TorrentFile, file_priorities
 from swarm.torrent.request_queue import MAX_ACCEPTED_REQUESTS, MIN_ACCEPTED_REQUESTS, accepted_requests_per_peer
@@ -289,18 +291,24 @@ def torrent(name: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_metrics_render_one_sample_per_model_with_escaped_labels() -> None:
-    text = render_metrics([torrent("tiny"), torrent('we"ird\\name', bytes_uploaded=99)])
+    torrents = [torrent("tiny"), torrent('we"ird\\name', bytes_uploaded=99)]
+    text = generate_latest(seedbox_registry(lambda: torrents)).decode()
     lines = text.splitlines()
-    assert "swarm_seedbox_torrents 2" in lines
-    assert f'swarm_bytes_uploaded_total{{model="tiny",info_hash="{"ab" * 32}"}} 10' in lines
-    assert f'swarm_bytes_uploaded_total{{model="we\\"ird\\\\name",info_hash="{"ab" * 32}"}} 99' in lines
-    assert f'swarm_chunks_held{{model="tiny",info_hash="{"ab" * 32}"}} 2' in lines
     assert "# TYPE swarm_bytes_uploaded_total counter" in lines
     assert "# TYPE swarm_peers gauge" in lines
-    assert text.endswith("\n")
-    # Every sample line is NAME{labels} VALUE.
-    samples = [line for line in lines if not line.startswith("#")]
-    assert all(len(line.rsplit(" ", 1)) == 2 and float(line.rsplit(" ", 1)[1]) >= 0 for line in samples)
+    samples = {
+        (sample.name, sample.labels.get("model")): (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("swarm_seedbox_torrents", None)][1] == 2
+    assert samples[("swarm_bytes_uploaded_total", "tiny")] == ({"model": "tiny", "info_hash": "ab" * 32}, 10)
+    assert samples[("swarm_bytes_uploaded_total", 'we"ird\\name')][1] == 99  # escaped and read back
+    assert samples[("swarm_chunks_held", "tiny")][1] == 2  # the chunk ids counted
+    assert samples[("swarm_progress_ratio", "tiny")][1] == 0.5
+    # One sample per model and metric, every value a number of 0 or more.
+    assert len([key for key in samples if key[0] == "swarm_peers"]) == 2
+    assert all(value >= 0 for _, value in samples.values())
 
 
 @pytest.mark.parametrize(

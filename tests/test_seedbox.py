@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from swarm.manifest import Manifest, file_sha256
 from tests.test_fetch import NAME, Process, home_env, new_home, publish, start_seeder
@@ -23,6 +24,15 @@ def get(port: int, path: str) -> tuple[int, str, str]:
             return response.status, response.headers["Content-Type"], response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text read by prometheus_client's own parser: (labels, value) of each sample, by sample name."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
 
 
 def torrent_status(port: int, name: str) -> dict[str, Any] | None:
@@ -77,10 +87,12 @@ def test_status_metrics_rescan_and_clean_stop(
         time.sleep(1.5)
         code, content_type, metrics = get(status_port, "/metrics")
         assert code == 200 and content_type.startswith("text/plain")
-        uploaded = [
-            line for line in metrics.splitlines() if line.startswith(f'swarm_bytes_uploaded_total{{model="{NAME}"')
-        ]
-        assert len(uploaded) == 1 and int(uploaded[0].rsplit(" ", 1)[1]) >= sum(c.size for c in manifest.chunks)
+        samples = metric_samples(metrics)
+        uploaded = samples["swarm_bytes_uploaded_total"]
+        assert len(uploaded) == 1 and uploaded[0][0] == {"model": NAME, "info_hash": manifest.torrent.info_hash_v2}
+        assert uploaded[0][1] >= sum(c.size for c in manifest.chunks)
+        assert samples["swarm_chunks_held"][0][1] == samples["swarm_chunks_total"][0][1] == len(manifest.chunks)
+        assert samples["swarm_seedbox_torrents"] == [({}, 1)]
         assert "# TYPE swarm_bytes_uploaded_total counter" in metrics
         assert get(status_port, "/nothing-here")[0] == 404
 
