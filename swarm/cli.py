@@ -483,6 +483,57 @@ def run(
 
 
 @main.command()
+@click.option("--model", "model_list", required=True, help="Model(s) to serve: NAME or NAME,NAME,... (each by name).")
+@click.option("--listen", "serve_listen", help="HTTP address HOST:PORT (default 127.0.0.1:8000; port 0 picks one).")
+@click.option("--api-key", help="Key clients must send as 'Authorization: Bearer KEY' (also SWARM_API_KEY).")
+@click.option("--route", "route_text", help="Pinned peers HOST:PORT[,HOST:PORT...] (one model only).")
+@click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
+@click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
+@click.option("--max-generations", "serve_max_generations", type=click.IntRange(min=1), help="Generations at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    model_list: str,
+    route_text: str | None,
+    torrent_peers: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Serve models of the swarm over an OpenAI-compatible HTTP API, with a chat page at / and /metrics."""
+    from swarm.client.resolve import parse_route
+
+    references = [name.strip() for name in model_list.split(",") if name.strip()]
+    if not references:
+        raise SwarmError("--model names no model: give NAME or NAME,NAME,...")
+    route = parse_route(route_text) if route_text else []
+    if route and len(references) > 1:
+        raise SwarmError("--route pins the peers of one model: serve one model with it, or find peers by --bootstrap")
+    settings = settings_from(ctx, **flags)
+    from transformers.utils import logging as transformers_logging
+
+    from swarm.serve.server import connect_models, serve_until_stopped
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    served, watched = connect_models(settings, references, route, torrent_peers)
+
+    def announce(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(event), nl=True)
+            sys.stdout.flush()
+            return
+        names = ", ".join(f"{model['id']} ({model['peers']} peers)" for model in event["models"])
+        terminal().print(f"serving {names} at {event['address']}/v1 — chat page at {event['address']}/")
+
+    serve_until_stopped(settings, served, watched, announce)
+
+
+@main.command()
 @click.argument("models", nargs=-1)
 @click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")

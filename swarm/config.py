@@ -17,6 +17,8 @@ TORRENT_FORMATS = ("v2", "hybrid", "v1")
 DEFAULT_TORRENT_LISTEN = Address("0.0.0.0", 6881)
 DEFAULT_COMPUTE_LISTEN = Address("0.0.0.0", 5555)
 DEFAULT_STATUS_LISTEN = Address("0.0.0.0", 8700)
+# An API answers on this machine only until the user says otherwise (and, across the network, sets an API key).
+DEFAULT_SERVE_LISTEN = Address("127.0.0.1", 8000)
 
 
 def _parse_bool(text: str) -> bool:
@@ -111,6 +113,14 @@ class Settings:
     dht_refresh_interval: float = 600.0
     # Accept a model name whose DHT record is signed by another key than the one pinned on first use.
     accept_new_key: bool = False
+    # `swarm serve`: its HTTP address (a taken port is an error: applications are pointed at a fixed address).
+    serve_listen: Address = DEFAULT_SERVE_LISTEN
+    # The key clients must send as "Authorization: Bearer KEY"; empty: no key is asked for.
+    api_key: str = ""
+    # Generations `swarm serve` runs at once (each its own swarm session); more are refused with 429.
+    serve_max_generations: int = 64
+    # Seconds between `swarm serve`'s looks in the DHT for a model's compute peers (joined or gone since).
+    peer_rediscovery_interval: float = 30.0
 
     @property
     def catalog(self) -> Path:
@@ -165,6 +175,7 @@ ADDRESS_FIELDS = {
     "torrent_listen": "BitTorrent listen address",
     "compute_listen": "compute listen address",
     "status_listen": "status address",
+    "serve_listen": "serve listen address",
 }
 
 
@@ -204,6 +215,10 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_CLIENT_REPLY_HOST": ("client_reply_host", str),
     "SWARM_DHT_REFRESH": ("dht_refresh_interval", float),
     "SWARM_ACCEPT_NEW_KEY": ("accept_new_key", _parse_bool),
+    "SWARM_SERVE_LISTEN": ("serve_listen", lambda text: Address.parse(text, "SWARM_SERVE_LISTEN")),
+    "SWARM_API_KEY": ("api_key", str),
+    "SWARM_SERVE_MAX_GENERATIONS": ("serve_max_generations", int),
+    "SWARM_PEER_REDISCOVERY": ("peer_rediscovery_interval", float),
 }
 
 

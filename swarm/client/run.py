@@ -147,17 +147,33 @@ class SwarmClient:
         torrent_data: bytes,
         route: Sequence[str] = (),
         spread_seed: int | None = None,
+        require_peers: bool = True,
     ) -> SwarmClient:
-        """Like `connect`, for a manifest already resolved (the caller closes `resolver`)."""
+        """Like `connect`, for a manifest already resolved (the caller closes `resolver`). Without
+        `require_peers`, a DHT that knows no compute peer yet leaves the client without peers (a server finds
+        them later) instead of failing."""
         parts = LocalParts(manifest, resolver.client_chunks(manifest, torrent_data))
-        addresses = list(route) or resolver.compute_addresses(manifest)
         client = cls(manifest, parts, [], resolver.settings, spread_seed)
         try:
+            addresses = list(route) or resolver.compute_addresses(manifest)
             client.find_peers(addresses, pinned=bool(route))
+        except SwarmError:
+            if require_peers or route:
+                client.close()
+                raise
         except BaseException:
             client.close()
             raise
         return client
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def causal(self) -> bool:
+        """Whether the model generates text (else it is an encoder that embeds it)."""
+        return self.parts.causal
 
     def discover(self, addresses: Sequence[str], pinned: bool) -> Candidates:
         """Ask each address for its info: the peers that serve this model, and the candidates that did not answer
