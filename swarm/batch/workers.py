@@ -1,0 +1,265 @@
+"""The threads of a batch: each takes the next item, runs it through the swarm with a SwarmClient (which spreads
+sessions over equally good replicas and routes, and fails over inside a generation), tries it again on another
+route when it fails all the same, and hands its record to the main thread, which writes it and reports progress.
+
+Peers found gone (a failover or a failure named them as not answering) are left out of the routes planned for
+later items until the peers' info, asked again, shows them answering.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from swarm.batch.output import OutputFiles
+from swarm.batch.policy import Item, Tally, line_seed, retry_decision
+from swarm.client.generate import SamplingParams
+from swarm.client.routing import NO_ANSWER_CODES, BusyError
+from swarm.client.run import EmbedResult, RunResult, SwarmClient, route_record
+from swarm.errors import SwarmError
+from swarm.wire import Hop
+
+# Seconds between two refreshes of the peers' info after failures (each asks every candidate).
+REFRESH_SECONDS = 1.0
+# How often the main thread reports progress.
+REPORT_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How every item is generated: --max-new-tokens (a line's max_tokens overrides it) and the sampling flags."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    ban_eos: bool = False
+
+    def params(self, line: int) -> SamplingParams:
+        """Sampling of input line `line`: with --seed S, the line's own seed derived from S (see `line_seed`)."""
+        seed = None if self.seed is None else line_seed(self.seed, line)
+        return SamplingParams(self.temperature, self.top_k, self.top_p, seed).check()
+
+
+@dataclass
+class Interrupts:
+    """Set from signal handlers: `stop` (the first Ctrl-C) starts no new item, `abort` (the second) drops the items
+    in flight too."""
+
+    stop: threading.Event
+    abort: threading.Event
+
+
+class _Aborted(Exception):
+    pass
+
+
+class BatchJob:
+    """Runs items on `concurrency` threads; `run` writes their records through `files` and reports to `report`."""
+
+    def __init__(
+        self,
+        client: SwarmClient,
+        items: Sequence[Item],
+        options: BatchOptions,
+        files: OutputFiles,
+        tally: Tally,
+        interrupts: Interrupts,
+    ) -> None:
+        self.client, self.options, self.files, self.tally = client, options, files, tally
+        self.interrupts = interrupts
+        self.todo: queue.Queue[Item] = queue.Queue()
+        for item in items:
+            self.todo.put(item)
+        self.results: queue.Queue[tuple[Item, dict[str, Any]] | BaseException] = queue.Queue()
+        # Peers that stopped answering, avoided by later items until their info comes back.
+        self.gone: set[str] = set()
+        self._gone_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._refreshed = 0.0
+
+    def run(self, concurrency: int, report: Callable[[dict[str, Any]], None]) -> float:
+        """Run every item (or until interrupted); `report(figures)` is called every REPORT_SECONDS. Returns the
+        seconds it took."""
+        threads = [threading.Thread(target=self._work, daemon=True) for _ in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        started = last = time.monotonic()
+        crash: BaseException | None = None
+        while True:
+            finished = not any(thread.is_alive() for thread in threads)
+            try:
+                got = self.results.get(timeout=0.05 if finished else REPORT_SECONDS)
+            except queue.Empty:
+                if finished:
+                    break
+                got = None
+            if isinstance(got, BaseException):
+                crash = crash or got
+                self.interrupts.stop.set()
+                self.interrupts.abort.set()
+            elif got is not None:
+                self.files.write(got[0].line, got[1])
+                self.tally.add(got[1])
+            now = time.monotonic()
+            if now - last >= REPORT_SECONDS:
+                report(self.tally.figures(now - started))
+                last = now
+        seconds = time.monotonic() - started
+        report(self.tally.figures(seconds))
+        if crash is not None:
+            raise crash
+        return seconds
+
+    def _work(self) -> None:
+        try:
+            while not self.interrupts.stop.is_set():
+                try:
+                    item = self.todo.get_nowait()
+                except queue.Empty:
+                    return
+                record = self.run_item(item)
+                if record is not None:
+                    self.results.put((item, record))
+        except BaseException as error:  # handed to the main thread, which stops the others and raises it
+            self.results.put(error)
+
+    def run_item(self, item: Item) -> dict[str, Any] | None:
+        """The item's record: its result, or its error once retries are spent; None when aborted."""
+        try:
+            work = self.prepare(item)
+        except SwarmError as error:
+            return error_record(item, error, 1)
+        avoid: set[str] = set()
+        attempt = 1
+        while True:
+            try:
+                return self.attempt(item, work, avoid) | {"attempts": attempt}
+            except _Aborted:
+                return None
+            except SwarmError as error:
+                decision = retry_decision(error, attempt)
+                if self.interrupts.abort.is_set():
+                    return None
+                if decision is None:
+                    return error_record(item, error, attempt)
+                if decision.avoid is not None:
+                    avoid.add(decision.avoid)
+                    self.mark_gone([decision.avoid])
+                if self.interrupts.abort.wait(decision.pause):
+                    return None
+            attempt += 1
+
+    def max_new_tokens(self, item: Item) -> int:
+        return self.options.max_new_tokens if item.max_tokens is None else item.max_tokens
+
+    def prepare(self, item: Item) -> str | list[int]:
+        """What the swarm runs for the item: prompt token ids (checked against the model's context), or the text to
+        embed. SwarmError for an item no route could run (it is not retried)."""
+        if item.kind == "embed":
+            return item.prompt
+        ids = self.client.encode(item.prompt) if item.kind == "prompt" else self.client.encode_chat(item.messages)
+        if not ids:
+            raise SwarmError("the prompt has no tokens")
+        self.client.fit_to_context(len(ids), self.max_new_tokens(item))
+        return ids
+
+    def attempt(self, item: Item, work: str | list[int], avoid: set[str]) -> dict[str, Any]:
+        """One try of the item along a route planned around the peers known to be gone."""
+        route = self.route(avoid)
+        if isinstance(work, str):
+            return embed_record(item, self.client.embed(work, route=route))
+        result = self.client.generate(
+            work,
+            self.max_new_tokens(item),
+            self.options.params(item.line),
+            ban_eos=self.options.ban_eos,
+            route=route,
+            pinned=False,
+            should_stop=self.interrupts.abort.is_set,
+        )
+        if self.interrupts.abort.is_set():
+            raise _Aborted
+        gone = [record["peer"] for record in result.failovers if record.get("code") in NO_ANSWER_CODES]
+        if gone:
+            self.mark_gone(gone)
+        return generation_record(item, result, self.options.seed)
+
+    def route(self, avoid: set[str]) -> list[Hop] | None:
+        """A route around the gone peers and those this item saw fail (or around the latter alone when the former
+        leave none); None while the swarm is busy: the generation then waits for a free session itself."""
+        with self._gone_lock:
+            gone = self.gone | avoid
+        try:
+            return self.client.plan(failed=gone)
+        except BusyError:
+            return None
+        except SwarmError:
+            if gone == avoid:
+                raise
+        try:
+            return self.client.plan(failed=avoid)
+        except BusyError:
+            return None
+
+    def mark_gone(self, addresses: Sequence[str]) -> None:
+        with self._gone_lock:
+            self.gone.update(addresses)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Ask the peers for their info again (one thread at a time, at most every REFRESH_SECONDS); peers that
+        answer are no longer avoided."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() - self._refreshed < REFRESH_SECONDS:
+                return
+            try:
+                self.client.refresh_peers()
+            except SwarmError:
+                return
+            finally:
+                self._refreshed = time.monotonic()
+            answered = {peer.address for peer in self.client.peers}
+            with self._gone_lock:
+                self.gone -= answered
+        finally:
+            self._refresh_lock.release()
+
+
+def base_record(item: Item) -> dict[str, Any]:
+    return {"line": item.line} | ({"id": item.id} if item.has_id else {})
+
+
+def generation_record(item: Item, result: RunResult, seed: int | None) -> dict[str, Any]:
+    generation = result.generation
+    prompt, completion = len(generation.prompt_ids), len(generation.token_ids)
+    record = base_record(item) | {
+        "text": generation.text,
+        "tokens": generation.token_ids,
+        "finish_reason": "stop" if generation.stopped_on_eos else "length",
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "route": route_record(result.route),
+        "failovers": len(result.failovers),
+    }
+    if seed is not None:
+        record["seed"] = line_seed(seed, item.line)
+    return record
+
+
+def embed_record(item: Item, result: EmbedResult) -> dict[str, Any]:
+    return base_record(item) | {
+        "embedding": result.embedding,
+        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        "route": route_record(result.route),
+    }
+
+
+def error_record(item: Item, error: SwarmError, attempts: int) -> dict[str, Any]:
+    return base_record(item) | {"error": str(error), "attempts": attempts}
