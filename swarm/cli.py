@@ -528,7 +528,7 @@ def serve(
             sys.stdout.flush()
             return
         names = ", ".join(f"{model['id']} ({model['peers']} peers)" for model in event["models"])
-        terminal().print(f"serving {names} at {event['address']}/v1 — chat page at {event['address']}/")
+        click.echo(f"serving {names} at {event['address']}/v1; chat page at {event['address']}/")
 
     serve_until_stopped(settings, served, watched, announce)
 

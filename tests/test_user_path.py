@@ -1,6 +1,6 @@
 """The README's path, typed as a user types it, on one machine with every default: a publisher prepares the
 catalog, a seedbox seeds it on a port of its own, a peer joins knowing only the seedbox's address, and a client
-runs a prompt knowing only that address too. No --listen, no --peer, no --route, no dedicated DHT node: the
+runs a prompt knowing only that address too, as does `swarm serve` (asked with OpenAI's client). No --listen, no --peer, no --route, no dedicated DHT node: the
 commands are the README's, apart from the seedbox's port and each command's SWARM_HOME.
 """
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import openai
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,19 +39,26 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
 
     bootstrap = f"127.0.0.1:{free_port()}"
     seedbox = LineProcess([SWARM, "seedbox", "--listen", bootstrap], publisher)
-    joiner = None
+    joiner = server = None
     try:
         # The seedbox prints one line per event; it seeds once it has checked the publisher's files.
         wait_line(seedbox, "seeding demo", refuse=("refused", "not findable"))
         joiner = LineProcess([SWARM, "join", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "joiner"))
         assert wait_line(joiner, "serving ", timeout=120).startswith("serving blocks 0:4 of demo on tcp://")
         run = run_prompt(tmp_path, bootstrap)
+        server = LineProcess([SWARM, "serve", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "server"))
+        assert wait_line(server, "serving ", timeout=120) == (
+            "serving demo (1 peers) at http://127.0.0.1:8000/v1; chat page at http://127.0.0.1:8000/\n"
+        )
+        api = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none", max_retries=0, timeout=120)
+        served = api.completions.create(model="demo", prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)
     finally:
-        for process in (joiner, seedbox):
+        for process in (server, joiner, seedbox):
             if process is not None:
                 process.stop()
     assert run.returncode == 0, run.stderr + "".join(joiner.stderr_lines)
     assert run.stdout == expected_text(model_dir) + "\n"
+    assert served.choices[0].text == expected_text(model_dir)
 
 
 def test_a_seeding_publisher_and_a_peer_are_bootstrap_nodes_too(make_model_tool: ModuleType, tmp_path: Path) -> None:

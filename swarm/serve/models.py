@@ -54,7 +54,8 @@ class ServedModel:
     swarm_clients: list[SwarmClient] = field(default_factory=list)
 
     def peer_count(self) -> int:
-        return sum(len(client.peers) for client in self.swarm_clients)
+        """Compute peers known (one peer reached at two addresses is one)."""
+        return sum(len({peer.peer_id or peer.address for peer in client.peers}) for client in self.swarm_clients)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "swarm"}
