@@ -312,6 +312,9 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
 @click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
 @click.option("--peer", "peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch from directly (repeatable).")
 @click.option("--advertise", help="Host or IP others use to reach this peer (when --listen is a wildcard).")
+@click.option(
+    "--metrics", "metrics_listen", help="Serve Prometheus metrics at http://HOST:PORT/metrics (default: off)."
+)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -368,9 +371,10 @@ def join(
             click.echo(f"{event['model']}: hosting blocks {event['blocks'][0]}:{event['blocks'][1]}")
         elif event["event"] == "serving":
             what = "a full replica" if event["replica"] else f"blocks {event['blocks'][0]}:{event['blocks'][1]}"
+            metrics = f", metrics on {event['metrics']}" if event["metrics"] else ""
             click.echo(
                 f"serving {what} of {event['model']} on {event['address']}, BitTorrent and DHT on port "
-                f"{event['torrent_port']} ({event['throughput']:.1f} tokens/s); Ctrl-C stops"
+                f"{event['torrent_port']}{metrics} ({event['throughput']:.1f} tokens/s); Ctrl-C stops"
             )
         elif event["event"] == "moving":
             click.echo(f"moving to blocks {event['blocks'][0]}:{event['blocks'][1]}: the swarm needs them more")

@@ -42,6 +42,8 @@ class Settings:
     compute_listen: Address = DEFAULT_COMPUTE_LISTEN
     # HTTP address of a seedbox: /status, /metrics and the BitTorrent tracker's /announce.
     status_listen: Address = DEFAULT_STATUS_LISTEN
+    # HTTP address of a compute peer's Prometheus metrics (swarm join); None: not served.
+    metrics_listen: Address | None = None
     # Any running swarm node's BitTorrent/DHT address: one is enough to find everything else.
     bootstrap: tuple[Address, ...] = ()
     # Tracker announce URLs added to every torrent this node adds (besides those the torrent names itself).
@@ -175,6 +177,7 @@ ADDRESS_FIELDS = {
     "torrent_listen": "BitTorrent listen address",
     "compute_listen": "compute listen address",
     "status_listen": "status address",
+    "metrics_listen": "metrics address",
     "serve_listen": "serve listen address",
 }
 
@@ -187,6 +190,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_TORRENT_LISTEN": ("torrent_listen", lambda text: Address.parse(text, "SWARM_TORRENT_LISTEN")),
     "SWARM_LISTEN": ("compute_listen", lambda text: Address.parse(text, "SWARM_LISTEN")),
     "SWARM_STATUS_LISTEN": ("status_listen", lambda text: Address.parse(text, "SWARM_STATUS_LISTEN")),
+    "SWARM_METRICS_LISTEN": ("metrics_listen", lambda text: Address.parse(text, "SWARM_METRICS_LISTEN")),
     "SWARM_BOOTSTRAP": ("bootstrap", lambda text: tuple(parse_all(_split_list(text), "SWARM_BOOTSTRAP"))),
     "SWARM_TRACKERS": ("trackers", lambda text: check_trackers(_split_list(text))),
     "SWARM_TRACKER": ("tracker", _parse_bool),

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
@@ -31,12 +31,16 @@ from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest
 from swarm.peer.admission import AdmissionLimits
 from swarm.peer.heal import Healer, Loader, dht_peer_finder
+from swarm.peer.metrics import PeerMetrics, metrics_server
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner, check_device, resolve_dtype
 from swarm.peer.selection import HostingPlan, coverage_from_spans, plan_hosting
 from swarm.peer.server import PeerIdentity, PeerServer
 from swarm.torrent.presence import Presence
 from swarm.torrent.session import TorrentNode
+
+if TYPE_CHECKING:
+    from swarm.http_thread import ServerThread  # uvicorn is loaded only by peers that serve metrics
 
 log = logging.getLogger("swarm.peer")
 
@@ -203,70 +207,28 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     """Everything `swarm join` does, until `stop` is set."""
     device = check_device(options.device)
     parse_all(options.peers, "--peer")
-    node = open_node(settings)
+    metrics = PeerMetrics()
+    # Bound before anything is fetched: a taken metrics address fails at once, not after minutes of fetching.
+    metrics_http = metrics_server(metrics, settings.metrics_listen)
+    node: TorrentNode | None = None
     try:
-        resolution = resolve_model(options.model, settings, node)
-        manifest, torrent_data = resolution.manifest, resolution.torrent_data
-        dtype = resolve_dtype(options.dtype, manifest.dtype, device)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        coverage = [0] * manifest.num_blocks
-        if options.blocks is None and manifest.num_blocks:
-            coverage = swarm_coverage(manifest, node, settings)
-        plan = plan_hosting(
-            num_blocks=manifest.num_blocks,
-            bytes_per_block=bytes_per_block(manifest, itemsize),
-            full_bytes=sum(chunk.size for chunk in manifest.chunks if chunk.kind == "full"),
-            budget_bytes=memory_budget(options, settings),
-            coverage=coverage,
-            requested=options.blocks,
-        )
-        chunks = chunks_to_fetch(manifest, plan)
-        emit(
-            {
-                "event": "fetching",
-                "model": manifest.name,
-                "blocks": [plan.start, plan.end],
-                "replica": plan.replica,
-                "chunks": [chunk.id for chunk in chunks],
-            }
-        )
-        fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
-        runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
-        throughput = runner.benchmark()
-        limits = AdmissionLimits(
-            max_sessions=settings.max_sessions,
-            max_session_tokens=settings.max_session_tokens,
-            max_total_tokens=settings.max_cached_tokens,
-            max_batch=settings.max_batch,
-        )
-        server = PeerServer(
-            runner,
-            PeerIdentity(
-                model=manifest.name,
-                info_hash=manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1 or "",
-                family=manifest.family,
-                dtype=str(dtype).removeprefix("torch."),
-            ),
-            settings.compute_listen,
-            limits,
-            settings.session_idle_timeout,
-            advertise_host=options.advertise_host,
-            throughput=round(throughput, 3),
-            connect_timeout=settings.forward_connect_timeout,
-            liveness_timeout=settings.liveness_timeout,
-            busy_poll_seconds=settings.busy_poll_seconds,
-        )
+        node = open_node(settings)
+        prepared = _prepare(options, settings, node, device, metrics, stop, emit)
     except BaseException:
-        node.close()
+        if node is not None:
+            node.close()
+        if metrics_http is not None:
+            metrics_http.stop()
         raise
+    server, manifest = prepared.server, prepared.manifest
     torrent_port = node.listen_port
     # From here on only the keeper's thread touches the node.
     keeper = TorrentKeeper(node, manifest, server.port, settings)
-    if options.blocks is None and not runner.replica and settings.rebalance_interval > 0:
+    if options.blocks is None and not server.runner.replica and settings.rebalance_interval > 0:
         keeper.healer = Healer(
             manifest,
             server,
-            _span_loader(manifest, torrent_data, node, options, settings, stop, device, dtype),
+            _span_loader(manifest, prepared.torrent_data, node, options, settings, stop, device, prepared.dtype),
             settings.rebalance_interval,
             dht_peer_finder(node, manifest),
             emit,
@@ -274,23 +236,111 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
         )
     keeper.start()
     try:
-        emit(
-            {
-                "event": "serving",
-                "address": server.address,
-                "model": manifest.name,
-                "blocks": [runner.start, runner.end],
-                "replica": runner.replica,
-                "dtype": server.identity.dtype,
-                "throughput": server.throughput,
-                "torrent_port": torrent_port,
-            }
-        )
-        server.serve(stop)
+        _serve(server, torrent_port, metrics_http, stop, emit)
     finally:
         server.close()
         keeper.stop()
     emit({"event": "stopped", "address": server.address})
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    manifest: Manifest
+    torrent_data: bytes
+    dtype: torch.dtype
+    server: PeerServer
+
+
+def _prepare(
+    options: JoinOptions,
+    settings: Settings,
+    node: TorrentNode,
+    device: str,
+    metrics: PeerMetrics,
+    stop: threading.Event,
+    emit: Emit,
+) -> _Prepared:
+    """Resolve the model, choose the blocks, fetch, verify and load them, and open the compute socket."""
+    resolution = resolve_model(options.model, settings, node)
+    manifest, torrent_data = resolution.manifest, resolution.torrent_data
+    dtype = resolve_dtype(options.dtype, manifest.dtype, device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    coverage = [0] * manifest.num_blocks
+    if options.blocks is None and manifest.num_blocks:
+        coverage = swarm_coverage(manifest, node, settings)
+    plan = plan_hosting(
+        num_blocks=manifest.num_blocks,
+        bytes_per_block=bytes_per_block(manifest, itemsize),
+        full_bytes=sum(chunk.size for chunk in manifest.chunks if chunk.kind == "full"),
+        budget_bytes=memory_budget(options, settings),
+        coverage=coverage,
+        requested=options.blocks,
+    )
+    chunks = chunks_to_fetch(manifest, plan)
+    emit(
+        {
+            "event": "fetching",
+            "model": manifest.name,
+            "blocks": [plan.start, plan.end],
+            "replica": plan.replica,
+            "chunks": [chunk.id for chunk in chunks],
+        }
+    )
+    fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
+    runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
+    throughput = runner.benchmark()
+    limits = AdmissionLimits(
+        max_sessions=settings.max_sessions,
+        max_session_tokens=settings.max_session_tokens,
+        max_total_tokens=settings.max_cached_tokens,
+        max_batch=settings.max_batch,
+    )
+    identity = PeerIdentity(
+        model=manifest.name,
+        info_hash=manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1 or "",
+        family=manifest.family,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    server = PeerServer(
+        runner,
+        identity,
+        settings.compute_listen,
+        limits,
+        settings.session_idle_timeout,
+        advertise_host=options.advertise_host,
+        throughput=round(throughput, 3),
+        connect_timeout=settings.forward_connect_timeout,
+        liveness_timeout=settings.liveness_timeout,
+        busy_poll_seconds=settings.busy_poll_seconds,
+        metrics=metrics,
+    )
+    return _Prepared(manifest, torrent_data, dtype, server)
+
+
+def _serve(
+    server: PeerServer, torrent_port: int, metrics_http: ServerThread | None, stop: threading.Event, emit: Emit
+) -> None:
+    """Answer the swarm, and metrics scrapes when asked to, until `stop` is set."""
+    try:
+        if metrics_http is not None:
+            metrics_http.start()
+        emit(
+            {
+                "event": "serving",
+                "address": server.address,
+                "model": server.identity.model,
+                "blocks": [server.runner.start, server.runner.end],
+                "replica": server.runner.replica,
+                "dtype": server.identity.dtype,
+                "throughput": server.throughput,
+                "torrent_port": torrent_port,
+                "metrics": f"http://{metrics_http.address}/metrics" if metrics_http is not None else None,
+            }
+        )
+        server.serve(stop)
+    finally:
+        if metrics_http is not None:
+            metrics_http.stop()
 
 
 def _span_loader(

@@ -31,6 +31,7 @@ from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.measure import SpeedMeter
 from swarm.peer.admission import AdmissionLimits, admit_batch, admit_stateless, free_sessions
+from swarm.peer.metrics import MALFORMED, PeerMetrics, PeerState
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
 from swarm.peer.sessions import Session, SessionTable
@@ -101,6 +102,7 @@ class PeerServer:
         liveness_timeout: float = DEFAULT_LIVENESS_SECONDS,
         busy_poll_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: PeerMetrics | None = None,
     ) -> None:
         if busy_poll_seconds < 0:
             raise SwarmError(f"busy-poll seconds must be 0 or more, got {busy_poll_seconds:g}")
@@ -135,11 +137,32 @@ class PeerServer:
         self.moved = threading.Event()
         # Tells this peer's own announcement apart from others' (it may be reachable at several addresses).
         self.peer_id = uuid.uuid4().hex[:16]
+        # Counted here always (cheap); served only when asked for (swarm join --metrics).
+        self.metrics = metrics or PeerMetrics()
+        self.metrics.watch(self.metrics_state)
 
     @property
     def throughput(self) -> float:
         """Decode steps per second through the whole hosted span, smoothed over the steps run so far."""
         return round(self.speed.rate, 3)
+
+    @property
+    def free_session_slots(self) -> int:
+        """Sessions this peer can still open (none while it waits to move to other blocks)."""
+        return 0 if self.draining else free_sessions(self.limits, len(self.sessions))
+
+    def metrics_state(self) -> PeerState:
+        """What this peer is now, for a metrics scrape (from the metrics thread: reads only)."""
+        runner = self.runner
+        return PeerState(
+            model=self.identity.model,
+            info_hash=self.identity.info_hash,
+            address=self.address,
+            blocks=(runner.start, runner.end),
+            open_sessions=len(self.sessions),
+            free_sessions=self.free_session_slots,
+            throughput=self.throughput,
+        )
 
     # ----- loop -----
 
@@ -205,8 +228,11 @@ class PeerServer:
         header: Header | None = None
         try:
             header, tensors = wire.decode(frames)
+            self.metrics.messages.labels(header.kind.value).inc()
             self._dispatch(sender, header, tensors)
         except WireError as error:
+            if header is None:
+                self.metrics.messages.labels(MALFORMED).inc()
             self._send_error(header, sender, error.code, error.message)
         except PeerError as error:
             self._send_error(header, sender, error.code, error.message, error.peer)
@@ -266,6 +292,7 @@ class PeerServer:
             forwarded = replace(header, route=remaining, tensors=())
             # The header passed decode's checks; only its route (a suffix of itself) and tensors (ours) changed.
             self._send_to(remaining[0].address, wire.encode(forwarded, outputs, validate=False), header, sender)
+            self.metrics.forwarded.inc()
             return
         result = Header(
             kind=Kind.RESULT,
@@ -352,9 +379,11 @@ class PeerServer:
             output = {"logits": self.runner.run_tokens(inputs, cache, (start, end))}
         else:
             output = {"hidden": self.runner.run(blocks, inputs, cache, (start, end))}
+        elapsed = time.perf_counter() - started
+        self.metrics.step_ran(batch * new_tokens, elapsed)
         if batch == 1 and new_tokens == 1:
             # Decode steps of one sequence are what the throughput figure means (a prefill runs many tokens at once).
-            self._measure(blocks, time.perf_counter() - started)
+            self._measure(blocks, elapsed)
         if session is not None:
             session.cached_tokens = end
             session.next_step += 1
@@ -418,7 +447,10 @@ class PeerServer:
                 raise PeerError(ErrorCode.BAD_TENSOR, "attention_mask must hold only 0 and 1")
         if not isinstance(self.runner, SpanRunner):  # encoders are never replicas; keeps the types honest
             raise PeerError(INTERNAL, "an encoder step reached a replica")
-        return {"hidden": self.runner.run(blocks, hidden, None, None, attention_mask=mask)}
+        started = time.perf_counter()
+        output = self.runner.run(blocks, hidden, None, None, attention_mask=mask)
+        self.metrics.step_ran(int(hidden.shape[0]) * int(hidden.shape[1]), time.perf_counter() - started)
+        return {"hidden": output}
 
     # ----- replies -----
 
@@ -431,7 +463,7 @@ class PeerServer:
             "blocks": [self.runner.start, self.runner.end],
             "dtype": self.identity.dtype,
             "throughput": self.throughput,
-            "free_sessions": 0 if self.draining else free_sessions(self.limits, len(self.sessions)),
+            "free_sessions": self.free_session_slots,
             "max_sessions": self.limits.max_sessions,
             "address": self.address,
             "serves_embed_head": self.runner.replica,
@@ -467,6 +499,7 @@ class PeerServer:
     def _send_error(
         self, header: Header | None, sender: bytes | None, code: str, message: str, peer: str | None = None
     ) -> None:
+        self.metrics.errors.labels(code).inc()
         try:
             frames = wire.error_reply(header, code, message, peer=peer or self.address)
         except WireError:
