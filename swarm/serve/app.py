@@ -183,7 +183,7 @@ def _spec(model: ServedModel, ids: list[int], max_tokens: int | None, request: S
     except SwarmError as error:
         raise bad_request(str(error), "messages", "context_length_exceeded") from error
     params = sampling_params(request.temperature, request.top_p, request.seed, choice)
-    return GenerationSpec(ids, new_tokens, params, tuple(request.stops))
+    return GenerationSpec(ids, new_tokens, params, tuple(request.stops), request.ignore_eos)
 
 
 async def _answer(

@@ -41,6 +41,7 @@ class GenerationSpec:
     max_new_tokens: int
     params: SamplingParams
     stops: tuple[str, ...] = ()
+    ban_eos: bool = False
 
 
 @dataclass
@@ -103,7 +104,12 @@ class ChoiceRun:
         try:
             spec = self.spec
             result = model.generate(
-                spec.prompt_ids, spec.max_new_tokens, spec.params, on_text=self.on_text, should_stop=self.should_stop
+                spec.prompt_ids,
+                spec.max_new_tokens,
+                spec.params,
+                on_text=self.on_text,
+                ban_eos=spec.ban_eos,
+                should_stop=self.should_stop,
             )
         except BaseException as error:  # handed to the event loop, which answers with it
             self.deliver(Finished(self.index, error=error))

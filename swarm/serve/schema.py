@@ -38,6 +38,8 @@ class Sampling(Lenient):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     user: str | None = None
+    # Not OpenAI's: never stop on EOS, always generate the token limit (vLLM's name; benchmarks use it).
+    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _supported(self) -> Sampling:
