@@ -137,6 +137,9 @@ class TextStream:
 # Runs token ids `ids` (batch, new) at positions [start, start + new) and returns the last position's logits
 # (batch, vocab). It keeps whatever cache the model needs between calls.
 NextLogits = Callable[[torch.Tensor, int], torch.Tensor]
+# Chooses one token id per row of the logits `NextLogits` returned (`next_tokens` by default; an ensemble's vote
+# chooses from its models' own logits instead).
+ChooseTokens = Callable[[torch.Tensor, SamplingParams, torch.Generator], torch.Tensor]
 
 
 @dataclass
@@ -183,11 +186,12 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     tokenizer: TokenDecoder | None = None,
     should_stop: Callable[[], bool] | None = None,
+    choose: ChooseTokens = next_tokens,
 ) -> Generation:
     """Prefill the prompt, then decode one token per step until EOS, `max_new_tokens` or `should_stop()`.
 
     `on_text` receives each new piece of text as soon as its token is sampled (needs `tokenizer`); `should_stop`
-    is asked after each token (a stop string was seen, the caller went away).
+    is asked after each token (a stop string was seen, the caller went away); `choose` picks each token.
     """
     params.check()
     if not prompt_ids:
@@ -206,7 +210,7 @@ def generate(
     result.prefill_logits = logits[0].float()
     position = len(prompt_ids)
     while True:
-        token = int(next_tokens(logits, params, generator)[0])
+        token = int(choose(logits, params, generator)[0])
         result.token_ids.append(token)
         now = time.perf_counter()
         if len(result.token_ids) == 1:

@@ -44,6 +44,55 @@ def check_run_mode(manifest: Manifest, embed: bool) -> None:
         raise SwarmError(f"{manifest.name} is an encoder: use --embed instead of --prompt")
 
 
+# How an ensemble combines its models (--ensemble): generation policies for causal language models, `mean` for
+# encoders' embeddings.
+GENERATION_POLICIES = ("mean-logits", "vote")
+EMBEDDING_POLICIES = ("mean",)
+
+
+def check_policy(policy: str, causal: bool) -> None:
+    """An ensemble policy that fits the models' kind: mean-logits or vote to generate, mean to embed."""
+    if policy not in GENERATION_POLICIES + EMBEDDING_POLICIES:
+        raise SwarmError(f"unknown --ensemble {policy}: use mean-logits or vote to generate, mean to embed")
+    if causal and policy not in GENERATION_POLICIES:
+        raise SwarmError(
+            f"--ensemble {policy} averages embeddings (--embed); to generate use --ensemble mean-logits or vote"
+        )
+    if not causal and policy not in EMBEDDING_POLICIES:
+        raise SwarmError(f"--ensemble {policy} combines generated tokens (--prompt); to embed use --ensemble mean")
+
+
+def model_references(model: str, ensemble: str | None, embed: bool) -> list[str]:
+    """--model's references: one model, or A,B,... combined as --ensemble says (which must fit --prompt/--embed).
+    A single reference with a comma in it is one model when it is a path that exists and --ensemble is not given."""
+    if ensemble is None and ("," not in model or Path(model).exists()):
+        return [model]
+    references = [item.strip() for item in model.split(",") if item.strip()]
+    if ensemble is None:
+        policies = "mean" if embed else "mean-logits or vote"
+        raise SwarmError(
+            f"--model names {len(references)} models ({', '.join(references)}): say how to combine them with "
+            f"--ensemble {policies}"
+        )
+    if len(references) < 2:
+        raise SwarmError(f"--ensemble {ensemble} needs several models: give --model A,B,...")
+    check_policy(ensemble, causal=not embed)
+    return references
+
+
+def check_one_kind(manifests: Sequence[Manifest]) -> None:
+    """An ensemble's models are all causal language models or all encoders."""
+    kinds = {
+        manifest.name: "a causal language model" if is_causal(manifest) else "an encoder" for manifest in manifests
+    }
+    first = manifests[0].name
+    for name, kind in kinds.items():
+        if kind != kinds[first]:
+            raise SwarmError(
+                f"{first} is {kinds[first]} but {name} is {kind}: an ensemble's models must be of one kind"
+            )
+
+
 def parse_route(text: str) -> list[str]:
     """'HOST:PORT,HOST:PORT' (tcp:// optional) → wire addresses, in order; a clear error for a malformed one."""
     addresses = [Address.parse(item.strip(), "--route").tcp for item in text.split(",") if item.strip()]

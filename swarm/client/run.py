@@ -333,6 +333,16 @@ class SwarmClient:
             return hidden
         return hidden.to(wanted)
 
+    def failover_steps(self, max_length: int) -> _FailoverSteps:
+        """The `NextLogits` of one generation of up to `max_length` positions on planned routes that fail over as
+        `generate`'s do; the caller closes it (an ensemble runs one per model)."""
+        self.refresh_peers(older_than=PEER_REFRESH_SECONDS)
+        return _FailoverSteps(self, None, False, max_length)
+
+    def decoder(self) -> _LockedDecoder:
+        """The tokenizer's `decode`, safe to call from any thread."""
+        return _LockedDecoder(self.parts.tokenizer, self._tokenizer_lock)
+
     # ----- embeddings -----
 
     def embed(self, text: str, route: Sequence[Hop] | None = None) -> EmbedResult:
