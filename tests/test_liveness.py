@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from swarm import transport
-from swarm.transport import Heartbeat, Link, LinkEvent, LinkState, link_after, link_problem
+from swarm.transport import Heartbeat, Link, LinkEvent, LinkState, link_after, link_problem, outbox_refusal
 
 UP = Link(LinkState.UP, since=1.0, drops=0)
 CONNECTING = Link(LinkState.CONNECTING, since=1.0)
@@ -218,3 +218,53 @@ def test_dropping_watched_connections_never_stalls_the_context(
         fresh.watch(live)
         assert wait_for(fresh, live, LinkState.UP, 3.0) < 1.0
         fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("queued_messages", "queued_bytes", "size", "refused"),
+    [
+        (0, 0, 100, None),
+        (63, 0, 100, None),
+        (64, 0, 100, "64 messages already wait for the connection"),
+        (0, 1000, 24, None),
+        (0, 1000, 25, "1025 bytes would wait for connections (at most 1024)"),
+    ],
+)
+def test_outbox_refusal(queued_messages: int, queued_bytes: int, size: int, refused: str | None) -> None:
+    assert outbox_refusal(queued_messages, queued_bytes, size, max_messages=64, max_bytes=1024) == refused
+
+
+def test_posted_messages_wait_for_their_connection_in_order() -> None:
+    """A DEALER pool's post never waits: messages posted while the connection is being made are queued and sent
+    in order once it is up; to a refused or silent address they are given up on, with their contexts."""
+    context = transport.Context()
+    pool = transport.DealerPool(context, connect_timeout=1.0, heartbeat=Heartbeat(1.0))
+    try:
+        router, address = context.bind_router("tcp://127.0.0.1:0")
+        started = time.monotonic()
+        for index in range(3):
+            pool.post(address, [str(index).encode()], context=index)
+        assert time.monotonic() - started < 0.1
+        deadline = time.monotonic() + 5
+        while pool.waiting and time.monotonic() < deadline:
+            assert pool.flush() == []
+            time.sleep(0.01)
+        received = [transport.recv_frames(router, 5) for _ in range(3)]
+        assert [bytes(message[1][0]) for message in received if message is not None] == [b"0", b"1", b"2"]
+        with socket.socket() as refusing, socket.socket() as silent:
+            refusing.bind(("127.0.0.1", 0))
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            addresses = [f"tcp://127.0.0.1:{sock.getsockname()[1]}" for sock in (refusing, silent)]
+            for address_, label in zip(addresses, ("refused", "silent"), strict=True):
+                pool.post(address_, [b"lost"], context=label)
+            given_up: list[transport.Undelivered] = []
+            while len(given_up) < 2 and time.monotonic() < deadline + 5:
+                given_up += pool.flush()
+                time.sleep(0.01)
+        assert sorted((item.address, item.context) for item in given_up) == sorted(
+            zip(addresses, ("refused", "silent"), strict=True)
+        )
+    finally:
+        pool.close()
+        context.close(linger_ms=0)

@@ -7,11 +7,13 @@ Afterwards a valid session still runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -532,6 +534,52 @@ def test_unreachable_next_hop_is_reported_to_the_client(
     assert dead in reply.header.body["message"]
     client.send(peer.address, request(Kind.PING))
     assert client.receive_direct(peer.address).header.kind is Kind.PONG
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[str]:
+    """An address whose kernel accepts TCP connections that nobody ever answers (a frozen process)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def ping_seconds(peer: PeerProcess, client: ComputeClient) -> float:
+    """Seconds until the peer answers a ping (errors it sent back directly before the pong are skipped: a reply
+    that cannot wait for its reply_to's connection goes to the sender)."""
+    started = time.monotonic()
+    client.send(peer.address, request(Kind.PING))
+    while (received := client.receive_direct(peer.address, timeout=30).header).kind is not Kind.PONG:
+        assert received.kind is Kind.ERROR, received
+    return time.monotonic() - started
+
+
+def test_a_silent_next_hop_never_stalls_the_peer(peer: PeerProcess, client: ComputeClient, hidden_size: int) -> None:
+    with silent_listener() as silent:
+        hops = route((peer.address, *HOSTED), (silent, HOSTED[1], LAYERS))
+        client.send(
+            peer.address,
+            request(Kind.STEP, route=hops, reply_to=client.address, positions=(0, 2)),
+            {"hidden": torch.randn(1, 2, hidden_size)},
+        )
+        # The step waits for its connection in a queue, not in the peer's loop: pings are answered meanwhile.
+        assert ping_seconds(peer, client) < 0.5
+        reply = client.receive(timeout=30)
+    assert_error(reply.header, "unreachable", "silent next hop")
+    assert reply.header.body["peer"] == silent
+
+
+def test_a_burst_of_replies_to_a_silent_address_never_stalls_the_peer(peer: PeerProcess, client: ComputeClient) -> None:
+    """The issue's attack: close_session for sessions that do not exist, routed on, replying to a frozen address.
+    Each error reply waited up to 2 s in the loop (a burst of 2,000 stalled a peer for 156 s)."""
+    with silent_listener() as silent, silent_listener() as silent_next:
+        hops = route((peer.address, *HOSTED), (silent_next, HOSTED[1], LAYERS))
+        for _ in range(300):
+            message = request(Kind.CLOSE_SESSION, session_id=new_id(), route=hops, reply_to=silent)
+            client.send(peer.address, message)
+        worst = max(ping_seconds(peer, client) for _ in range(5))
+    assert worst < 0.5, f"a ping took {worst:.2f} s during the burst"
 
 
 @pytest.mark.parametrize(

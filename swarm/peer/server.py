@@ -58,6 +58,8 @@ _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 BIND_RETRIES = 10
 # How long one loop iteration waits for a message before housekeeping (session expiry, the tick callback).
 _POLL_SECONDS = 0.2
+# ... and while messages wait for a connection to come up.
+_WAITING_POLL_SECONDS = 0.005
 # Seconds without an answered heartbeat after which a connection to another peer or a client counts as lost.
 DEFAULT_LIVENESS_SECONDS = 2.0
 
@@ -174,6 +176,7 @@ class PeerServer:
                 sender, frames = received
                 self.handle(sender, frames)
             self._drain_dealers()
+            self._flush_waiting()
             for session in self.sessions.expire():
                 log.info("session %s expired after %.0f s idle", session.session_id, self.sessions.idle_timeout)
             self._switch_runner_when_idle()
@@ -204,11 +207,27 @@ class PeerServer:
         log.info("moved from blocks %d:%d to %d:%d", *previous, self.runner.start, self.runner.end)
 
     def _next_message(self) -> tuple[bytes | None, list[Any]] | None:
+        # Housekeeping runs between waits of at most _POLL_SECONDS; messages waiting for a connection are
+        # retried every few milliseconds (connections come up that fast).
+        wait = _WAITING_POLL_SECONDS if self.dealers.waiting else _POLL_SECONDS
         busy_left = self._busy_until - time.monotonic()
         if busy_left > 0:
-            # Housekeeping still runs between slices of at most _POLL_SECONDS.
-            return transport.recv_frames_busy(self.router, min(busy_left, _POLL_SECONDS))
-        return transport.recv_frames(self.router, _POLL_SECONDS)
+            return transport.recv_frames_busy(self.router, min(busy_left, wait))
+        return transport.recv_frames(self.router, wait)
+
+    def _flush_waiting(self) -> None:
+        """Send what waited for connections now up; a message that cannot be delivered is an error to its sender
+        (an unreachable next hop is named as the peer at fault), or, for a reply nobody can take, a log line."""
+        for undelivered in self.dealers.flush():
+            if not isinstance(undelivered.context, tuple):
+                log.warning("dropped a message to %s: %s", undelivered.address, undelivered.reason)
+                continue
+            header, sender = undelivered.context
+            if undelivered.address == header.reply_to:
+                log.warning("cannot send a reply to %s: %s", undelivered.address, undelivered.reason)
+                continue
+            message = f"cannot send to the next hop {undelivered.address}: {undelivered.reason}"
+            self._send_error(header, sender, UNREACHABLE, message, undelivered.address)
 
     def _drain_dealers(self) -> None:
         # Nothing is expected back on our outward DEALERs (peers answer to reply_to), but a misbehaving
@@ -486,9 +505,10 @@ class PeerServer:
             log.warning("cannot answer a sender: %s", error)
 
     def _send_to(self, address: str, frames: list[Any], header: Header, sender: bytes | None) -> None:
-        """Send to another peer or a client's reply_to; a failure is reported like any other error."""
+        """Send to another peer or a client's reply_to without waiting (a connection still being made gets the
+        message once it is up: see `_flush_waiting`); a known failure is reported like any other error."""
         try:
-            self.dealers.send(address, frames)
+            self.dealers.post(address, frames, context=(header, sender))
         except transport.TransportError as error:
             self.dealers.drop(address)
             if address != header.reply_to:
@@ -507,7 +527,7 @@ class PeerServer:
             return
         if header is not None and header.kind in _ROUTED_KINDS and header.reply_to is not None:
             try:
-                self.dealers.send(header.reply_to, frames)
+                self.dealers.post(header.reply_to, frames)
                 return
             except transport.TransportError as error:
                 log.warning("cannot send an error to %s: %s", header.reply_to, error)

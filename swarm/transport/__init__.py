@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -77,6 +77,8 @@ Socket = zmq.Socket
 DEFAULT_MAX_MESSAGE_BYTES = 520 * 1024 * 1024
 # How long close() keeps unsent messages (milliseconds): enough to flush a last reply, never a hang.
 _LINGER_MS = 500
+# Seconds a posted message waits for its connection when the pool has no connect timeout.
+_DEFAULT_CONNECT_SECONDS = 2.0
 # Messages queued per socket before send_frames reports the destination as congested.
 _SEND_HIGH_WATER_MARK = 1000
 # Longest pause between reconnection attempts to a destination that went away (milliseconds; libzmq starts at 100).
@@ -437,6 +439,48 @@ class _Dealer:
     link: Link
 
 
+# Messages waiting for one destination's connection, and bytes waiting for all of them together (see post).
+MAX_QUEUED_MESSAGES = 64
+MAX_QUEUED_BYTES = 64 << 20
+
+
+def outbox_refusal(
+    queued_messages: int, queued_bytes: int, size: int, max_messages: int = MAX_QUEUED_MESSAGES,
+    max_bytes: int = MAX_QUEUED_BYTES,
+) -> str | None:  # fmt: skip
+    """Why a message of `size` bytes cannot wait for its connection, or None (pure): the destination already
+    has `max_messages` waiting, or all destinations together would hold more than `max_bytes`."""
+    if queued_messages >= max_messages:
+        return f"{queued_messages} messages already wait for the connection"
+    if queued_bytes + size > max_bytes:
+        return f"{queued_bytes + size} bytes would wait for connections (at most {max_bytes})"
+    return None
+
+
+@dataclass
+class Waiting:
+    """A message waiting for its destination's connection; `context` is the sender's (returned when it fails)."""
+
+    address: str
+    frames: Sequence[Any]
+    size: int
+    deadline: float
+    context: object
+
+
+@dataclass
+class Undelivered:
+    """A waiting message given up on: its destination's connection went down or did not come up in time."""
+
+    address: str
+    reason: str
+    context: object
+
+
+def _size(frames: Sequence[Any]) -> int:
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
 class DealerPool:
     """One DEALER per destination address, made on first use, least recently used ones closed past a cap.
 
@@ -463,6 +507,9 @@ class DealerPool:
         self._connect_timeout = connect_timeout
         self._heartbeat = heartbeat
         self._dealers: OrderedDict[str, _Dealer] = OrderedDict()
+        # Messages posted while their connection was being made, per destination in order (see post).
+        self._outbox: dict[str, deque[Waiting]] = {}
+        self._outbox_bytes = 0
 
     @property
     def heartbeat(self) -> Heartbeat | None:
@@ -507,6 +554,75 @@ class DealerPool:
         if self._connect_timeout is not None:
             self._wait_writable(address, entry, self._connect_timeout)
         send_frames(entry.socket, frames)
+
+    def post(self, address: str, frames: Sequence[Any], context: object = None) -> None:
+        """Send one message to `address` without ever waiting: at once when its connection takes it, otherwise
+        queued behind the earlier ones to the same address until `flush` finds the connection up (within the
+        connect timeout). TransportError when the connection is known to be down or the queue is full."""
+        entry = self._entry(address)
+        key = self._key(address)
+        self._update(entry)
+        if entry.link.state is LinkState.DOWN:
+            raise TransportError(f"cannot reach {address}: {entry.link.reason}")
+        queue = self._outbox.get(key)
+        if not queue and entry.socket.poll(0, zmq.POLLOUT):
+            send_frames(entry.socket, frames)
+            return
+        size = _size(frames)
+        refusal = outbox_refusal(len(queue or ()), self._outbox_bytes, size)
+        if refusal is not None:
+            raise TransportError(f"cannot queue a message to {address}: {refusal}")
+        timeout = self._connect_timeout if self._connect_timeout is not None else _DEFAULT_CONNECT_SECONDS
+        waiting = Waiting(key, list(frames), size, time.monotonic() + timeout, context)
+        self._outbox.setdefault(key, deque()).append(waiting)
+        self._outbox_bytes += size
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for their connections."""
+        return sum(len(queue) for queue in self._outbox.values())
+
+    def flush(self) -> list[Undelivered]:
+        """Send the waiting messages whose connections now take them (in order per destination); return those
+        given up on (connection down, or not up before their deadline), with their contexts."""
+        given_up: list[Undelivered] = []
+        now = time.monotonic()
+        for key in list(self._outbox):
+            queue = self._outbox[key]
+            entry = self._dealers.get(key)
+            reason = self._send_waiting(queue, entry, now)
+            if reason is not None:
+                given_up += [Undelivered(key, reason, waiting.context) for waiting in queue]
+                self._outbox_bytes -= sum(waiting.size for waiting in queue)
+                queue.clear()
+                if entry is not None:
+                    self.drop(key)
+            if not queue:
+                self._outbox.pop(key, None)
+        return given_up
+
+    def _send_waiting(self, queue: deque[Waiting], entry: _Dealer | None, now: float) -> str | None:
+        """Send from the front of `queue` while the connection takes messages; why the rest cannot go, or None."""
+        if entry is None:
+            return "its connection was closed"
+        self._update(entry)
+        if entry.link.state is LinkState.DOWN:
+            return entry.link.reason or "the connection was lost"
+        while queue and entry.socket.poll(0, zmq.POLLOUT):
+            waiting = queue.popleft()
+            self._outbox_bytes -= waiting.size
+            try:
+                send_frames(entry.socket, waiting.frames)
+            except TransportError as error:
+                queue.appendleft(waiting)
+                self._outbox_bytes += waiting.size
+                return str(error)
+        if queue and now > queue[0].deadline:
+            return f"no connection within {self._connect_timeout or _DEFAULT_CONNECT_SECONDS:g} s"
+        return None
+
+    def _key(self, address: str) -> str:
+        return address if address in self._dealers else normalize_address(address)
 
     def _wait_writable(self, address: str, entry: _Dealer, timeout: float) -> None:
         """Return once `entry` takes a message; TransportError when its link is down or the timeout passes."""
