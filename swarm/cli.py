@@ -20,6 +20,9 @@ from swarm.manifest import Manifest, chunk_problem
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from swarm.client.ensemble import EnsembleClient
+    from swarm.client.generate import SamplingParams
+    from swarm.client.run import SwarmClient
     from swarm.publish import Published
 
 BOOTSTRAP_HELP = "Any running swarm node's BitTorrent/DHT address HOST:PORT (repeatable); one is enough."
@@ -387,8 +390,60 @@ def join(
     run_join(options, settings, stop_event(), emit)
 
 
+def open_run_client(
+    settings: Settings,
+    model: str,
+    ensemble: str | None,
+    embed: bool,
+    route_text: str | None,
+    torrent_peers: tuple[str, ...],
+    sampling: tuple[float, int, float, int | None],
+) -> tuple[SwarmClient | EnsembleClient, SamplingParams]:
+    """`swarm run`'s client (one model's, or an ensemble's when --ensemble is given) and sampling parameters."""
+    from swarm.client.resolve import Resolver, check_one_kind, check_run_mode, model_references, parse_route
+
+    references = model_references(model, ensemble, embed=embed)
+    resolver = Resolver(settings, torrent_peers)
+    try:
+        # Resolve before importing torch and transformers: a mistyped name fails in a second, not ten.
+        resolved = [resolver.manifest(reference) for reference in references]
+        check_one_kind([manifest for manifest, _ in resolved])
+        for manifest, _ in resolved:
+            check_run_mode(manifest, embed=embed)
+        route = parse_route(route_text) if route_text else []
+        from transformers.utils import logging as transformers_logging
+
+        from swarm.client.ensemble import EnsembleClient
+        from swarm.client.generate import SamplingParams
+        from swarm.client.run import SwarmClient
+
+        # Loading the local parts would print progress bars and tokenizer notes around the streamed text.
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        seed = sampling[-1]
+        params = SamplingParams(*sampling).check()
+        if ensemble is None:
+            return SwarmClient.from_resolved(resolver, *resolved[0], route, spread_seed=seed), params
+        return EnsembleClient.from_resolved(resolver, resolved, ensemble, route, spread_seed=seed), params
+    finally:
+        resolver.close()
+
+
+ENSEMBLE_HELP = (
+    "Combine the --model A,B,... (one tokenizer, each on its own peers): mean-logits averages their next-token "
+    "logits and samples from the mean; vote takes each model's own choice (argmax, or a draw from its own "
+    "distribution when sampling) and the majority wins, ties going to the higher mean logit; mean averages "
+    "encoders' embeddings (--embed)."
+)
+
+
 @main.command()
-@click.option("--model", required=True, help="Model: catalog or DHT name, manifest path or torrent path.")
+@click.option(
+    "--model",
+    required=True,
+    help="Model: catalog or DHT name, manifest path or torrent path; A,B,... for an ensemble (with --ensemble).",
+)
+@click.option("--ensemble", type=click.Choice(["mean-logits", "vote", "mean"]), help=ENSEMBLE_HELP)
 @click.option("--prompt", help="Text to continue (causal language models).")
 @click.option("--embed", "embed_text", help="Text to embed (encoder models such as BERT).")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), help="Most tokens to generate (default 64).")
@@ -405,7 +460,12 @@ def join(
 )
 @click.option("--seed", type=int, help="Seed for sampling (and for spreading requests over replicas).")
 @click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
-@click.option("--route", "route_text", help="Pinned peers HOST:PORT[,HOST:PORT...]; each is asked for its blocks.")
+@click.option(
+    "--route",
+    "route_text",
+    help="Pinned peers HOST:PORT[,HOST:PORT...]; each is asked for its blocks (an ensemble's models each use those "
+    "that serve it).",
+)
 @click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
 @click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
@@ -417,6 +477,7 @@ def join(
 def run(
     ctx: click.Context,
     model: str,
+    ensemble: str | None,
     prompt: str | None,
     embed_text: str | None,
     max_new_tokens: int | None,
@@ -430,30 +491,14 @@ def run(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Run MODEL on the swarm: stream a continuation of --prompt, or print the embedding of --embed."""
-    from swarm.client.resolve import Resolver, check_run_mode, parse_route
-
+    """Run MODEL on the swarm: stream a continuation of --prompt, or print the embedding of --embed. With
+    --model A,B,... and --ensemble, several models that share a tokenizer run together, each on its own peers."""
     if (prompt is None) == (embed_text is None):
         raise SwarmError("give exactly one of --prompt TEXT or --embed TEXT")
     settings = settings_from(ctx, **flags)
-    resolver = Resolver(settings, torrent_peers)
-    try:
-        # Resolve before importing torch and transformers: a mistyped name fails in a second, not ten.
-        manifest, torrent_data = resolver.manifest(model)
-        check_run_mode(manifest, embed=embed_text is not None)
-        route = parse_route(route_text) if route_text else []
-        from transformers.utils import logging as transformers_logging
-
-        from swarm.client.generate import SamplingParams
-        from swarm.client.run import SwarmClient
-
-        # Loading the local parts would print progress bars and tokenizer notes around the streamed text.
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        params = SamplingParams(temperature, top_k, top_p, seed).check()
-        client = SwarmClient.from_resolved(resolver, manifest, torrent_data, route, spread_seed=seed)
-    finally:
-        resolver.close()
+    client, params = open_run_client(
+        settings, model, ensemble, embed_text is not None, route_text, torrent_peers, (temperature, top_k, top_p, seed)
+    )
     with client:
         if embed_text is not None:
             embedded = client.embed(embed_text)
