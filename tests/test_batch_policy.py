@@ -1,12 +1,16 @@
 """The policy parts of `swarm batch` (swarm/batch/policy.py), as tables of cases: input lines, resuming, results in
-input order, retries, how many items at once, progress figures. No processes, no files."""
+input order, retries, how many items at once, progress figures; and its output and side files on a temporary
+directory. No processes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from swarm.batch.output import OutputFiles, read_records, side_path
 from swarm.batch.policy import (
     MAX_DEFAULT_CONCURRENCY,
     BatchInputError,
@@ -22,8 +26,9 @@ from swarm.batch.policy import (
     retry_decision,
     route_count,
     session_capacity,
+    with_load,
 )
-from swarm.client.routing import BusyError, PeerFailure, PeerInfo, UncoveredError
+from swarm.client.routing import BusyError, PeerFailure, PeerInfo, UncoveredError, route_avoiding
 from swarm.errors import SwarmError
 
 CHAT = ({"role": "user", "content": "hi"},)
@@ -296,6 +301,39 @@ def test_items_at_once_keep_every_route_busy(
     assert default_concurrency(num_blocks, peers, items) == concurrency
 
 
+@pytest.mark.parametrize(
+    ("speeds", "running", "chosen"),
+    [
+        # Equal replicas: the idle one, whichever way the turns go.
+        ({"a": 100.0, "b": 100.0}, {"a": 2}, {"b"}),
+        ({"a": 100.0, "b": 100.0}, {"b": 1}, {"a"}),
+        # Equally loaded equal replicas take turns.
+        ({"a": 100.0, "b": 100.0}, {"a": 3, "b": 3}, {"a", "b"}),
+        # A replica that measured itself twice as fast takes a second item before the other one gets its first...
+        ({"a": 200.0, "b": 100.0}, {}, {"a"}),
+        ({"a": 200.0, "b": 100.0}, {"a": 1}, {"a", "b"}),
+        # ... but not a third.
+        ({"a": 200.0, "b": 100.0}, {"a": 2}, {"b"}),
+        # Even ten times as fast, it leaves the slow one idle only while it has fewer than ten items.
+        ({"a": 1000.0, "b": 100.0}, {"a": 5}, {"a"}),
+        ({"a": 1000.0, "b": 100.0}, {"a": 12}, {"b"}),
+    ],
+)
+def test_items_go_where_they_are_served_soonest(
+    speeds: dict[str, float], running: dict[str, int], chosen: set[str]
+) -> None:
+    peers = [PeerInfo(address, (0, 4), throughput=speed, max_sessions=16) for address, speed in speeds.items()]
+    loaded = with_load(peers, running)
+    assert {route_avoiding(4, loaded, (), (), spread)[0].address for spread in range(4)} == chosen
+
+
+def test_a_peer_full_of_the_batch_s_items_is_not_planned() -> None:
+    peers = [PeerInfo("a", (0, 4), throughput=100.0, max_sessions=2), PeerInfo("b", (0, 4), throughput=10.0)]
+    assert route_avoiding(4, with_load(peers, {"a": 2}), (), (), 0)[0].address == "b"
+    with pytest.raises(BusyError):
+        route_avoiding(4, with_load(peers, {"a": 2, "b": 1}), (), (), 0)
+
+
 def test_progress_figures() -> None:
     tally = Tally(total=10, done_before=4, errors_before=1)
     assert tally.figures(0.0)["eta_seconds"] is None
@@ -319,3 +357,75 @@ def test_progress_figures() -> None:
         "eta_seconds": 2.0,
     }
     assert tally.per_peer == {"a": 1, "b": 1}
+
+
+# ----- the output and side files (swarm/batch/output.py), on a temporary directory -----
+
+
+def lines_in(path: Path) -> list[int]:
+    records, clean = read_records(path)
+    assert clean
+    return [record["line"] for record in records]
+
+
+def test_what_a_killed_run_finished_is_in_the_output_or_the_side_file(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    order = [1, 2, 3, 4, 5]
+    files = OutputFiles(output, order, plan_resume(order, [], []))
+    for line in (1, 3, 4):
+        files.write(line, result(line))
+    # Killed here: every record is on disk, the output in order, the later ones in the side file.
+    assert lines_in(output) == [1]
+    assert lines_in(side_path(output)) == [1, 3, 4]
+    files.close()
+    assert side_path(output).exists()
+
+    resume = plan_resume(order, read_records(output)[0], read_records(side_path(output))[0])
+    assert (resume.todo, sorted(resume.held), resume.rewrite) == ([2, 5], [3, 4], False)
+    files = OutputFiles(output, order, resume)
+    files.write(5, result(5))
+    assert lines_in(output) == [1]
+    files.write(2, result(2))
+    assert lines_in(output) == [1, 2, 3, 4, 5]
+    files.close()
+    assert not side_path(output).exists()
+    assert read_records(output)[0] == [result(line) for line in order]
+
+
+def test_a_line_cut_short_by_a_crash_is_not_done(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_text(json.dumps(result(1)) + "\n" + json.dumps(result(2))[:9])
+    records, clean = read_records(output)
+    assert ([record["line"] for record in records], clean) == ([1], False)
+    resume = plan_resume([1, 2], records, [])
+    files = OutputFiles(output, [1, 2], resume, output_clean=clean)
+    assert lines_in(output) == [1]
+    files.write(2, result(2))
+    files.close()
+    assert lines_in(output) == [1, 2]
+
+
+def test_errors_tried_again_are_cut_out_of_the_output_and_the_rest_kept(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_text("".join(json.dumps(record) + "\n" for record in (result(1), error(2), result(3))))
+    resume = plan_resume([1, 2, 3], read_records(output)[0], [], retry_errors=True)
+    files = OutputFiles(output, [1, 2, 3], resume)
+    assert lines_in(output) == [1]
+    assert lines_in(side_path(output)) == [3]
+    files.write(2, result(2))
+    files.close()
+    assert read_records(output)[0] == [result(1), result(2), result(3)]
+    assert not side_path(output).exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"line": 1}\nnot json\n', "out.jsonl line 2 is not a JSON record"),
+        ('{"line": 1}\n[1, 2]\n', "out.jsonl line 2 is not a JSON object"),
+    ],
+)
+def test_a_file_that_is_not_a_batch_output_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "out.jsonl").write_text(content)
+    with pytest.raises(SwarmError, match=message):
+        read_records(tmp_path / "out.jsonl")

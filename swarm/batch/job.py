@@ -15,13 +15,43 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swarm.batch.output import OutputFiles, read_input, read_records, side_path
-from swarm.batch.policy import Item, Resume, Tally, default_concurrency, parse_items, plan_resume, route_count
+from swarm.batch.policy import (
+    BatchInputError,
+    Item,
+    Resume,
+    Tally,
+    default_concurrency,
+    parse_items,
+    plan_resume,
+    route_count,
+)
 from swarm.config import Settings
 from swarm.errors import SwarmError
 
 if TYPE_CHECKING:
-    from swarm.batch.workers import BatchOptions, Interrupts
     from swarm.client.run import SwarmClient
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How every item is generated: --max-new-tokens (a line's max_tokens overrides it) and the sampling flags
+    (with --seed S each line samples with its own seed, `swarm.batch.policy.line_seed(S, line)`)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    ban_eos: bool = False
+
+
+@dataclass
+class Interrupts:
+    """Set from signal handlers: `stop` (the first Ctrl-C) starts no new item, `abort` (the second) drops the items
+    in flight too."""
+
+    stop: threading.Event
+    abort: threading.Event
 
 
 class Reporter(Protocol):
@@ -49,8 +79,6 @@ class BatchRequest:
 
 def install_interrupts() -> Interrupts:
     """SIGINT/SIGTERM handlers: the first signal stops starting items, the next drops the ones in flight."""
-    from swarm.batch.workers import Interrupts
-
     interrupts = Interrupts(threading.Event(), threading.Event())
 
     def handle(_signum: int, _frame: FrameType | None) -> None:
@@ -62,20 +90,28 @@ def install_interrupts() -> Interrupts:
 
 
 def run_batch(
-    request: BatchRequest, settings: Settings, options: BatchOptions, reporter: Reporter, interrupts: Interrupts
+    request: BatchRequest,
+    settings: Settings,
+    options: BatchOptions,
+    reporter: Reporter,
+    interrupts: Interrupts | None = None,
 ) -> dict[str, Any]:
-    """Run what is left of the batch; returns the summary (the `done` or `interrupted` event)."""
+    """Run what is left of the batch; returns the summary (the `done` or `interrupted` event). Without
+    `interrupts`, SIGINT and SIGTERM handlers are installed when the items start (before that, Ctrl-C ends the
+    command at once: nothing has been done)."""
     from swarm.client.resolve import Resolver, is_causal, parse_route
 
     if request.output.resolve() == request.input.resolve():
         raise SwarmError("the output must be another file than the input")
+    if not request.output.resolve().parent.is_dir():
+        raise SwarmError(f"cannot write the output {request.output}: its directory does not exist")
     lines = read_input(request.input)
-    parse_items(lines)  # the lines themselves, before anything else
+    _items(request, lines, causal=None)  # the lines themselves, before anything else
     addresses = list(dict.fromkeys(address for text in request.routes for address in parse_route(text)))
     resolver = Resolver(settings, request.torrent_peers)
     try:
         manifest, torrent_data = resolver.manifest(request.model)
-        items = parse_items(lines, causal=is_causal(manifest))
+        items = _items(request, lines, causal=is_causal(manifest))
         resume, output_clean = _resume(request, items)
         errors_before = sum("error" in record for record in [*resume.prefix, *resume.held.values()])
         tally = Tally(len(items), len(items) - len(resume.todo), errors_before)
@@ -95,13 +131,21 @@ def run_batch(
         concurrency = request.concurrency or default_concurrency(client.manifest.num_blocks, client.peers, len(todo))
         reporter.started(_started(request, client, tally, concurrency))
         files = OutputFiles(request.output, [item.line for item in items], resume, output_clean)
-        job = BatchJob(client, remaining, options, files, tally, interrupts)
+        job = BatchJob(client, remaining, options, files, tally, interrupts or install_interrupts())
         try:
-            seconds = job.run(concurrency, reporter.progress)
+            seconds = job.run(concurrency, reporter)
         finally:
             files.close()
     complete = files.in_order.complete
     return _summary("done" if complete else "interrupted", request, tally, seconds, complete)
+
+
+def _items(request: BatchRequest, lines: Sequence[str], causal: bool | None) -> list[Item]:
+    """The input's items; the error names the input file and the line."""
+    try:
+        return parse_items(lines, causal)
+    except BatchInputError as error:
+        raise BatchInputError(f"{request.input}: {error}") from None
 
 
 def _resume(request: BatchRequest, items: Sequence[Item]) -> tuple[Resume, bool]:

@@ -269,6 +269,25 @@ def retry_decision(error: SwarmError, attempt: int, max_attempts: int = MAX_ATTE
     return None
 
 
+# ----- spreading items -----
+
+
+def with_load(peers: Sequence[PeerInfo], running: Mapping[str, int]) -> list[PeerInfo]:
+    """The peers as one batch sees them with `running[address]` of its items on each, for the route planner: a
+    peer computes one step at a time, so each item already on it makes a new one wait about one more step. Its
+    measured throughput is divided by (running + 1), and its free sessions are those the batch's own items leave
+    (the planner's view of the peers' load, asked seconds ago, counts this batch's items of that moment; sessions
+    of other clients show when a peer refuses one as busy, which fails over)."""
+    from dataclasses import replace
+
+    loaded = []
+    for peer in peers:
+        count = max(running.get(peer.address, 0), 0)
+        free = max(peer.max_sessions - count, 0)
+        loaded.append(replace(peer, throughput=peer.throughput / (count + 1), free_sessions=free))
+    return loaded
+
+
 # ----- how many at once -----
 
 

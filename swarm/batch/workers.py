@@ -1,24 +1,28 @@
-"""The threads of a batch: each takes the next item, runs it through the swarm with a SwarmClient (which spreads
-sessions over equally good replicas and routes, and fails over inside a generation), tries it again on another
-route when it fails all the same, and hands its record to the main thread, which writes it and reports progress.
+"""The threads of a batch: each takes the next item, runs it through the swarm with a SwarmClient (which fails
+over inside a generation), tries it again on another route when it fails all the same, and hands its record to the
+main thread, which writes it and reports progress.
 
-Peers found gone (a failover or a failure named them as not answering) are left out of the routes planned for
-later items until the peers' info, asked again, shows them answering.
+Each item's first route is planned by the client's planner over the peers as the batch loads them: a peer with
+items of this batch running on it counts as that much slower (`swarm.batch.policy.with_load`), so items go to the
+route that will serve them soonest, and every replica and route gets a share even when the speeds the peers measured
+for themselves disagree. Peers found gone (a failover or a failure named them as not answering) are left out of the
+routes planned for later items until the peers' info, asked again, shows them answering.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+from swarm.batch.job import BatchOptions, Interrupts, Reporter
 from swarm.batch.output import OutputFiles
-from swarm.batch.policy import Item, Tally, line_seed, retry_decision
+from swarm.batch.policy import Item, Tally, line_seed, retry_decision, with_load
 from swarm.client.generate import SamplingParams
-from swarm.client.routing import NO_ANSWER_CODES, BusyError
+from swarm.client.routing import NO_ANSWER_CODES, BusyError, route_avoiding
 from swarm.client.run import EmbedResult, RunResult, SwarmClient, route_record
 from swarm.errors import SwarmError
 from swarm.wire import Hop
@@ -27,32 +31,6 @@ from swarm.wire import Hop
 REFRESH_SECONDS = 1.0
 # How often the main thread reports progress.
 REPORT_SECONDS = 0.2
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """How every item is generated: --max-new-tokens (a line's max_tokens overrides it) and the sampling flags."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    ban_eos: bool = False
-
-    def params(self, line: int) -> SamplingParams:
-        """Sampling of input line `line`: with --seed S, the line's own seed derived from S (see `line_seed`)."""
-        seed = None if self.seed is None else line_seed(self.seed, line)
-        return SamplingParams(self.temperature, self.top_k, self.top_p, seed).check()
-
-
-@dataclass
-class Interrupts:
-    """Set from signal handlers: `stop` (the first Ctrl-C) starts no new item, `abort` (the second) drops the items
-    in flight too."""
-
-    stop: threading.Event
-    abort: threading.Event
 
 
 class _Aborted(Exception):
@@ -77,20 +55,22 @@ class BatchJob:
         for item in items:
             self.todo.put(item)
         self.results: queue.Queue[tuple[Item, dict[str, Any]] | BaseException] = queue.Queue()
-        # Peers that stopped answering, avoided by later items until their info comes back.
+        # Peers that stopped answering, avoided by later items until their info comes back; items running per peer.
         self.gone: set[str] = set()
-        self._gone_lock = threading.Lock()
+        self.running: dict[str, int] = {}
+        self._spread = itertools.count()
+        self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refreshed = 0.0
 
-    def run(self, concurrency: int, report: Callable[[dict[str, Any]], None]) -> float:
-        """Run every item (or until interrupted); `report(figures)` is called every REPORT_SECONDS. Returns the
-        seconds it took."""
+    def run(self, concurrency: int, reporter: Reporter) -> float:
+        """Run every item (or until interrupted), reporting progress every REPORT_SECONDS; the seconds it took."""
         threads = [threading.Thread(target=self._work, daemon=True) for _ in range(concurrency)]
         for thread in threads:
             thread.start()
         started = last = time.monotonic()
         crash: BaseException | None = None
+        stopping = False
         while True:
             finished = not any(thread.is_alive() for thread in threads)
             try:
@@ -106,12 +86,17 @@ class BatchJob:
             elif got is not None:
                 self.files.write(got[0].line, got[1])
                 self.tally.add(got[1])
-            now = time.monotonic()
-            if now - last >= REPORT_SECONDS:
-                report(self.tally.figures(now - started))
-                last = now
+            if self.interrupts.stop.is_set() and not stopping and crash is None:
+                stopping = True
+                in_flight = sum(thread.is_alive() for thread in threads)
+                reporter.message(
+                    f"stopping: finishing the items in flight ({in_flight} at most); Ctrl-C again drops them"
+                )
+            if time.monotonic() - last >= REPORT_SECONDS:
+                last = time.monotonic()
+                reporter.progress(self.tally.figures(last - started))
         seconds = time.monotonic() - started
-        report(self.tally.figures(seconds))
+        reporter.progress(self.tally.figures(seconds))
         if crash is not None:
             raise crash
         return seconds
@@ -171,18 +156,21 @@ class BatchJob:
 
     def attempt(self, item: Item, work: str | list[int], avoid: set[str]) -> dict[str, Any]:
         """One try of the item along a route planned around the peers known to be gone."""
-        route = self.route(avoid)
-        if isinstance(work, str):
-            return embed_record(item, self.client.embed(work, route=route))
-        result = self.client.generate(
-            work,
-            self.max_new_tokens(item),
-            self.options.params(item.line),
-            ban_eos=self.options.ban_eos,
-            route=route,
-            pinned=False,
-            should_stop=self.interrupts.abort.is_set,
-        )
+        route = self.start_route(avoid)
+        try:
+            if isinstance(work, str):
+                return embed_record(item, self.client.embed(work, route=route))
+            result = self.client.generate(
+                work,
+                self.max_new_tokens(item),
+                sampling(self.options, item.line),
+                ban_eos=self.options.ban_eos,
+                route=route,
+                pinned=False,
+                should_stop=self.interrupts.abort.is_set,
+            )
+        finally:
+            self.end_route(route)
         if self.interrupts.abort.is_set():
             raise _Aborted
         gone = [record["peer"] for record in result.failovers if record.get("code") in NO_ANSWER_CODES]
@@ -190,25 +178,36 @@ class BatchJob:
             self.mark_gone(gone)
         return generation_record(item, result, self.options.seed)
 
-    def route(self, avoid: set[str]) -> list[Hop] | None:
-        """A route around the gone peers and those this item saw fail (or around the latter alone when the former
-        leave none); None while the swarm is busy: the generation then waits for a free session itself."""
-        with self._gone_lock:
-            gone = self.gone | avoid
+    def start_route(self, avoid: set[str]) -> list[Hop] | None:
+        """A route for the next item, counted as running on its peers until `end_route`: planned as the client plans
+        (fewest hops, then fastest, equals taking turns) with each peer slowed by the items running on it, around
+        the gone peers and those this item saw fail (the latter alone when the former leave no route). None while
+        the swarm is busy: the generation then waits for a free session itself."""
+        with self._lock:
+            peers = with_load(self.client.peers, self.running)
+            for failed in dict.fromkeys([frozenset(self.gone | avoid), frozenset(avoid)]):
+                try:
+                    route = route_avoiding(self.client.manifest.num_blocks, peers, failed, (), next(self._spread))
+                except BusyError:
+                    return None
+                except SwarmError:
+                    continue
+                for hop in route:
+                    self.running[hop.address] = self.running.get(hop.address, 0) + 1
+                return route
         try:
-            return self.client.plan(failed=gone)
+            self.client.plan(failed=avoid)  # the client's own error, naming the candidates that did not answer
         except BusyError:
             return None
-        except SwarmError:
-            if gone == avoid:
-                raise
-        try:
-            return self.client.plan(failed=avoid)
-        except BusyError:
-            return None
+        return None
+
+    def end_route(self, route: list[Hop] | None) -> None:
+        with self._lock:
+            for hop in route or ():
+                self.running[hop.address] -= 1
 
     def mark_gone(self, addresses: Sequence[str]) -> None:
-        with self._gone_lock:
+        with self._lock:
             self.gone.update(addresses)
         self.refresh()
 
@@ -227,10 +226,16 @@ class BatchJob:
             finally:
                 self._refreshed = time.monotonic()
             answered = {peer.address for peer in self.client.peers}
-            with self._gone_lock:
+            with self._lock:
                 self.gone -= answered
         finally:
             self._refresh_lock.release()
+
+
+def sampling(options: BatchOptions, line: int) -> SamplingParams:
+    """Sampling of input line `line`: with --seed S, the line's own seed derived from S (see `line_seed`)."""
+    seed = None if options.seed is None else line_seed(options.seed, line)
+    return SamplingParams(options.temperature, options.top_k, options.top_p, seed).check()
 
 
 def base_record(item: Item) -> dict[str, Any]:
