@@ -543,6 +543,11 @@ def run(
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
 @click.option("--max-generations", "serve_max_generations", type=click.IntRange(min=1), help="Generations at once.")
+@click.option(
+    "--ensemble",
+    type=click.Choice(["mean-logits", "vote", "mean"]),
+    help="Serve the --model A,B,... as one ensemble named A+B+... (see swarm run --help).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
 @click.pass_context
 def serve(
@@ -550,6 +555,7 @@ def serve(
     model_list: str,
     route_text: str | None,
     torrent_peers: tuple[str, ...],
+    ensemble: str | None,
     as_json: bool,
     **flags: Any,
 ) -> None:
@@ -559,9 +565,14 @@ def serve(
     references = [name.strip() for name in model_list.split(",") if name.strip()]
     if not references:
         raise SwarmError("--model names no model: give NAME or NAME,NAME,...")
+    if ensemble is not None and len(references) < 2:
+        raise SwarmError(f"--ensemble {ensemble} needs several models: give --model A,B,...")
     route = parse_route(route_text) if route_text else []
-    if route and len(references) > 1:
-        raise SwarmError("--route pins the peers of one model: serve one model with it, or find peers by --bootstrap")
+    if route and len(references) > 1 and ensemble is None:
+        raise SwarmError(
+            "--route pins the peers of one model (or of an --ensemble): serve one model with it, or find peers "
+            "with --bootstrap"
+        )
     settings = settings_from(ctx, **flags)
     from transformers.utils import logging as transformers_logging
 
@@ -569,7 +580,7 @@ def serve(
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    served, watched = connect_models(settings, references, route, torrent_peers)
+    served, watched = connect_models(settings, references, route, torrent_peers, ensemble)
 
     def announce(event: dict[str, Any]) -> None:
         if as_json:

@@ -243,3 +243,26 @@ def test_embeddings_average_and_refusals(swarm: Swarm) -> None:
     assert [model["model"] for model in record["models"]] == ["ens-bert-a", "ens-bert-b"]
     for message, (code, output, errors) in zip(refusals, finished[1:], strict=True):
         assert (code, output, errors) == (1, "", f"error: {message}\n")
+
+
+def test_swarm_serve_answers_as_the_ensemble(swarm: Swarm) -> None:
+    """`swarm serve --model A,B --ensemble mean-logits` serves one model, A+B, whose greedy completion is the local
+    mean-logits reference."""
+    import openai
+
+    from tests.test_dht import LineProcess
+
+    route = swarm.route("ens-a", "ens-b")
+    command = [SWARM, "serve", "--model", "ens-a,ens-b", "--ensemble", MEAN_LOGITS, "--route", route]
+    server = LineProcess([*command, "--listen", "127.0.0.1:0", "--json"], peer_environment(os.environ, home=swarm.home))
+    try:
+        address = server.wait_event("serving", 120)["address"]
+        client = openai.OpenAI(base_url=f"{address}/v1", api_key="none", max_retries=0, timeout=120)
+        assert [model.id for model in client.models.list()] == ["ens-a+ens-b"]
+        answer = client.completions.create(model="ens-a+ens-b", prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)
+    finally:
+        server.stop()
+    tokenizer = AutoTokenizer.from_pretrained(swarm.dirs["ens-a"])
+    expected = local_reference(swarm, tokenizer(PROMPT)["input_ids"], MEAN_LOGITS).tokens
+    assert answer.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
+    assert answer.usage is not None and answer.usage.completion_tokens == len(expected)

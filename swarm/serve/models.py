@@ -83,14 +83,18 @@ class ModelRegistry:
 
 
 def connect_model(
-    settings: Settings, reference: str, route: Sequence[str], torrent_peers: Sequence[str]
+    settings: Settings, reference: str, route: Sequence[str], torrent_peers: Sequence[str], shared_route: bool = False
 ) -> tuple[SwarmClient, Resolver | None]:
-    """A client for `reference` and, unless its route is pinned, the resolver that finds its peers again later
-    (kept open: it holds the DHT node). A model whose peers are not found yet is served once they are."""
+    """A client for `reference` and, unless its route is given, the resolver that finds its peers again later
+    (kept open: it holds the DHT node). A model whose peers are not found yet is served once they are.
+    `shared_route`: the route lists peers of several models (an ensemble's); this one uses those serving it."""
     resolver = Resolver(settings, torrent_peers)
     try:
         manifest, torrent_data = resolver.manifest(reference)
-        client = SwarmClient.from_resolved(resolver, manifest, torrent_data, route, require_peers=False)
+        pinned = () if shared_route else route
+        client = SwarmClient.from_resolved(resolver, manifest, torrent_data, pinned, require_peers=False)
+        if shared_route and route:
+            client.find_peers(route, pinned=False)
     except BaseException:
         resolver.close()
         raise

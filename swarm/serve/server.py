@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from swarm.address import Address
+from swarm.client.ensemble import EnsembleClient
 from swarm.client.resolve import Resolver
 from swarm.client.run import SwarmClient
 from swarm.config import Settings
@@ -41,24 +42,32 @@ def bind(address: Address) -> socket.socket:
 
 
 def connect_models(
-    settings: Settings, references: Sequence[str], route: Sequence[str], torrent_peers: Sequence[str]
+    settings: Settings,
+    references: Sequence[str],
+    route: Sequence[str],
+    torrent_peers: Sequence[str],
+    ensemble: str | None = None,
 ) -> tuple[list[ServedModel], list[tuple[SwarmClient, Resolver]]]:
-    """A served model per reference, and the (client, resolver) pairs whose peers the DHT is asked about later."""
-    served: list[ServedModel] = []
+    """A served model per reference (or one ensemble of them all, named A+B+...), and the (client, resolver)
+    pairs whose peers the DHT is asked about later."""
+    clients: list[SwarmClient] = []
     watched: list[tuple[SwarmClient, Resolver]] = []
     try:
         for reference in references:
-            client, resolver = connect_model(settings, reference, route, torrent_peers)
-            served.append(ServedModel(client.name, client, swarm_clients=[client]))
+            client, resolver = connect_model(settings, reference, route, torrent_peers, shared_route=bool(ensemble))
+            clients.append(client)
             if resolver is not None:
                 watched.append((client, resolver))
+        if ensemble is None:
+            return [ServedModel(client.name, client, swarm_clients=[client]) for client in clients], watched
+        together = EnsembleClient(clients, ensemble)
+        return [ServedModel(together.name, together, swarm_clients=clients)], watched
     except BaseException:
-        for model in served:
-            model.client.close()
+        for client in clients:
+            client.close()
         for _, resolver in watched:
             resolver.close()
         raise
-    return served, watched
 
 
 def serve_until_stopped(
