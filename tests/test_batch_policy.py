@@ -26,6 +26,7 @@ from swarm.batch.policy import (
     retry_decision,
     route_count,
     session_capacity,
+    swarm_wide,
     with_load,
 )
 from swarm.client.routing import BusyError, PeerFailure, PeerInfo, UncoveredError, route_avoiding
@@ -261,6 +262,21 @@ def test_which_failures_are_tried_again(error: SwarmError, attempt: int, expecte
     assert retry_decision(error, attempt) == expected
 
 
+@pytest.mark.parametrize(
+    ("error", "wide"),
+    [
+        (UncoveredError("no peer serves blocks 0..1"), True),
+        (BusyError("every replica peer is busy"), True),
+        (wrapped(UncoveredError("no replica peer serves this model")), True),
+        (GONE, False),
+        (wrapped(GONE), False),
+        (SwarmError("the prompt has 900 tokens"), False),
+    ],
+)
+def test_a_batch_stops_on_failures_of_the_whole_swarm(error: SwarmError, wide: bool) -> None:
+    assert swarm_wide(error) is wide
+
+
 def peer(address: str, blocks: tuple[int, int], max_sessions: int = 16, replica: bool = False) -> PeerInfo:
     return PeerInfo(address, blocks, throughput=100.0, max_sessions=max_sessions, replica=replica)
 
@@ -376,7 +392,7 @@ def test_what_a_killed_run_finished_is_in_the_output_or_the_side_file(tmp_path: 
         files.write(line, result(line))
     # Killed here: every record is on disk, the output in order, the later ones in the side file.
     assert lines_in(output) == [1]
-    assert lines_in(side_path(output)) == [1, 3, 4]
+    assert lines_in(side_path(output)) == [3, 4]
     files.close()
     assert side_path(output).exists()
 

@@ -6,6 +6,7 @@ asked anything: a malformed line fails in a moment, with no output written.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Sequence
@@ -128,6 +129,7 @@ def run_batch(
         todo = set(resume.todo)
         remaining = [item for item in items if item.line in todo]
         _check_chats(client, remaining)
+        _check_route(client)
         concurrency = request.concurrency or default_concurrency(client.manifest.num_blocks, client.peers, len(todo))
         reporter.started(_started(request, client, tally, concurrency))
         files = OutputFiles(request.output, [item.line for item in items], resume, output_clean)
@@ -161,6 +163,15 @@ def _check_chats(client: SwarmClient, items: Sequence[Item]) -> None:
         raise SwarmError(
             f"line {chat.line} is a chat, but {client.manifest.name} has no chat template: give prompts instead"
         )
+
+
+def _check_route(client: SwarmClient) -> None:
+    """The peers found make a route (busy ones too): otherwise the one-line error says which blocks lack a peer
+    and which candidates did not answer, before any work."""
+    from swarm.client.routing import BusyError
+
+    with contextlib.suppress(BusyError):
+        client.plan()
 
 
 def _quiet_transformers() -> None:

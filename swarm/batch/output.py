@@ -1,8 +1,8 @@
-"""A batch's files: the input, the output (records in input order) and its side file (every record as it finishes).
+"""A batch's files: the input, the output (records in input order) and its side file (records finished early).
 
-Each finished record is appended to the side file `OUTPUT.partial` at once, and to the output as soon as every line
-before it is done, so the output always holds results in input order, and whatever finished but could not be
-written there yet (later lines, done before an earlier one) survives in the side file a Ctrl-C, a SIGKILL or a crash.
+A finished record is appended to the output as soon as every line before it is done, so the output always holds
+results in input order; one that finished before an earlier line is appended to the side file `OUTPUT.partial` at
+once (and to the output once the lines before it are done), so it survives a Ctrl-C, a SIGKILL or a crash.
 A re-run reads both (`swarm.batch.policy.plan_resume`); the side file goes away when the output is complete.
 """
 
@@ -72,7 +72,8 @@ def _replace(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 class OutputFiles:
-    """Appends finished records: every one to the side file at once, and to the output in input order."""
+    """Appends finished records to the output in input order, and those that must wait for earlier lines to the side
+    file meanwhile."""
 
     def __init__(self, output: Path, order: list[int], resume: Resume, output_clean: bool = True) -> None:
         self.output = output
@@ -87,9 +88,13 @@ class OutputFiles:
         self._side: IO[str] = self.side.open("a", encoding="utf-8")
 
     def write(self, line: int, record: dict[str, Any]) -> None:
+        ready = self.in_order.add(line, record)
+        if line not in self.in_order.held:
+            self._write(ready)
+            return
+        # Held until the lines before it are done: on disk meanwhile, in the side file.
         self._side.write(record_text(record))
         self._side.flush()
-        self._write(self.in_order.add(line, record))
 
     def _write(self, ready: list[dict[str, Any]]) -> None:
         if ready:
@@ -97,8 +102,7 @@ class OutputFiles:
             self._output.flush()
 
     def close(self) -> None:
-        """Flush both files to disk; the side file goes when nothing is held any more (everything it has is in the
-        output)."""
+        """Flush both files to disk; the side file goes when nothing is held any more (all it has is in the output)."""
         for handle in (self._output, self._side):
             handle.flush()
             os.fsync(handle.fileno())

@@ -269,6 +269,22 @@ def retry_decision(error: SwarmError, attempt: int, max_attempts: int = MAX_ATTE
     return None
 
 
+def swarm_wide(error: SwarmError) -> bool:
+    """Whether a failure is the swarm's rather than the item's: some blocks have no peer, or every peer that could
+    serve them is busy (also when wrapped, as after a failover with no other route). A batch stops on those once an
+    item's tries are spent, rather than write every line left as an error."""
+    from swarm.client.routing import BusyError, PeerFailure, UncoveredError
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, PeerFailure):
+            return False
+        if isinstance(cause, (BusyError, UncoveredError)):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 # ----- spreading items -----
 
 

@@ -78,6 +78,6 @@ def bar_reporter() -> Any:
                 self.bars.update(self.task, completed=figures["done"], rate=rate, eta=eta)
 
         def message(self, text: str) -> None:
-            self.bars.console.print(text)
+            self.bars.console.print(text, markup=False, highlight=False)
 
     return BarReporter()

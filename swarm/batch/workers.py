@@ -20,7 +20,7 @@ from typing import Any
 
 from swarm.batch.job import BatchOptions, Interrupts, Reporter
 from swarm.batch.output import OutputFiles
-from swarm.batch.policy import Item, Tally, line_seed, retry_decision, with_load
+from swarm.batch.policy import Item, Tally, line_seed, retry_decision, swarm_wide, with_load
 from swarm.client.generate import SamplingParams
 from swarm.client.routing import NO_ANSWER_CODES, BusyError, route_avoiding
 from swarm.client.run import EmbedResult, RunResult, SwarmClient, route_record
@@ -62,6 +62,8 @@ class BatchJob:
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refreshed = 0.0
+        # The swarm-wide failure the batch stopped on.
+        self.gave_up: SwarmError | None = None
 
     def run(self, concurrency: int, reporter: Reporter) -> float:
         """Run every item (or until interrupted), reporting progress every REPORT_SECONDS; the seconds it took."""
@@ -86,19 +88,22 @@ class BatchJob:
             elif got is not None:
                 self.files.write(got[0].line, got[1])
                 self.tally.add(got[1])
-            if self.interrupts.stop.is_set() and not stopping and crash is None:
+            if self.interrupts.stop.is_set() and not stopping and crash is None and self.gave_up is None:
                 stopping = True
-                in_flight = sum(thread.is_alive() for thread in threads)
-                reporter.message(
-                    f"stopping: finishing the items in flight ({in_flight} at most); Ctrl-C again drops them"
-                )
+                reporter.message("stopping: finishing the items in flight; Ctrl-C again drops them")
             if time.monotonic() - last >= REPORT_SECONDS:
                 last = time.monotonic()
                 reporter.progress(self.tally.figures(last - started))
         seconds = time.monotonic() - started
-        reporter.progress(self.tally.figures(seconds))
+        figures = self.tally.figures(seconds)
+        reporter.progress(figures)
         if crash is not None:
             raise crash
+        if self.gave_up is not None:
+            raise SwarmError(
+                f"{self.gave_up}; stopped with {figures['done']} of {figures['total']} lines done: the same command "
+                "does the rest"
+            )
         return seconds
 
     def _work(self) -> None:
@@ -131,6 +136,9 @@ class BatchJob:
                 decision = retry_decision(error, attempt)
                 if self.interrupts.abort.is_set():
                     return None
+                if decision is None and swarm_wide(error):
+                    self.give_up(error)
+                    return None
                 if decision is None:
                     return error_record(item, error, attempt)
                 if decision.avoid is not None:
@@ -139,6 +147,12 @@ class BatchJob:
                 if self.interrupts.abort.wait(decision.pause):
                     return None
             attempt += 1
+
+    def give_up(self, error: SwarmError) -> None:
+        """Stop the batch: the swarm cannot take items (the lines left are for a re-run, not error records)."""
+        with self._lock:
+            self.gave_up = self.gave_up or error
+        self.interrupts.stop.set()
 
     def max_new_tokens(self, item: Item) -> int:
         return self.options.max_new_tokens if item.max_tokens is None else item.max_tokens
