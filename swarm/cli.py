@@ -50,8 +50,18 @@ class SwarmGroup(click.Group):
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    """The settings of this command; with a swarm secret, every compute socket it opens joins that private swarm."""
     base: Settings = ctx.obj
-    return base.with_overrides(**overrides)
+    settings = base.with_overrides(**overrides)
+    if settings.swarm_secret is not None:
+        from swarm import transport
+        from swarm.transport.keys import secret_from_file
+
+        transport.use_swarm_keys(secret_from_file(str(settings.swarm_secret)))
+    return settings
+
+
+SECRET_HELP = "File holding a private swarm's secret: only its members connect, and compute traffic is encrypted."
 
 
 @click.group(cls=SwarmGroup)
@@ -325,6 +335,7 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
     "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True
 )
 @click.option("--max-sessions", type=click.IntRange(min=1), help="Sessions served at once.")
+@click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option(
     "--session-timeout", "session_idle_timeout", type=click.FloatRange(min=0.1), help="Idle seconds before a "
     "session's cache is freed."
@@ -444,6 +455,7 @@ ENSEMBLE_HELP = (
     help="Model: catalog or DHT name, manifest path or torrent path; A,B,... for an ensemble (with --ensemble).",
 )
 @click.option("--ensemble", type=click.Choice(["mean-logits", "vote", "mean"]), help=ENSEMBLE_HELP)
+@click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option("--prompt", help="Text to continue (causal language models).")
 @click.option("--embed", "embed_text", help="Text to embed (encoder models such as BERT).")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), help="Most tokens to generate (default 64).")
@@ -543,6 +555,7 @@ def run(
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
 @click.option("--max-generations", "serve_max_generations", type=click.IntRange(min=1), help="Generations at once.")
+@click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option(
     "--ensemble",
     type=click.Choice(["mean-logits", "vote", "mean"]),

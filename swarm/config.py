@@ -123,6 +123,8 @@ class Settings:
     serve_max_generations: int = 64
     # Seconds between `swarm serve`'s looks in the DHT for a model's compute peers (joined or gone since).
     peer_rediscovery_interval: float = 30.0
+    # A file holding a private swarm's secret: compute traffic is then CURVE-encrypted and only members connect.
+    swarm_secret: Path | None = None
 
     @property
     def catalog(self) -> Path:
@@ -148,7 +150,7 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply CLI flags; a value of None means the flag was not given. Addresses are parsed here."""
         given = {key: value for key, value in overrides.items() if value is not None and value != ()}
-        for key in ("home", "catalog_dir", "data_dir"):
+        for key in ("home", "catalog_dir", "data_dir", "swarm_secret"):
             if key in given:
                 given[key] = Path(given[key]).expanduser()
         for key, what in ADDRESS_FIELDS.items():
@@ -223,6 +225,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_API_KEY": ("api_key", str),
     "SWARM_SERVE_MAX_GENERATIONS": ("serve_max_generations", int),
     "SWARM_PEER_REDISCOVERY": ("peer_rediscovery_interval", float),
+    "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
 }
 
 

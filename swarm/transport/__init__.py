@@ -46,6 +46,7 @@ import zmq
 
 from swarm.address import Address
 from swarm.errors import SwarmError
+from swarm.transport.keys import SwarmKeys
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -153,17 +154,23 @@ class Link:
     reason: str = ""
 
 
+_NOT_MEMBER = "as between a private swarm's member and a node without its secret (--swarm-secret), or with another's"
+
+
 def link_after(link: Link, event: int, now: float) -> Link:
     """The link after one monitor event (pure). A connection counts as up only after the ZeroMQ handshake: a TCP
     connection to a frozen process is accepted by its kernel, but nobody answers the handshake."""
     if event == LinkEvent.HANDSHAKE_SUCCEEDED:
         return link if link.state is LinkState.UP else Link(LinkState.UP, now, link.drops)
+    if event == LinkEvent.DISCONNECTED and link.state is not LinkState.UP:
+        # A CURVE server drops a client that cannot complete its handshake without a word.
+        return _down(link, now, f"the connection was closed before the ZeroMQ handshake completed ({_NOT_MEMBER})")
     if event == LinkEvent.DISCONNECTED:
         return _down(link, now, "the connection was lost (closed, reset, or no heartbeat answered)")
     if event == LinkEvent.CONNECT_RETRIED and link.state is not LinkState.DOWN:
         return _down(link, now, "the connection was refused or failed")
     if event in _HANDSHAKE_FAILURES:
-        return _down(link, now, "the ZeroMQ handshake failed")
+        return _down(link, now, f"the ZeroMQ handshake failed ({_NOT_MEMBER})")
     return link
 
 
@@ -204,10 +211,25 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
             events.append(int.from_bytes(frames[0][:2], sys.byteorder))
 
 
-class Context:
-    """Owns a zmq context and the sockets made through it, so one close() tears everything down."""
+# The private swarm this process belongs to (set once by a command given --swarm-secret): every Context made
+# without keys of its own uses these.
+_process_keys: SwarmKeys | None = None
 
-    def __init__(self) -> None:
+
+def use_swarm_keys(keys: SwarmKeys | None) -> None:
+    """Make every compute socket this process opens from now on a member of the private swarm of `keys`."""
+    global _process_keys
+    _process_keys = keys
+
+
+class Context:
+    """Owns a zmq context and the sockets made through it, so one close() tears everything down.
+
+    With `keys` (or the process's, see use_swarm_keys) every socket speaks CURVE: ROUTERs serve with the private
+    swarm's server key, DEALERs connect with its client key; others cannot complete a handshake."""
+
+    def __init__(self, keys: SwarmKeys | None = None) -> None:
+        self.keys = keys if keys is not None else _process_keys
         self._context = zmq.Context()
         self._sockets: list[zmq.Socket[Any]] = []
         # Monitored socket → the PAIR its events arrive on.
@@ -235,6 +257,9 @@ class Context:
         if endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
         sock = self._socket(zmq.ROUTER, max_message_bytes)
+        if self.keys is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.server_secret)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -282,6 +307,10 @@ class Context:
     ) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
         endpoint = normalize_address(address)
         sock = self._socket(zmq.DEALER, max_message_bytes)
+        if self.keys is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys.server_public)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.client_public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.client_secret)
         if immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
         if heartbeat is not None:

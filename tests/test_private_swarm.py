@@ -1,0 +1,121 @@
+"""A private swarm (`--swarm-secret FILE`) over real peers: members compute together, exactly as local transformers
+does, over CURVE-encrypted connections (checked on the wire with tcpdump); a client without the secret, or with
+another swarm's, is refused at the handshake with a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import SWARM
+from tests.peer_harness import PeerProcess, peer_environment, start_peers
+
+PROMPT = "Readability counts."
+NEW_TOKENS = 6
+# Text that every plaintext compute message carries (its JSON header).
+PLAINTEXT_MARKERS = (b'"kind"', b"open_session", b'"route"')
+
+
+@dataclass
+class PrivateSwarm:
+    model_dir: Path
+    home: Path
+    secret: Path
+    other_secret: Path
+    peers: list[PeerProcess]
+
+    def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        route = ",".join(peer.address for peer in self.peers)
+        arguments = ["--model", "priv", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
+        return subprocess.run(
+            [SWARM, "run", *arguments, *flags], env=peer_environment(os.environ, home=self.home),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def private(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSwarm]:
+    root = tmp_path_factory.mktemp("private")
+    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=31, log=lambda _line: None)
+    environment = peer_environment(os.environ, home=root / "home")
+    subprocess.run(
+        [SWARM, "seed", str(model_dir), "--name", "priv", "--prepare-only"], env=environment, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    secret, other = root / "swarm.secret", root / "other.secret"
+    secret.write_text("correct horse battery staple, but longer\n")
+    other.write_text("another swarm entirely, same length ok\n")
+    peers = start_peers(
+        [["--model", "priv", "--blocks", span, "--swarm-secret", str(secret)] for span in ("0:2", "2:4")],
+        environment,
+        root / "logs",
+    )
+    try:
+        yield PrivateSwarm(model_dir, root / "home", secret, other, peers)
+    finally:
+        for peer in peers:
+            peer.stop()
+
+
+def local_text(model_dir: Path) -> list[int]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompt = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS)
+    return [int(token) for token in output[0, prompt.shape[1] :]]
+
+
+def capture(ports: list[int], path: Path) -> subprocess.Popen[bytes]:
+    tcpdump = shutil.which("tcpdump")
+    assert tcpdump, "tcpdump is needed (.ci/run installs it)"
+    expression = " or ".join(f"tcp port {port}" for port in ports)
+    process = subprocess.Popen(
+        [tcpdump, "-i", "lo", "-U", "-s", "0", "-w", str(path), expression],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    # tcpdump says "listening on lo" once it captures.
+    deadline = time.monotonic() + 10
+    while b"listening on" not in process.stderr.readline() and time.monotonic() < deadline:
+        pass
+    return process
+
+
+def test_members_compute_together_over_encrypted_connections(private: PrivateSwarm, tmp_path: Path) -> None:
+    ports = [int(peer.address.rpartition(":")[2]) for peer in private.peers]
+    pcap = tmp_path / "private.pcap"
+    tcpdump = capture(ports, pcap)
+    try:
+        done = private.run("--swarm-secret", str(private.secret), "--json")
+    finally:
+        time.sleep(0.5)
+        tcpdump.send_signal(signal.SIGINT)
+        tcpdump.wait(timeout=10)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tokens"] == local_text(private.model_dir)
+    wire_bytes = pcap.read_bytes()
+    # Hidden states of every step crossed the wire (kilobytes), and no plaintext header did.
+    assert len(wire_bytes) > 20_000
+    assert not [marker for marker in PLAINTEXT_MARKERS if marker in wire_bytes]
+
+
+@pytest.mark.parametrize("secret", [None, "other"])
+def test_outsiders_are_refused_at_the_handshake(private: PrivateSwarm, secret: str | None) -> None:
+    flags = [] if secret is None else ["--swarm-secret", str(private.other_secret)]
+    done = private.run(*flags)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "ZeroMQ handshake" in lines[0] and "--swarm-secret" in lines[0]
