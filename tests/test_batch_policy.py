@@ -252,10 +252,17 @@ def wrapped(cause: SwarmError) -> SwarmError:
         # The tries are spent.
         (GONE, 4, None),
         (BusyError("busy"), 4, None),
-        # Errors any route would give: not tried again.
+        # A route that did not answer in time although every peer answers ping: tried again after a pause.
+        (
+            SwarmError("no open_session result within 30 s from the route ...; every peer answers ping"),
+            1,
+            Retry(pause=0.25),
+        ),
+        (SwarmError("no step result within 30 s"), 4, None),
+        # Refusals any peer would give: not tried again.
         (PeerFailure("malformed", "tcp://b:2", "bad_request"), 1, None),
         (PeerFailure("wrong tensor", "tcp://b:2", "bad_tensor"), 1, None),
-        (SwarmError("the text has 900 tokens, but tiny takes at most 512; shorten it"), 1, None),
+        (wrapped(PeerFailure("malformed", "tcp://b:2", "bad_request")), 1, None),
     ],
 )
 def test_which_failures_are_tried_again(error: SwarmError, attempt: int, expected: Retry | None) -> None:

@@ -248,11 +248,12 @@ class Retry:
 
 def retry_decision(error: SwarmError, attempt: int, max_attempts: int = MAX_ATTEMPTS) -> Retry | None:
     """Whether an item whose `attempt`-th try (1-based) failed with `error` is tried again, and how; None: write it
-    as an error record. A peer that failed in a way another route avoids is avoided; a busy swarm, or one without
-    a route at the moment (peers gone, not yet found again), is tried again after a pause; an error any route would
-    give (a request the peers refuse as malformed, a text too long for the model) is not retried. An error that
-    wraps one of those (no other route after a failover) counts as the one it wraps."""
-    from swarm.client.routing import BusyError, PeerFailure, UncoveredError, fails_over
+    as an error record. The item itself was checked before it went to the swarm (prompt length, chat template), so
+    a failure here is the swarm's: a peer that failed in a way another route avoids is avoided; anything else (a
+    busy swarm, no route at the moment, a route too slow to answer in time) is tried again after a pause. Only a
+    refusal any peer would give (the request is malformed) is not tried again. An error that wraps another (no
+    other route after a failover) counts as the one it wraps."""
+    from swarm.client.routing import PeerFailure, fails_over
 
     if attempt >= max_attempts:
         return None
@@ -263,10 +264,8 @@ def retry_decision(error: SwarmError, attempt: int, max_attempts: int = MAX_ATTE
             if not fails_over(cause.code):
                 return None
             return Retry(pause=pause) if cause.code == "busy" else Retry(avoid=cause.address)
-        if isinstance(cause, (BusyError, UncoveredError)):
-            return Retry(pause=pause)
         cause = cause.__cause__
-    return None
+    return Retry(pause=pause)
 
 
 def swarm_wide(error: SwarmError) -> bool:

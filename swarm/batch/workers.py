@@ -158,15 +158,19 @@ class BatchJob:
         return self.options.max_new_tokens if item.max_tokens is None else item.max_tokens
 
     def prepare(self, item: Item) -> str | list[int]:
-        """What the swarm runs for the item: prompt token ids (checked against the model's context), or the text to
-        embed. SwarmError for an item no route could run (it is not retried)."""
-        if item.kind == "embed":
-            return item.prompt
-        ids = self.client.encode(item.prompt) if item.kind == "prompt" else self.client.encode_chat(item.messages)
+        """What the swarm runs for the item: prompt token ids, or the text to embed, each checked against the model's
+        context. SwarmError for an item no route could run: it is written as an error at once. (Whatever fails
+        later is the swarm's failure, tried again.)"""
+        ids = self.client.encode(item.prompt) if item.kind != "chat" else self.client.encode_chat(item.messages)
         if not ids:
             raise SwarmError("the prompt has no tokens")
-        self.client.fit_to_context(len(ids), self.max_new_tokens(item))
-        return ids
+        if item.kind != "embed":
+            self.client.fit_to_context(len(ids), self.max_new_tokens(item))
+            return ids
+        context = self.client.parts.context_length
+        if context is not None and len(ids) > context:
+            raise SwarmError(f"the text has {len(ids)} tokens, but {self.client.manifest.name} takes at most {context}")
+        return item.prompt
 
     def attempt(self, item: Item, work: str | list[int], avoid: set[str]) -> dict[str, Any]:
         """One try of the item along a route planned around the peers known to be gone."""
