@@ -455,6 +455,13 @@ ENSEMBLE_HELP = (
     help="Model: catalog or DHT name, manifest path or torrent path; A,B,... for an ensemble (with --ensemble).",
 )
 @click.option("--ensemble", type=click.Choice(["mean-logits", "vote", "mean"]), help=ENSEMBLE_HELP)
+@click.option(
+    "--verify",
+    "verify_fraction",
+    type=click.FloatRange(min=0, max=1),
+    help="Share of steps to check by re-running one hop on other peers with its blocks; peers the majority "
+    "contradicts are excluded (0 to 1; default 0).",
+)
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option("--prompt", help="Text to continue (causal language models).")
 @click.option("--embed", "embed_text", help="Text to embed (encoder models such as BERT).")
@@ -555,6 +562,13 @@ def run(
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
 @click.option("--max-generations", "serve_max_generations", type=click.IntRange(min=1), help="Generations at once.")
+@click.option(
+    "--verify",
+    "verify_fraction",
+    type=click.FloatRange(min=0, max=1),
+    help="Share of steps to check by re-running one hop on other peers with its blocks; peers the majority "
+    "contradicts are excluded (0 to 1; default 0).",
+)
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option(
     "--ensemble",

@@ -123,6 +123,8 @@ class Settings:
     serve_max_generations: int = 64
     # Seconds between `swarm serve`'s looks in the DHT for a model's compute peers (joined or gone since).
     peer_rediscovery_interval: float = 30.0
+    # Share of generation steps a client checks by re-running one hop on other peers serving its blocks (0: none).
+    verify_fraction: float = 0.0
     # A file holding a private swarm's secret: compute traffic is then CURVE-encrypted and only members connect.
     swarm_secret: Path | None = None
 
@@ -225,6 +227,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_API_KEY": ("api_key", str),
     "SWARM_SERVE_MAX_GENERATIONS": ("serve_max_generations", int),
     "SWARM_PEER_REDISCOVERY": ("peer_rediscovery_interval", float),
+    "SWARM_VERIFY": ("verify_fraction", float),
     "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
 }
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from swarm import transport
+from swarm.client.checker import StepChecker
 from swarm.client.generate import Generation, SamplingParams, generate
 from swarm.client.local_parts import LocalParts
 from swarm.client.resolve import Resolver
@@ -38,13 +39,14 @@ from swarm.client.session import (
     PeerFailure,
     expect_hidden,
     expect_logits,
+    new_id,
     query_peers,
     run_encoder,
 )
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
-from swarm.wire import DTYPES, Hop
+from swarm.wire import DTYPES, Header, Hop, Kind
 
 # Failovers one generation may go through before it gives up (refusals from busy peers do not count: the busy
 # retry time bounds those).
@@ -68,6 +70,8 @@ class RunResult:
     # until the step it belonged to came back from the new route: detection, re-planning, the new session and
     # the replay together).
     failovers: list[dict[str, Any]] = field(default_factory=list)
+    # With --verify: steps checked, steps no other peer could check, peers excluded (see StepChecker.record).
+    verification: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -79,6 +83,8 @@ class RunResult:
             "failovers": self.failovers,
             "timings": self.generation.timings(),
         }
+        if self.verification is not None:
+            record["verification"] = self.verification
         return record
 
 
@@ -118,6 +124,8 @@ class SwarmClient:
         self.addresses = [peer.address for peer in peers]
         self.pinned = False
         self.unreachable: dict[str, str] = {}
+        # Peers whose outputs other peers contradicted (--verify): never routed through again by this client.
+        self.distrusted: set[str] = set()
         self._refreshed = time.monotonic()
         self._peers_lock = threading.Lock()
         self.context = transport.Context()
@@ -301,7 +309,8 @@ class SwarmClient:
             )
         finally:
             steps.close()
-        return RunResult(generation, steps.route or [], steps.failovers)
+        verification = steps.checker.record() if steps.checker is not None else None
+        return RunResult(generation, steps.route or [], steps.failovers, verification)
 
     def run_step(self, session: InferenceSession, ids: torch.Tensor, start: int) -> torch.Tensor:
         """New tokens `ids` at positions [start, ...) through the session's route: last position's logits."""
@@ -324,6 +333,29 @@ class SwarmClient:
                 f"peer {last_peer} returned hidden states of shape {list(hidden.shape)} for {list(ids.shape)} tokens"
             )
         return self.parts.head(hidden)
+
+    def run_stateless(self, endpoint: ComputeClient, route: list[Hop], ids: torch.Tensor) -> torch.Tensor:
+        """Token ids at positions [0, n) through `route` without a session (a check of a step): last logits."""
+        header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, ids.shape[1]))
+        last_peer = route[-1].address
+        if self.parts.span is None:
+            reply = endpoint.request(route, header, {"input_ids": ids.contiguous()})
+            return expect_logits(reply.tensors, last_peer, self.parts.vocab_size).float()
+        hidden = self.hidden_for(route[0], self.parts.embed(ids, 0))
+        reply = endpoint.request(route, header, {"hidden": hidden})
+        return self.parts.head(expect_hidden(reply.tensors, last_peer, self.parts.hidden_size))
+
+    def checker(self, endpoint: ComputeClient) -> StepChecker | None:
+        """What checks a fraction of one generation's steps (Settings.verify_fraction), or None."""
+        if self.settings.verify_fraction <= 0:
+            return None
+        return StepChecker(
+            self.settings.verify_fraction,
+            lambda: list(self.peers),
+            lambda route, ids: self.run_stateless(endpoint, route, ids),
+            replica=self.parts.span is None,
+            distrusted=self.distrusted,
+        )
 
     def hidden_for(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states in the dtype the first hop computes in (it says so in its info; peers may run a
@@ -400,8 +432,9 @@ class _FailoverSteps:
         self.history: torch.Tensor | None = None
         self.failovers: list[dict[str, Any]] = []
         # Peers gone for this generation, and peers that refused a session (tried again after a pause).
-        self.failed: set[str] = set()
+        self.failed: set[str] = set(client.distrusted)
         self.busy: set[str] = set()
+        self.checker = client.checker(self.endpoint)
         self.failures = 0
         self.busy_tries = 0
         self.busy_waited = 0.0
@@ -429,8 +462,12 @@ class _FailoverSteps:
             self.session.open()
             if self.history is not None:
                 # A new route: replay everything the old one had cached.
-                return self.client.run_step(self.session, torch.cat([self.history, ids], dim=1), 0)
-        return self.client.run_step(self.session, ids, start)
+                ids, start = torch.cat([self.history, ids], dim=1), 0
+        logits = self.client.run_step(self.session, ids, start)
+        if self.checker is not None:
+            so_far = ids if start == 0 or self.history is None else torch.cat([self.history, ids], dim=1)
+            self.checker.check(list(self.session.route), so_far, logits, self.failed)
+        return logits
 
     def _fail_over(self, failure: PeerFailure, started: float) -> dict[str, Any]:
         """Record the failure and drop the session, or raise when no other route may help."""

@@ -1,0 +1,159 @@
+"""Checking peers (`--verify`): a peer that perturbs its hidden states is caught by the first step it takes part in
+with --verify 1, excluded and routed around, and the tokens equal local transformers `generate`. The majority rule
+itself is a table of cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarm.client.generate import SamplingParams
+from swarm.client.routing import PeerInfo
+from swarm.client.run import SwarmClient
+from swarm.client.verify import majority, relative_difference, second_opinions
+from swarm.config import Settings
+from swarm.wire import Hop
+from tests.conftest import ROOT, SWARM
+from tests.peer_harness import PeerProcess, peer_environment, start_peers, wait_for_event
+
+PROMPT = "Errors should never pass silently."
+NEW_TOKENS = 8
+
+
+def vector(*values: float) -> torch.Tensor:
+    return torch.tensor([list(values)])
+
+
+@pytest.mark.parametrize(
+    ("outputs", "agreeing", "decided"),
+    [
+        ({"a": vector(1, 2), "b": vector(1, 2), "c": vector(1, 2)}, {"a", "b", "c"}, True),
+        ({"a": vector(1, 2), "b": vector(1, 2.0000001), "c": vector(5, 2)}, {"a", "b"}, True),
+        ({"liar": vector(5, 2), "b": vector(1, 2), "c": vector(1, 2)}, {"b", "c"}, True),
+        ({"a": vector(1, 2), "b": vector(5, 2)}, set(), False),
+        ({"a": vector(1, 2), "b": vector(5, 2), "c": vector(9, 2)}, set(), False),
+        ({"a": vector(1, 2)}, {"a"}, True),
+    ],
+)
+def test_majority(outputs: dict[str, torch.Tensor], agreeing: set[str], decided: bool) -> None:
+    verdict = majority(list(outputs.items()), tolerance=1e-3)
+    assert (set(verdict.agreeing), verdict.decided) == (agreeing, decided)
+    assert set(verdict.disagreeing) == set(outputs) - agreeing
+
+
+def test_relative_difference() -> None:
+    assert relative_difference(vector(3, 4), vector(3, 4)) == 0
+    assert relative_difference(vector(3, 4.5), vector(3, 4)) == pytest.approx(0.1)
+    assert relative_difference(vector(1, 2, 3), vector(1, 2)) == float("inf")
+
+
+def span(address: str, start: int, end: int, replica: bool = False) -> PeerInfo:
+    return PeerInfo(address=address, blocks=(start, end), replica=replica)
+
+
+@pytest.mark.parametrize(
+    ("index", "excluded", "replica", "expected"),
+    [
+        (1, set(), False, ["c", "d"]),  # two second opinions at most, never a peer already on the route
+        (1, {"c"}, False, ["d", "e"]),
+        (0, set(), False, ["wide"]),  # a peer covering more than the hop's blocks stands in for it
+        (0, {"wide"}, False, []),
+    ],
+)
+def test_second_opinions(index: int, excluded: set[str], replica: bool, expected: list[str]) -> None:
+    route = [Hop(address="a", blocks=(0, 2)), Hop(address="b", blocks=(2, 4))]
+    peers = [span("a", 0, 2), span("b", 2, 4), span("c", 2, 4), span("d", 2, 4), span("e", 2, 4),
+             span("wide", 0, 3), span("whole", 0, 4, replica=True)]  # fmt: skip
+    routes = second_opinions(route, index, peers, excluded, replica)
+    assert [alternative[index].address for alternative in routes] == expected
+    assert all(alternative[1 - index] == route[1 - index] for alternative in routes)
+    assert all(alternative[index].blocks == route[index].blocks for alternative in routes)
+
+
+@dataclass
+class Checked:
+    model_dir: Path
+    home: Path
+    honest: list[PeerProcess]
+    liar: PeerProcess
+
+
+def start_liar(arguments: list[str], environment: dict[str, str], log: Path) -> PeerProcess:
+    command = [sys.executable, str(ROOT / "tests" / "lying_peer.py"), "join", *arguments]
+    command += ["--listen", "127.0.0.1:0", "--torrent-listen", "127.0.0.1:0", "--json"]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    return PeerProcess(process, wait_for_event(process, "serving", log), log)
+
+
+@pytest.fixture(scope="module")
+def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checked]:
+    root = tmp_path_factory.mktemp("verify")
+    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=41, log=lambda _line: None)
+    environment = peer_environment(os.environ, home=root / "home")
+    subprocess.run(
+        [SWARM, "seed", str(model_dir), "--name", "vm", "--prepare-only"], env=environment, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    honest = start_peers([["--model", "vm", "--blocks", blocks] for blocks in ("0:2", "2:4", "2:4")], environment,
+                         root / "logs")  # fmt: skip
+    liar = start_liar(["--model", "vm", "--blocks", "2:4"], environment, root / "liar.log")
+    try:
+        yield Checked(model_dir, root / "home", honest, liar)
+    finally:
+        for peer in [*honest, liar]:
+            peer.stop()
+
+
+def local_tokens(model_dir: Path) -> list[int]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompt = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS)
+    return [int(token) for token in output[0, prompt.shape[1] :]]
+
+
+def test_a_lying_peer_is_caught_at_its_first_step_and_routed_around(checked: Checked) -> None:
+    settings = Settings(home=checked.home, verify_fraction=1.0)
+    addresses = [peer.address for peer in [*checked.honest, checked.liar]]
+    with SwarmClient.connect("vm", settings, addresses) as client:
+        through_liar = [Hop(address=checked.honest[0].address, blocks=(0, 2)), Hop(checked.liar.address, (2, 4))]
+        result = client.generate(PROMPT, NEW_TOKENS, SamplingParams(), route=through_liar, pinned=False)
+        again = client.generate(PROMPT, NEW_TOKENS, SamplingParams())
+    expected = local_tokens(checked.model_dir)
+    assert result.generation.token_ids == expected
+    assert result.verification is not None
+    assert result.verification["excluded"] == [
+        {"peer": checked.liar.address, "blocks": [2, 4], "reason": "disagreed with the majority"}
+    ]
+    # Caught by the check of the first step (the prompt's), before any token came from it.
+    assert [(failover["peer"], failover["code"]) for failover in result.failovers] == [
+        (checked.liar.address, "bad_result")
+    ]
+    assert checked.liar.address not in [hop.address for hop in result.route]
+    # Excluded for the client's later generations too.
+    assert again.generation.token_ids == expected
+    assert checked.liar.address not in [hop.address for hop in again.route]
+
+
+def test_swarm_run_with_verify_equals_local_generate(checked: Checked) -> None:
+    route = ",".join(peer.address for peer in [*checked.honest, checked.liar])
+    arguments = ["--model", "vm", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
+    done = subprocess.run(
+        [SWARM, "run", *arguments, "--verify", "1", "--json"], env=peer_environment(os.environ, home=checked.home),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["tokens"] == local_tokens(checked.model_dir)
+    assert record["verification"]["checked"] >= 1
+    assert checked.liar.address not in [hop["address"] for hop in record["route"]]
