@@ -7,7 +7,8 @@ same --items prompts run through `swarm batch` (as a user types it, --json) with
 both, interleaved --repeat times, --new-tokens greedy tokens per item with EOS banned (every item the same work).
 Items/s and tokens/s are the batch's own figures (from its first item to its last, after the model is loaded); the
 speed-up is 2 replicas over 1. Every run must give the same tokens for every line (checked), and the table says
-how many items each replica served.
+how many items each replica served and how many cores the peers got while the batch ran (from /proc): a speed-up
+short of 2 with the peers short of 2 cores means other processes had the rest.
 
 Usage: python tools/bench_batch.py [--params 30M] [--items 64] [--new-tokens 16] [--repeat 3] [--work DIR]
 """
@@ -77,7 +78,11 @@ def run(work: Path, args: argparse.Namespace) -> tuple[dict[int, list[dict[str, 
             for replicas in (1, 2):
                 output = work / f"out-{replicas}-{attempt}.jsonl"
                 output.unlink(missing_ok=True)
+                before = [cpu_seconds(peer.process.pid) for peer in peers]
                 summary = batch(input_path, output, routes[:replicas], args.new_tokens, environment)
+                used = sum(cpu_seconds(peer.process.pid) for peer in peers) - sum(before)
+                # The peers' CPU while the batch ran (they idle while its process starts and loads the model).
+                summary["peer_cores"] = used / summary["seconds"]
                 lines = [json.loads(line) for line in output.read_text().splitlines()]
                 tokens = tokens or [line["tokens"] for line in lines]
                 summary["identical"] = [line["tokens"] for line in lines] == tokens
@@ -89,6 +94,12 @@ def run(work: Path, args: argparse.Namespace) -> tuple[dict[int, list[dict[str, 
         for peer in peers:
             peer.stop()
     return rows, {"layers": config["num_hidden_layers"], "hidden": config["hidden_size"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) a process used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prompt(index: int) -> str:
@@ -120,15 +131,19 @@ def report(rows: dict[int, list[dict[str, Any]]], model: dict[str, Any], args: a
         f"{os.cpu_count()} CPUs.\n"
     )
     print(f"Command: python tools/bench_batch.py {' '.join(sys.argv[1:])}".rstrip() + "\n")
-    print("| replicas | concurrency | items/s | tokens/s | items per replica (last run) | speed-up |")
-    print("|---:|---:|---:|---:|---|---:|")
+    print(
+        "| replicas | concurrency | items/s | tokens/s | items per replica (last run) | peers' CPU (cores) | speed-up |"
+    )
+    print("|---:|---:|---:|---:|---|---:|---:|")
     for replicas in (1, 2):
         shares = "/".join(str(count) for count in rows[replicas][-1]["per_peer"].values())
         speedup = median(replicas, "items_per_second") / median(1, "items_per_second")
         print(
             f"| {replicas} | {rows[replicas][-1]['concurrency']} | {median(replicas, 'items_per_second'):.2f} "
-            f"| {median(replicas, 'tokens_per_second'):.1f} | {shares} | {speedup:.2f}x |"
+            f"| {median(replicas, 'tokens_per_second'):.1f} | {shares} | {median(replicas, 'peer_cores'):.2f} "
+            f"| {speedup:.2f}x |"
         )
+    print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f} (other processes on the machine share its cores).")
     identical = all(row["identical"] for runs in rows.values() for row in runs)
     print(f"\nTokens identical in every run: {'yes' if identical else 'NO'}")
     print(json.dumps({str(replicas): runs for replicas, runs in rows.items()}))
