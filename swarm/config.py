@@ -84,6 +84,10 @@ class Settings:
     max_cached_tokens: int = 65536
     # Sequences in one step.
     max_batch: int = 16
+    # New sessions one source address may open on a peer per minute, after a burst (rate_limited beyond; 0: off).
+    # Generous: every client behind one address, and a peer forwarding its clients' sessions, count as one source.
+    sessions_per_minute: float = 600.0
+    session_burst: int = 120
     # Seconds a client waits for the reply to a routed compute request.
     request_timeout: float = 30.0
     # Seconds a peer waits to connect to the next hop (or reply_to) before failing the request as unreachable.
@@ -214,6 +218,8 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MAX_SESSION_TOKENS": ("max_session_tokens", int),
     "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
     "SWARM_MAX_BATCH": ("max_batch", int),
+    "SWARM_SESSIONS_PER_MINUTE": ("sessions_per_minute", float),
+    "SWARM_SESSION_BURST": ("session_burst", int),
     "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),
     "SWARM_LIVENESS_TIMEOUT": ("liveness_timeout", float),
     "SWARM_BUSY_RETRY": ("busy_retry_seconds", float),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from swarm.peer.admission import AdmissionLimits, admit_batch, admit_session, admit_stateless, free_sessions
+from swarm.peer.admission import (
+    AdmissionLimits,
+    Bucket,
+    admit_batch,
+    admit_session,
+    admit_stateless,
+    free_sessions,
+    take_token,
+)
 from swarm.peer.sessions import SESSION_EXISTS, SessionTable
 
 LIMITS = AdmissionLimits(max_sessions=3, max_session_tokens=100, max_total_tokens=200, max_batch=4)
@@ -103,3 +111,18 @@ def test_an_open_session_is_never_replaced_and_belongs_to_its_opener() -> None:
     assert first.owned_by("the-owners-secret")
     assert not first.owned_by("someone-else") and not first.owned_by(None) and not first.owned_by(7)
     assert [session.session_id for session in table.drain()] == ["a"] and len(table) == 0
+
+
+@pytest.mark.parametrize(
+    ("bucket", "now", "allowed", "tokens_after"),
+    [
+        (None, 100.0, True, 2.0),  # a new source starts with a full burst
+        (Bucket(0.5, 100.0), 100.0, False, 0.5),  # empty: refused, nothing taken
+        (Bucket(0.5, 100.0), 110.0, True, 0.5),  # 10 s at 6 a minute brings one token back
+        (Bucket(0.0, 0.0), 1000.0, True, 2.0),  # refills only up to the burst
+        (Bucket(2.0, 50.0), 40.0, True, 1.0),  # a clock that went back adds nothing
+    ],
+)
+def test_take_token(bucket: Bucket | None, now: float, allowed: bool, tokens_after: float) -> None:
+    taken, after = take_token(bucket, now, per_minute=6, burst=3)
+    assert (taken, after.tokens, after.updated) == (allowed, pytest.approx(tokens_after), now)

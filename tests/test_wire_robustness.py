@@ -582,6 +582,28 @@ def test_a_burst_of_replies_to_a_silent_address_never_stalls_the_peer(peer: Peer
     assert worst < 0.5, f"a ping took {worst:.2f} s during the burst"
 
 
+def test_a_source_opening_sessions_too_fast_is_rate_limited(home: Path, hidden_size: int) -> None:
+    environment = peer_environment(os.environ, home=home, sessions_per_minute=6, session_burst=3)
+    (limited,) = start_peers([["--model", "robust", "--blocks", "0:2"]], environment, home.parent / "logs-limited")
+    client = ComputeClient()
+    try:
+        codes = []
+        for _ in range(5):
+            message = request(
+                Kind.OPEN_SESSION, session_id=new_id(), route=route((limited.address, *HOSTED)),
+                reply_to=client.address, body={"max_length": 8},
+            )  # fmt: skip
+            client.send(limited.address, message)
+            reply = client.receive().header
+            codes.append("opened" if reply.kind is Kind.RESULT else reply.body["code"])
+        # The burst of three, then refusals: the bucket refills at one every ten seconds.
+        assert codes == ["opened"] * 3 + ["rate_limited"] * 2
+        assert ping_seconds(limited, client) < 0.5
+    finally:
+        client.close()
+        limited.stop()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -282,8 +282,10 @@ def _nonempty(blocks: tuple[int, int]) -> tuple[int, int]:
 # Failures after which a request moves to another route: the peer is gone (no answer, connection lost, or named as
 # unreachable by the hop before it), overloaded, restarted (it lost the session) or broken. Other codes (a malformed
 # message, a wrong tensor) would fail on any route.
+# A peer refusing sessions from this client's address for a while (too many too fast): waited for like busy.
+RATE_LIMITED = "rate_limited"
 FAILOVER_CODES = frozenset(
-    {TIMEOUT, SEND_FAILED, UNREACHABLE, BUSY, BAD_RESULT, "unknown_session", "shutting_down", "internal"}
+    {TIMEOUT, SEND_FAILED, UNREACHABLE, BUSY, RATE_LIMITED, BAD_RESULT, "unknown_session", "shutting_down", "internal"}
 )
 # Pauses between tries while the swarm is busy: BACKOFF_FIRST seconds, doubling up to BACKOFF_CAP.
 BACKOFF_FIRST = 0.2

@@ -24,6 +24,7 @@ from swarm.client.resolve import Resolver
 from swarm.client.routing import (
     BUSY,
     NO_ANSWER_CODES,
+    RATE_LIMITED,
     BusyError,
     Candidates,
     PeerInfo,
@@ -471,7 +472,7 @@ class _FailoverSteps:
 
     def _fail_over(self, failure: PeerFailure, started: float) -> dict[str, Any]:
         """Record the failure and drop the session, or raise when no other route may help."""
-        busy = failure.code == BUSY
+        busy = failure.code in (BUSY, RATE_LIMITED)
         if not fails_over(failure.code) or (not busy and (self.pinned or self.failures >= MAX_FAILOVERS)):
             raise failure
         record: dict[str, Any] = {"peer": failure.address, "code": failure.code, "error": str(failure)}

@@ -21,6 +21,9 @@ class AdmissionLimits:
     # Tokens all open sessions may reserve together.
     max_total_tokens: int
     max_batch: int
+    # New sessions one source address may open a minute, after a burst of `session_burst` (0: no limit).
+    sessions_per_minute: float = 0.0
+    session_burst: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,26 @@ def admit_batch(limits: AdmissionLimits, batch: int) -> Admission:
 def free_sessions(limits: AdmissionLimits, open_sessions: int) -> int:
     """Sessions a peer can still open (reported in `info`)."""
     return max(0, limits.max_sessions - open_sessions)
+
+
+# Error code of a refusal because one source opened too many sessions too fast; the client backs off as for busy.
+RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token bucket: `tokens` left at time `updated` (seconds)."""
+
+    tokens: float
+    updated: float
+
+
+def take_token(bucket: Bucket | None, now: float, per_minute: float, burst: int) -> tuple[bool, Bucket]:
+    """Whether one more event (a new session) is allowed from a source whose bucket is `bucket` (None: a source
+    not seen yet, whose bucket is full), and the bucket after it. Tokens come back at `per_minute`, up to `burst`."""
+    if bucket is None:
+        bucket = Bucket(float(burst), now)
+    refilled = min(float(burst), bucket.tokens + max(0.0, now - bucket.updated) * per_minute / 60.0)
+    if refilled < 1.0:
+        return False, Bucket(refilled, now)
+    return True, Bucket(refilled - 1.0, now)

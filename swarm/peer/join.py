@@ -294,6 +294,8 @@ def _prepare(
         max_session_tokens=settings.max_session_tokens,
         max_total_tokens=settings.max_cached_tokens,
         max_batch=settings.max_batch,
+        sessions_per_minute=settings.sessions_per_minute,
+        session_burst=settings.session_burst,
     )
     identity = PeerIdentity(
         model=manifest.name,

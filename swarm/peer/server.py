@@ -30,7 +30,15 @@ from swarm import transport, wire
 from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.measure import SpeedMeter
-from swarm.peer.admission import AdmissionLimits, admit_batch, admit_stateless, free_sessions
+from swarm.peer.admission import (
+    RATE_LIMITED,
+    AdmissionLimits,
+    Bucket,
+    admit_batch,
+    admit_stateless,
+    free_sessions,
+    take_token,
+)
 from swarm.peer.metrics import MALFORMED, PeerMetrics, PeerState
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
@@ -58,6 +66,8 @@ _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 BIND_RETRIES = 10
 # How long one loop iteration waits for a message before housekeeping (session expiry, the tick callback).
 _POLL_SECONDS = 0.2
+# Sources whose session-opening rate a peer remembers (the least recent are forgotten first).
+_MAX_TRACKED_SOURCES = 4096
 # ... and while messages wait for a connection to come up.
 _WAITING_POLL_SECONDS = 0.005
 # Seconds without an answered heartbeat after which a connection to another peer or a client counts as lost.
@@ -135,6 +145,8 @@ class PeerServer:
         # from the start so that other peers count this one there; then the runner for them, which replaces the
         # current one once the open sessions have ended (none are opened while it waits).
         self.planned_blocks: tuple[int, int] | None = None
+        # Token buckets of the sources that opened sessions lately (oldest first; bounded).
+        self._session_buckets: dict[str, Bucket] = {}
         self._next_runner: tuple[Runner, float] | None = None
         self.moved = threading.Event()
         # Tells this peer's own announcement apart from others' (it may be reachable at several addresses).
@@ -248,7 +260,7 @@ class PeerServer:
         try:
             header, tensors = wire.decode(frames)
             self.metrics.messages.labels(header.kind.value).inc()
-            self._dispatch(sender, header, tensors)
+            self._dispatch(sender, header, tensors, transport.source_address(frames))
         except WireError as error:
             if header is None:
                 self.metrics.messages.labels(MALFORMED).inc()
@@ -262,20 +274,24 @@ class PeerServer:
                 self.sessions.close(header.session_id)
             self._send_error(header, sender, INTERNAL, f"{type(error).__name__}: {error}")
 
-    def _dispatch(self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor]) -> None:
+    def _dispatch(
+        self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor], source: str | None = None
+    ) -> None:
         if header.kind in (Kind.HELLO, Kind.INFO):
             reply = Header(kind=Kind.INFO, request_id=header.request_id, body=self.info_body())
             self._send_direct(sender, wire.encode(reply))
         elif header.kind is Kind.PING:
             self._send_direct(sender, wire.encode(Header(kind=Kind.PONG, request_id=header.request_id)))
         elif header.kind in _ROUTED_KINDS:
-            self._routed(sender, header, tensors)
+            self._routed(sender, header, tensors, source)
         else:
             raise PeerError(ErrorCode.BAD_KIND, f"a peer does not accept {header.kind.value!r} messages")
 
     # ----- routed messages -----
 
-    def _routed(self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor]) -> None:
+    def _routed(
+        self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor], source: str | None = None
+    ) -> None:
         if not header.route:
             raise PeerError(ErrorCode.BAD_ROUTE, f"{header.kind.value} needs a route whose first hop is this peer")
         if len(header.route) > 1 and header.reply_to is None:
@@ -297,7 +313,7 @@ class PeerServer:
             if len(header.route) > 1:
                 self._check_next_hop(header.route[1].address)
         if header.kind is Kind.OPEN_SESSION:
-            self._open(header, hop.blocks)
+            self._open(header, hop.blocks, source)
             body = {"opened": True}
         elif header.kind is Kind.CLOSE_SESSION:
             if header.session_id is None:
@@ -335,7 +351,25 @@ class PeerServer:
             self.dealers.drop(address)
             raise PeerError(UNREACHABLE, f"cannot send to the next hop {address}: {link.reason}", peer=address)
 
-    def _open(self, header: Header, blocks: tuple[int, int]) -> None:
+    def _limit_new_sessions(self, source: str | None) -> None:
+        """Refuse a session when its source (the IP address the message came from) opens them too fast."""
+        if source is None or self.limits.sessions_per_minute <= 0:
+            return
+        allowed, bucket = take_token(
+            self._session_buckets.pop(source, None), time.monotonic(), self.limits.sessions_per_minute,
+            self.limits.session_burst,
+        )  # fmt: skip
+        self._session_buckets[source] = bucket
+        while len(self._session_buckets) > _MAX_TRACKED_SOURCES:
+            self._session_buckets.pop(next(iter(self._session_buckets)))
+        if not allowed:
+            raise PeerError(
+                RATE_LIMITED,
+                f"{source} opens sessions faster than this peer allows ({self.limits.sessions_per_minute:g} a "
+                "minute); wait a moment",
+            )
+
+    def _open(self, header: Header, blocks: tuple[int, int], source: str | None = None) -> None:
         if header.session_id is None:
             raise PeerError(ErrorCode.BAD_HEADER, "open_session needs a session_id")
         max_length = _body_int(header, "max_length")
@@ -348,6 +382,7 @@ class PeerServer:
         if self.draining and self.planned_blocks is not None:
             start, end = self.planned_blocks
             raise PeerError(BUSY, f"this peer is moving to blocks {start}:{end}; ask another one")
+        self._limit_new_sessions(source)
         session, admission = self.sessions.open(
             header.session_id, blocks, max_length, batch, secret, self.runner.new_cache
         )

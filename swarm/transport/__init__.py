@@ -440,6 +440,15 @@ def recv_frames(sock: zmq.Socket[Any], timeout: float | None) -> tuple[bytes | N
     return None, list(parts)
 
 
+def source_address(frames: Sequence[Any]) -> str | None:
+    """The IP address a received message came from (libzmq's Peer-Address of its first frame), or None."""
+    try:
+        address = frames[0].get("Peer-Address")
+    except (AttributeError, IndexError, zmq.ZMQError):
+        return None
+    return address if isinstance(address, str) and address else None
+
+
 def recv_frames_busy(sock: zmq.Socket[Any], seconds: float) -> tuple[bytes | None, list[Any]] | None:
     """Like `recv_frames`, but checks for the message without sleeping: the thread keeps its CPU awake, so a
     message is taken within microseconds instead of after a wake-up from idle. Between checks the CPU is
