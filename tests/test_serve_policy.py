@@ -47,6 +47,7 @@ def wrapped(cause: SwarmError) -> SwarmError:
     [
         (BusyError("every peer is busy"), 503, "swarm_busy"),
         (PeerFailure("busy", "tcp://a:1", "busy"), 503, "swarm_busy"),
+        (PeerFailure("too fast", "tcp://a:1", "rate_limited"), 503, "swarm_busy"),
         (UncoveredError("no peer serves blocks 2:4"), 503, "swarm_uncovered"),
         (PeerFailure("no answer", "tcp://a:1", "timeout"), 504, "peer_timeout"),
         (PeerFailure("gone", "tcp://a:1", "unreachable"), 502, "swarm_failed"),

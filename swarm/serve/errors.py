@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from swarm.client.routing import BUSY, TIMEOUT, BusyError, PeerFailure, UncoveredError
+from swarm.client.routing import BUSY, RATE_LIMITED, TIMEOUT, BusyError, PeerFailure, UncoveredError
 from swarm.errors import SwarmError
 
 INVALID_REQUEST = "invalid_request_error"
@@ -58,7 +58,7 @@ def swarm_failure(error: SwarmError) -> ApiError:
     504 when a peer did not answer in time, 502 for any other failure of a peer."""
     message = str(error)
     for cause in _causes(error):
-        if isinstance(cause, BusyError) or (isinstance(cause, PeerFailure) and cause.code == BUSY):
+        if isinstance(cause, BusyError) or (isinstance(cause, PeerFailure) and cause.code in (BUSY, RATE_LIMITED)):
             return ApiError(503, message, SERVER, "swarm_busy")
         if isinstance(cause, UncoveredError):
             return ApiError(503, message, SERVER, "swarm_uncovered")
