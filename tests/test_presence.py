@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm.address import Address
 from swarm.torrent import dht, krpc
 from swarm.torrent.presence import GROWTH_GAP_SECONDS, Item, Presence, own_store_endpoints, republish_due
-from swarm.torrent.session import TorrentNode, listen_interfaces
+from swarm.torrent.session import TorrentNode, anti_sybil, listen_interfaces
 
 LOOPBACK = Address("127.0.0.1", 0)
 
@@ -71,6 +71,24 @@ def test_signed_bytes_follow_bep44() -> None:
 )
 def test_a_wildcard_listens_on_loopback_by_name(listen: str, interfaces: str) -> None:
     assert listen_interfaces(Address.parse(listen)) == interfaces
+
+
+@pytest.mark.parametrize(
+    ("listen", "bootstrap", "on"),
+    [
+        ("127.0.0.1:0", [], False),  # one machine
+        ("0.0.0.0:6881", [], False),  # a node anchoring its own swarm: nothing says it is on the internet
+        ("0.0.0.0:6881", ["127.0.0.1:7000"], False),
+        ("0.0.0.0:6881", ["10.1.0.1:6881", "192.168.1.5:6881"], False),  # a LAN, or the tests' lab
+        ("0.0.0.0:6881", ["10.1.0.1:6881", "203.0.113.7:6881"], False),  # documentation range: not global
+        ("0.0.0.0:6881", ["10.1.0.1:6881", "8.8.8.8:6881"], True),  # one public node: the internet
+        ("0.0.0.0:6881", ["router.example.org:6881"], True),
+        ("[::]:6881", ["[2001:4860::1]:6881"], True),
+        ("8.8.4.4:6881", [], True),
+    ],
+)
+def test_dht_anti_sybil_defences_are_on_unless_the_swarm_is_local(listen: str, bootstrap: list[str], on: bool) -> None:
+    assert anti_sybil(Address.parse(listen), [Address.parse(node) for node in bootstrap]) is on
 
 
 def test_wildcard_port_zero_is_chosen_once_for_both_sockets() -> None:

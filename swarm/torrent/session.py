@@ -7,6 +7,7 @@ bookkeeping (resume data, events) and then to the listeners registered with `add
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -79,6 +80,28 @@ def free_port(host: str) -> int:
     raise SwarmError("found no free port for BitTorrent")
 
 
+def anti_sybil(listen: Address, bootstrap: Sequence[Address]) -> bool:
+    """Whether libtorrent's DHT defences against Sybil nodes (one routing-table entry per IP prefix, node ids that
+    match their IPs) stay on (pure). They would keep a swarm on one machine or one LAN from assembling (every node
+    shares a prefix), so they are off for a node whose bootstrap nodes are all loopback or private addresses, or
+    that has none and listens on loopback or a private address; on as soon as a public address or a host name is
+    among the bootstrap nodes."""
+    if bootstrap:
+        return any(_public(node.host) for node in bootstrap)
+    return not listen.is_wildcard and _public(listen.host)
+
+
+def _public(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:
+        return True  # a host name: anywhere
+
+
+def dht_sybil_settings(on: bool) -> dict[str, bool]:
+    return {"dht_restrict_routing_ips": on, "dht_restrict_search_ips": on, "dht_prefer_verified_node_ids": on}
+
+
 def session_settings(
     listen: Address,
     bootstrap: Sequence[Address],
@@ -122,9 +145,7 @@ def session_settings(
         # Keep connections between peers that both have everything they want: libtorrent drops them otherwise,
         # and with them the per-peer byte counters a finished fetch reports as its sources.
         "close_redundant_connections": False,
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        "dht_prefer_verified_node_ids": False,
+        **dht_sybil_settings(anti_sybil(listen, bootstrap)),
         # Bytes per second; 0 means unlimited.
         "upload_rate_limit": max(0, upload_limit),
         "download_rate_limit": max(0, download_limit),
