@@ -667,6 +667,86 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
             click.echo(f"  {address}  announced, but did not answer")
 
 
+@main.command()
+@click.option("--model", required=True, help="Model: catalog or DHT name, manifest path or torrent path.")
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="JSON lines: "
+    '{"prompt": ...}, {"messages": [...]} or {"input": ...} (to embed), each with an optional "id" and "max_tokens".'
+)  # fmt: skip
+@click.option(
+    "--output", "output_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="JSON lines, "
+    "one per input line in input order; an existing one is resumed (its lines are not done again)."
+)  # fmt: skip
+@click.option("--concurrency", type=click.IntRange(min=1), help="Items at once (default: a few per route found).")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), help="Most tokens per item (default 64).")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 is greedy.")
+@click.option(
+    "--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Keep the K likeliest (0: off)."
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Keep the likeliest tokens whose probabilities add up to P (1: off).",
+)
+@click.option("--seed", type=int, help="Seed for sampling; each line samples with its own seed derived from it.")
+@click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
+@click.option(
+    "--route", "routes", multiple=True, help="Peers HOST:PORT[,HOST:PORT...] of one replica or chain (repeatable); "
+    "items are spread over all of them."
+)  # fmt: skip
+@click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--tracker", "trackers", multiple=True, help=TRACKER_HELP)
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
+@click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
+@click.option("--retry-errors", is_flag=True, help="Do again the lines the output holds as errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of a bar.")
+@click.pass_context
+def batch(
+    ctx: click.Context,
+    model: str,
+    input_path: Path,
+    output_path: Path,
+    concurrency: int | None,
+    max_new_tokens: int | None,
+    routes: tuple[str, ...],
+    torrent_peers: tuple[str, ...],
+    retry_errors: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Run every line of --input through MODEL on the swarm, spread over all its replicas and routes, into --output
+    (in input order; a re-run does only the lines not there yet). Ctrl-C stops after the items in flight."""
+    from swarm.batch.job import BatchOptions, BatchRequest, run_batch
+    from swarm.batch.progress import JsonReporter, bar_reporter, summary_text
+
+    sampling = {key: flags.pop(key) for key in ("temperature", "top_k", "top_p", "seed", "ban_eos")}
+    settings = settings_from(ctx, **flags)
+    request = BatchRequest(model, input_path, output_path, routes, torrent_peers, concurrency, retry_errors)
+    options = BatchOptions(settings.max_new_tokens if max_new_tokens is None else max_new_tokens, **sampling)
+    if as_json:
+        summary = run_batch(request, settings, options, JsonReporter(click.echo))
+        click.echo(json.dumps(summary))
+    else:
+        with bar_reporter() as bars:
+            summary = run_batch(request, settings, options, bars)
+        click.echo(summary_text(summary))
+    if not summary["complete"]:
+        click.echo(f"interrupted: {summary['done']} of {summary['total']} lines are in {output_path}; the same command "
+                   "does the rest", err=True)  # fmt: skip
+        ctx.exit(130)
+    if summary["errors_total"]:
+        click.echo(
+            f"error: {summary['errors_total']} line(s) failed (error records in {output_path}); --retry-errors "
+            "does them again",
+            err=True,
+        )
+        ctx.exit(1)
+
+
 def _transfer_options(command: Any) -> Any:
     """Flags shared by fetch and seedbox: where things live, the BitTorrent address, DHT, rate limits."""
     for option in reversed(

@@ -83,6 +83,7 @@ def run(work: Path, args: argparse.Namespace) -> tuple[dict[int, list[dict[str, 
                 used = sum(cpu_seconds(peer.process.pid) for peer in peers) - sum(before)
                 # The peers' CPU while the batch ran (they idle while its process starts and loads the model).
                 summary["peer_cores"] = used / summary["seconds"]
+                summary["per_core"] = summary["items_per_second"] / summary["peer_cores"]
                 lines = [json.loads(line) for line in output.read_text().splitlines()]
                 tokens = tokens or [line["tokens"] for line in lines]
                 summary["identical"] = [line["tokens"] for line in lines] == tokens
@@ -132,16 +133,17 @@ def report(rows: dict[int, list[dict[str, Any]]], model: dict[str, Any], args: a
     )
     print(f"Command: python tools/bench_batch.py {' '.join(sys.argv[1:])}".rstrip() + "\n")
     print(
-        "| replicas | concurrency | items/s | tokens/s | items per replica (last run) | peers' CPU (cores) | speed-up |"
+        "| replicas | concurrency | items/s | tokens/s | items per replica (last run) | peers' CPU (cores) "
+        "| items/s per peer core | speed-up |"
     )
-    print("|---:|---:|---:|---:|---|---:|---:|")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|")
     for replicas in (1, 2):
         shares = "/".join(str(count) for count in rows[replicas][-1]["per_peer"].values())
         speedup = median(replicas, "items_per_second") / median(1, "items_per_second")
         print(
             f"| {replicas} | {rows[replicas][-1]['concurrency']} | {median(replicas, 'items_per_second'):.2f} "
             f"| {median(replicas, 'tokens_per_second'):.1f} | {shares} | {median(replicas, 'peer_cores'):.2f} "
-            f"| {speedup:.2f}x |"
+            f"| {median(replicas, 'per_core'):.2f} | {speedup:.2f}x |"
         )
     print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f} (other processes on the machine share its cores).")
     identical = all(row["identical"] for runs in rows.values() for row in runs)
