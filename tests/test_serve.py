@@ -160,6 +160,32 @@ def test_chat_streamed_and_not_equals_local_generate(served: Served) -> None:
     assert whole.usage.completion_tokens == len(expected)
 
 
+def test_logprobs_equal_the_local_models(served: Served) -> None:
+    client = served.client()
+    answer = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    tokenizer = AutoTokenizer.from_pretrained(served.llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(served.llama_dir).eval()
+    ids = tokenizer(PROMPT)["input_ids"]
+    expected = local_greedy(served.llama_dir, ids, 4)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + expected])).logits[0, len(ids) - 1 : -1].float()
+    local = torch.log_softmax(logits, dim=-1)
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and logprobs.token_logprobs is not None and logprobs.top_logprobs is not None
+    assert logprobs.tokens == [tokenizer.decode([token]) for token in expected]
+    assert logprobs.token_logprobs == pytest.approx([float(local[i, t]) for i, t in enumerate(expected)], abs=1e-3)
+    assert [len(top) for top in logprobs.top_logprobs] == [2] * 4
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0, logprobs=True,
+        top_logprobs=1,
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
+    assert content is not None and len(content) == 3
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 1 for entry in content)
+    # Greedy: each token is its step's likeliest.
+    assert all(entry.top_logprobs[0].logprob == pytest.approx(entry.logprob) for entry in content)
+
+
 def test_stop_strings_end_the_text_before_them(served: Served) -> None:
     client = served.client()
     full = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)

@@ -23,7 +23,15 @@ from typing import Any, Protocol
 
 import torch
 
-from swarm.client.generate import ChooseTokens, Generation, SamplingParams, generate, make_generator, next_tokens
+from swarm.client.generate import (
+    ChooseTokens,
+    Generation,
+    SamplingParams,
+    TokenDecoder,
+    generate,
+    make_generator,
+    next_tokens,
+)
 from swarm.client.local_parts import LocalParts
 from swarm.client.resolve import Resolver, check_policy
 from swarm.client.run import EmbedResult, RunResult, SwarmClient, route_record
@@ -295,6 +303,10 @@ class EnsembleClient:
     def encode(self, prompt: str) -> list[int]:
         return self.clients[0].encode(prompt)
 
+    def decoder(self) -> TokenDecoder:
+        """The (shared) tokenizer's `decode`, safe to call from any thread."""
+        return self.clients[0].decoder()
+
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """A chat in the first model's chat template (the tokenizers are one; their templates may differ)."""
         return self.clients[0].encode_chat(messages)
@@ -311,6 +323,7 @@ class EnsembleClient:
         on_text: Callable[[str], None] | None = None,
         ban_eos: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        on_token: Callable[[int, torch.Tensor], None] | None = None,
     ) -> EnsembleRunResult:
         """Generate a continuation of `prompt` (text, or token ids) with every model at each step, combined by the
         policy; each model fails over on its own, and its sessions are closed when generation ends."""
@@ -332,6 +345,7 @@ class EnsembleClient:
                 on_text=on_text,
                 tokenizer=self.clients[0].decoder(),
                 should_stop=should_stop,
+                on_token=on_token,
                 choose=steps.voter(params.seed) if self.policy == VOTE else next_tokens,
             )
         finally:

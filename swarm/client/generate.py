@@ -187,11 +187,13 @@ def generate(
     tokenizer: TokenDecoder | None = None,
     should_stop: Callable[[], bool] | None = None,
     choose: ChooseTokens = next_tokens,
+    on_token: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Generation:
     """Prefill the prompt, then decode one token per step until EOS, `max_new_tokens` or `should_stop()`.
 
     `on_text` receives each new piece of text as soon as its token is sampled (needs `tokenizer`); `should_stop`
-    is asked after each token (a stop string was seen, the caller went away); `choose` picks each token.
+    is asked after each token (a stop string was seen, the caller went away); `choose` picks each token;
+    `on_token` receives each token with the logits (vocab) it was chosen from (log-probabilities for a server).
     """
     params.check()
     if not prompt_ids:
@@ -218,6 +220,8 @@ def generate(
         else:
             result.token_seconds.append(now - started)
         result.last_logits = logits[0].float()
+        if on_token is not None:
+            on_token(token, result.last_logits)
         if stream is not None:
             piece = stream.push(token)
             if piece and on_text is not None:

@@ -272,6 +272,7 @@ class SwarmClient:
         route: Sequence[Hop] | None = None,
         pinned: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        on_token: Callable[[int, torch.Tensor], None] | None = None,
     ) -> RunResult:
         """Generate a continuation of `prompt` (text, or token ids) through the swarm.
 
@@ -307,6 +308,7 @@ class SwarmClient:
                 on_text=on_text,
                 tokenizer=_LockedDecoder(self.parts.tokenizer, self._tokenizer_lock),
                 should_stop=should_stop,
+                on_token=on_token,
             )
         finally:
             steps.close()

@@ -27,6 +27,7 @@ from swarm.errors import SwarmError
 from swarm.serve.embeddings import embedding_response
 from swarm.serve.errors import AUTHENTICATION, RATE_LIMIT, SERVER, ApiError, bad_request, from_swarm, swarm_failure
 from swarm.serve.generation import Finished, Generation, GenerationSpec, Piece, usage
+from swarm.serve.logprobs import chat_logprobs, completion_logprobs
 from swarm.serve.metrics import ServeMetrics
 from swarm.serve.models import ModelRegistry, ServedModel, sampling_params
 from swarm.serve.schema import ChatRequest, CompletionRequest, EmbeddingRequest, Sampling
@@ -183,7 +184,7 @@ def _spec(model: ServedModel, ids: list[int], max_tokens: int | None, request: S
     except SwarmError as error:
         raise bad_request(str(error), "messages", "context_length_exceeded") from error
     params = sampling_params(request.temperature, request.top_p, request.seed, choice)
-    return GenerationSpec(ids, new_tokens, params, tuple(request.stops), request.ignore_eos)
+    return GenerationSpec(ids, new_tokens, params, tuple(request.stops), request.ignore_eos, request.wanted_logprobs)
 
 
 async def _answer(
@@ -218,6 +219,11 @@ async def _answer(
     _count(metrics, model.name, generation, prompt_tokens, ends)
     body = maker(0, None, None)
     body["choices"] = [maker(end.index, end.text, end.finish_reason)["choices"][0] for end in ends]
+    if request.wanted_logprobs is not None:
+        decoder = model.client.decoder()
+        shape = chat_logprobs if isinstance(request, ChatRequest) else completion_logprobs
+        for choice, end in zip(body["choices"], ends, strict=True):
+            choice["logprobs"] = shape(end.logprobs, decoder)
     body["usage"] = usage(prompt_tokens, ends)
     body["swarm"] = _swarm_record(ends)
     return JSONResponse(body)

@@ -15,6 +15,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from swarm.client.generate import SamplingParams
 from swarm.client.run import RunResult
 from swarm.serve.stops import StopScanner
@@ -32,6 +34,7 @@ class Generator(Protocol):
         ban_eos: bool = ...,
         *,
         should_stop: Callable[[], bool] | None = ...,
+        on_token: Callable[[int, torch.Tensor], None] | None = ...,
     ) -> RunResult: ...
 
 
@@ -42,6 +45,25 @@ class GenerationSpec:
     params: SamplingParams
     stops: tuple[str, ...] = ()
     ban_eos: bool = False
+    # Likeliest tokens to list beside each token's log-probability; None: no log-probabilities.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before temperature and filters), and the likeliest
+    tokens' at that step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+def token_logprob(token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    ranked = () if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), ranked)
 
 
 @dataclass
@@ -62,6 +84,7 @@ class Finished:
     # Whether a stop string (rather than EOS or the token limit) ended it.
     stopped_by_string: bool = False
     text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def finish_reason(self) -> str:
@@ -85,12 +108,17 @@ class ChoiceRun:
     cancelled: threading.Event
     scanner: StopScanner = field(init=False)
     shown: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.scanner = StopScanner(self.spec.stops)
 
     def on_text(self, piece: str) -> None:
         self._show(self.scanner.push(piece))
+
+    def on_token(self, token: int, logits: torch.Tensor) -> None:
+        if self.spec.logprobs is not None:
+            self.logprobs.append(token_logprob(token, logits, self.spec.logprobs))
 
     def should_stop(self) -> bool:
         return self.scanner.stopped or self.cancelled.is_set()
@@ -110,12 +138,14 @@ class ChoiceRun:
                 on_text=self.on_text,
                 ban_eos=spec.ban_eos,
                 should_stop=self.should_stop,
+                on_token=self.on_token if spec.logprobs is not None else None,
             )
         except BaseException as error:  # handed to the event loop, which answers with it
             self.deliver(Finished(self.index, error=error))
             return
         self._show(self.scanner.finish())
-        self.deliver(Finished(self.index, result, stopped_by_string=self.scanner.stopped, text="".join(self.shown)))
+        text = "".join(self.shown)
+        self.deliver(Finished(self.index, result, None, self.scanner.stopped, text, self.logprobs))
 
 
 class Generation:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from swarm.client.generate import SamplingParams
+from swarm.client.generate import SamplingParams, TokenDecoder
 from swarm.client.resolve import Resolver
 from swarm.client.run import EmbedResult, SwarmClient
 from swarm.config import Settings
@@ -41,6 +41,8 @@ class ServedClient(Generator, Protocol):
     def fit_to_context(self, prompt_length: int, max_new_tokens: int) -> int: ...
 
     def embed(self, text: str) -> EmbedResult: ...
+
+    def decoder(self) -> TokenDecoder: ...
 
     def close(self) -> None: ...
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_CHOICES = 16
 MAX_STOPS = 4
+MAX_TOP_LOGPROBS = 5
 
 PromptTokens = list[Annotated[int, Field(ge=0)]]
 
@@ -50,6 +51,10 @@ class Sampling(Lenient):
         return self
 
     @property
+    def wanted_logprobs(self) -> int | None:
+        return None
+
+    @property
     def stops(self) -> list[str]:
         if self.stop is None:
             return []
@@ -65,15 +70,23 @@ class CompletionRequest(Sampling):
     max_tokens: int | None = Field(16, ge=0)
     echo: bool = False
     best_of: int | None = None
-    logprobs: int | None = None
+    # Log-probabilities of each generated token and of the `logprobs` likeliest ones (non-streamed answers).
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:
-        if self.best_of not in (None, 1) or self.logprobs:
-            raise ValueError("best_of and logprobs are not supported")
+        if self.best_of not in (None, 1):
+            raise ValueError("best_of is not supported")
         if self.echo:
             raise ValueError("echo is not supported")
+        if self.logprobs is not None and self.stream:
+            raise ValueError("logprobs come with non-streamed answers only")
         return self
+
+    @property
+    def wanted_logprobs(self) -> int | None:
+        """How many likeliest tokens to list beside each token's log-probability, or None for none."""
+        return self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts, each text or token ids (a list of strings or of token lists is a batch of prompts)."""
@@ -107,15 +120,23 @@ class ChatRequest(Sampling):
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[object] | None = None
 
     @model_validator(mode="after")
     def _supported_chat(self) -> ChatRequest:
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
+        if self.logprobs and self.stream:
+            raise ValueError("logprobs come with non-streamed answers only")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.tools:
             raise ValueError("tools are not supported")
         return self
+
+    @property
+    def wanted_logprobs(self) -> int | None:
+        """How many likeliest tokens to list beside each token's log-probability, or None for no log-probabilities."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_limit(self) -> int | None:
