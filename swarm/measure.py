@@ -20,6 +20,10 @@ BENCHMARK_MIN_REPEATS = 5
 BENCHMARK_MAX_REPEATS = 15
 # Past this many seconds of timed steps no further repetition starts (large models on slow machines).
 BENCHMARK_BUDGET_SECONDS = 1.0
+# A peer's own rate is believed up to this multiple of the rate measured of it (network and load included) by a
+# peer deciding where to move. A client planning routes allows more (swarm.client.routing.ROUTE_TRUST_MARGIN): its
+# one-token probe of a cold peer can take a few times a warm step, and it only needs to see through gross claims.
+TRUST_MARGIN = 1.5
 
 
 def ewma(previous: float | None, sample: float, weight: float = SPEED_WEIGHT) -> float:
@@ -92,3 +96,13 @@ class SpeedMeter:
     def rate(self) -> float:
         """Units per second (0.0 before anything was measured)."""
         return 1.0 / self.seconds if self.seconds else 0.0
+
+
+def trusted_rate(
+    claimed: float, measured: float | None, measured_before: float | None, busy: bool, margin: float = TRUST_MARGIN
+) -> float:
+    """The rate a peer counts for (pure): what it claims, up to `margin` times what was measured of it. A peer
+    that did not run the probe counts for nothing, unless it said it is busy: then its last measurement stands."""
+    if measured is None:
+        measured = measured_before if busy and measured_before is not None else 0.0
+    return min(max(claimed, 0.0), measured * margin)

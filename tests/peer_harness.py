@@ -6,6 +6,7 @@ import json
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -81,6 +82,14 @@ def start_peers(commands: list[list[str]], environment: Mapping[str, str], log_d
                 process.wait()
         raise
     return peers
+
+
+def start_liar(lie: str, arguments: list[str], environment: Mapping[str, str], log: Path) -> PeerProcess:
+    """A `swarm join` that lies (`noise` or `boast`: see tests/lying_peer.py), once it serves."""
+    command = [sys.executable, str(Path(__file__).with_name("lying_peer.py")), lie, "join", *arguments]
+    command += ["--listen", "127.0.0.1:0", "--torrent-listen", "127.0.0.1:0", "--json"]
+    process = subprocess.Popen(command, env=dict(environment), stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    return PeerProcess(process, wait_for_event(process, "serving", log), log)
 
 
 def wait_for_event(process: subprocess.Popen[str], event: str, log_path: Path) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from swarm.peer.rebalance import DEFAULT_GAIN, Coverage, Health, ServedSpan, better_span, health, trusted_rate
+from swarm.measure import trusted_rate
+from swarm.peer.rebalance import DEFAULT_GAIN, Coverage, Health, ServedSpan, better_span, health
 
 
 def spans(*triples: tuple[int, int, float]) -> list[ServedSpan]:

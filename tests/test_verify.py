@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ from swarm.client.run import SwarmClient
 from swarm.client.verify import majority, relative_difference, second_opinions
 from swarm.config import Settings
 from swarm.wire import Hop
-from tests.conftest import ROOT, SWARM
-from tests.peer_harness import PeerProcess, peer_environment, start_peers, wait_for_event
+from tests.conftest import SWARM
+from tests.peer_harness import PeerProcess, peer_environment, start_liar, start_peers
 
 PROMPT = "Errors should never pass silently."
 NEW_TOKENS = 8
@@ -88,13 +87,6 @@ class Checked:
     liar: PeerProcess
 
 
-def start_liar(arguments: list[str], environment: dict[str, str], log: Path) -> PeerProcess:
-    command = [sys.executable, str(ROOT / "tests" / "lying_peer.py"), "join", *arguments]
-    command += ["--listen", "127.0.0.1:0", "--torrent-listen", "127.0.0.1:0", "--json"]
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    return PeerProcess(process, wait_for_event(process, "serving", log), log)
-
-
 @pytest.fixture(scope="module")
 def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checked]:
     root = tmp_path_factory.mktemp("verify")
@@ -106,7 +98,7 @@ def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactor
     )  # fmt: skip
     honest = start_peers([["--model", "vm", "--blocks", blocks] for blocks in ("0:2", "2:4", "2:4")], environment,
                          root / "logs")  # fmt: skip
-    liar = start_liar(["--model", "vm", "--blocks", "2:4"], environment, root / "liar.log")
+    liar = start_liar("noise", ["--model", "vm", "--blocks", "2:4"], environment, root / "liar.log")
     try:
         yield Checked(model_dir, root / "home", honest, liar)
     finally:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
-from swarm.measure import ewma
+from swarm.measure import ewma, trusted_rate
 from swarm.wire import Hop
 
 # Estimated per-token times within this fraction of the best count as equal: measured throughputs are noisy.
@@ -33,6 +33,9 @@ LATENCY_WEIGHT = 0.3
 MAX_VERSION_CHARS = 64
 # Seconds per token assumed for a peer that reports no throughput (an unmeasured span).
 UNKNOWN_SECONDS_PER_TOKEN = 0.05
+# A peer's claimed throughput counts for at most this multiple of what the client measured of it (see
+# swarm.measure.TRUST_MARGIN for why a client allows more than a healing peer does).
+ROUTE_TRUST_MARGIN = 4.0
 
 T = TypeVar("T")
 
@@ -348,6 +351,40 @@ def smooth_latencies(previous: Sequence[PeerInfo], fresh: Sequence[PeerInfo]) ->
         latency = peer.latency if old is None or peer.latency <= 0 else ewma(old, peer.latency, LATENCY_WEIGHT)
         smoothed.append(replace(peer, latency=latency))
     return smoothed
+
+
+def peers_with_rivals(peers: Sequence[PeerInfo]) -> list[PeerInfo]:
+    """The peers whose speed decides a route: those sharing a block with another peer (a replica shares all)."""
+
+    def overlap(one: PeerInfo, other: PeerInfo) -> bool:
+        if one.replica or other.replica:
+            return True
+        return one.blocks[0] < other.blocks[1] and other.blocks[0] < one.blocks[1]
+
+    return [peer for peer in peers if any(other.address != peer.address and overlap(peer, other) for other in peers)]
+
+
+def with_trusted_rates(
+    peers: Sequence[PeerInfo],
+    probed: Collection[str],
+    measured: Mapping[str, float | None],
+    measured_before: Mapping[str, float],
+) -> list[PeerInfo]:
+    """`peers` with the throughput of each `probed` one capped by what the client measured of it (by address:
+    this probe's rate, None when it did not run it, and the last rate it did run at)."""
+    trusted = []
+    for peer in peers:
+        if peer.address in probed:
+            rate = trusted_rate(
+                peer.throughput,
+                measured.get(peer.address),
+                measured_before.get(peer.address),
+                busy=peer.free_sessions == 0,
+                margin=ROUTE_TRUST_MARGIN,
+            )
+            peer = replace(peer, throughput=rate)
+        trusted.append(peer)
+    return trusted
 
 
 def manifest_info_hash(manifest: Manifest) -> str:

@@ -31,8 +31,10 @@ from swarm.client.routing import (
     backoff_delay,
     candidates_for_model,
     fails_over,
+    peers_with_rivals,
     route_avoiding,
     smooth_latencies,
+    with_trusted_rates,
 )
 from swarm.client.session import (
     ComputeClient,
@@ -41,6 +43,7 @@ from swarm.client.session import (
     expect_hidden,
     expect_logits,
     new_id,
+    probe_rate,
     query_peers,
     run_encoder,
 )
@@ -127,6 +130,8 @@ class SwarmClient:
         self.unreachable: dict[str, str] = {}
         # Peers whose outputs other peers contradicted (--verify): never routed through again by this client.
         self.distrusted: set[str] = set()
+        # The last rate each peer (by address) ran this client's probe at.
+        self.measured: dict[str, float] = {}
         self._refreshed = time.monotonic()
         self._peers_lock = threading.Lock()
         self.context = transport.Context()
@@ -195,11 +200,35 @@ class SwarmClient:
         """Use the peers among `addresses` that serve this model (see `discover`); round trips to peers seen
         before are smoothed with the earlier ones."""
         candidates = self.discover(addresses, pinned)
+        peers = self.trust_measured(smooth_latencies(self.peers, candidates.peers))
         with self._peers_lock:
             self.addresses, self.pinned = list(addresses), pinned
-            self.peers = smooth_latencies(self.peers, candidates.peers)
+            self.peers = peers
             self.unreachable = candidates.unreachable
             self._refreshed = time.monotonic()
+
+    def trust_measured(self, peers: list[PeerInfo]) -> list[PeerInfo]:
+        """`peers` with each claimed throughput capped by what this client measures: a one-token step through each
+        peer whose speed decides between routes (a peer that claims to be fast is otherwise chosen every time)."""
+        rivals = peers_with_rivals(peers) if self.parts.causal else []
+        if not rivals:
+            return peers
+        before = dict(self.measured)
+        with self.endpoint() as endpoint:
+            measured = {
+                peer.address: probe_rate(endpoint, peer, self.probe_input(peer))
+                for peer in rivals
+                if peer.free_sessions > 0
+            }
+        self.measured.update({address: rate for address, rate in measured.items() if rate is not None})
+        return with_trusted_rates(peers, {peer.address for peer in rivals}, measured, before)
+
+    def probe_input(self, peer: PeerInfo) -> dict[str, torch.Tensor]:
+        """One step's input for a probe of `peer`: a random token, as the peer would see any prompt's first."""
+        token = torch.tensor([[random.randrange(self.parts.vocab_size or 2)]])
+        if self.parts.span is None:
+            return {"input_ids": token}
+        return {"hidden": in_dtype(self.parts.embed(token, 0), peer.dtype)}
 
     def refresh_peers(self, older_than: float = 0.0) -> None:
         """Ask the candidates for their info again (load, smoothed speeds), if the last answers are older than
@@ -363,10 +392,8 @@ class SwarmClient:
     def hidden_for(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states in the dtype the first hop computes in (it says so in its info; peers may run a
         half-precision checkpoint in float32, or the other way round)."""
-        wanted = next((DTYPES.get(peer.dtype) for peer in self.peers if peer.address == hop.address), None)
-        if wanted is None or not wanted.is_floating_point or wanted == hidden.dtype:
-            return hidden
-        return hidden.to(wanted)
+        dtype = next((peer.dtype for peer in self.peers if peer.address == hop.address), "")
+        return in_dtype(hidden, dtype)
 
     def failover_steps(self, max_length: int) -> _FailoverSteps:
         """The `NextLogits` of one generation of up to `max_length` positions on planned routes that fail over as
@@ -413,6 +440,14 @@ class SwarmClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def in_dtype(hidden: torch.Tensor, dtype: str) -> torch.Tensor:
+    """`hidden` in the floating dtype a peer names (as it is when the name is unknown or not a float type)."""
+    wanted = DTYPES.get(dtype)
+    if wanted is None or not wanted.is_floating_point or wanted == hidden.dtype:
+        return hidden
+    return hidden.to(wanted)
 
 
 class _FailoverSteps:

@@ -447,6 +447,23 @@ def expect_logits(tensors: Mapping[str, torch.Tensor], peer: str, vocab_size: in
         raise PeerFailure(f"peer {peer} returned a bad result: {error.message}", peer, BAD_RESULT) from error
 
 
+def probe_rate(client: ComputeClient, peer: PeerInfo, tensors: Mapping[str, torch.Tensor]) -> float | None:
+    """Decode steps per second through `peer`'s whole span, measured with one step of one token (`tensors`: the
+    step's input) in a session of its own; None when it does not run it (busy, gone, or not serving those blocks).
+    The time includes the round trip: what the step costs whoever routes through the peer."""
+    session = InferenceSession(client, [Hop(peer.address, peer.blocks)], max_length=2)
+    try:
+        session.open()
+        started = time.perf_counter()
+        session.step(tensors, (0, 1))
+        seconds = time.perf_counter() - started
+    except SwarmError:
+        return None
+    finally:
+        session.close()
+    return 1.0 / max(seconds, 1e-6)
+
+
 def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float) -> dict[str, PeerInfo | SwarmError]:
     """Ask every address for its `info` at once; each gets a PeerInfo or the error that explains why not."""
     replies = client.ask_many(addresses, Kind.INFO, timeout=timeout)

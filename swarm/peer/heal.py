@@ -23,13 +23,14 @@ from typing import Any
 import torch
 
 from swarm.client.routing import TIMEOUT, PeerFailure, PeerInfo, peers_for_model
-from swarm.client.session import ComputeClient, InferenceSession, query_peers
+from swarm.client.session import ComputeClient, probe_rate, query_peers
 from swarm.discovery.compute import find_compute_peers
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
-from swarm.peer.rebalance import Coverage, ServedSpan, better_span, trusted_rate
+from swarm.measure import trusted_rate
+from swarm.peer.rebalance import Coverage, ServedSpan, better_span
 from swarm.peer.server import PeerServer
-from swarm.wire import DTYPES, Hop
+from swarm.wire import DTYPES
 
 log = logging.getLogger("swarm.peer")
 
@@ -140,7 +141,8 @@ class Healer:
     def _trusted_rate(self, client: ComputeClient, peer: PeerInfo) -> float:
         if peer.replica:
             return peer.throughput  # whole replicas serve every block; probing them needs token ids, not hidden states
-        measured = probe_rate(client, peer, self.server.runner.hidden_size)
+        dtype = DTYPES.get(peer.dtype, torch.float32)
+        measured = probe_rate(client, peer, {"hidden": torch.zeros(1, 1, self.server.runner.hidden_size, dtype=dtype)})
         if measured is not None:
             self.measured[peer.peer_id] = measured
         return trusted_rate(peer.throughput, measured, self.measured.get(peer.peer_id), busy=peer.free_sessions == 0)
@@ -169,23 +171,6 @@ def _distinct(peers: list[PeerInfo], own_id: str) -> list[PeerInfo]:
         if key != own_id and key not in seen:
             seen[key] = peer
     return list(seen.values())
-
-
-def probe_rate(client: ComputeClient, peer: PeerInfo, hidden_size: int) -> float | None:
-    """Decode steps per second through `peer`'s span, measured with one step of one token (None when it does not
-    run it: busy, gone, or not serving those blocks)."""
-    dtype = DTYPES.get(peer.dtype, torch.float32)
-    session = InferenceSession(client, [Hop(peer.address, peer.blocks)], max_length=2)
-    try:
-        session.open()
-        started = time.perf_counter()
-        session.step({"hidden": torch.zeros(1, 1, hidden_size, dtype=dtype)}, (0, 1))
-        seconds = time.perf_counter() - started
-    except SwarmError:
-        return None
-    finally:
-        session.close()
-    return 1.0 / max(seconds, 1e-6)
 
 
 def dht_peer_finder(node: Any, manifest: Manifest) -> Callable[[], list[str]]:

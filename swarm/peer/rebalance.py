@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 # How much the thinnest block's capacity must grow before a peer moves for it.
 DEFAULT_GAIN = 1.5
-# A peer's own rate is believed up to this multiple of the rate measured of it (network and load included).
-TRUST_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -134,11 +132,3 @@ class _Windows:
             single=self.ones_before[-1] - ones_inside + zeros_inside,
             thinnest=thinnest,
         )
-
-
-def trusted_rate(claimed: float, measured: float | None, measured_before: float | None, busy: bool) -> float:
-    """The rate a peer counts for (pure): what it claims, up to TRUST_MARGIN times what was measured of it. A peer
-    that did not run the probe counts for nothing, unless it said it is busy: then its last measurement stands."""
-    if measured is None:
-        measured = measured_before if busy and measured_before is not None else 0.0
-    return min(max(claimed, 0.0), measured * TRUST_MARGIN)
