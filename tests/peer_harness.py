@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -55,6 +57,29 @@ def peer_environment(base: Mapping[str, str], **settings: Any) -> dict[str, str]
     for key, value in settings.items():
         environment[f"SWARM_{key.upper()}"] = str(value)
     return environment
+
+
+def published_llama(make_model_tool: ModuleType, root: Path, name: str, seed: int) -> tuple[Path, dict[str, str]]:
+    """A generated 4-block Llama under `root`, published as `name` into the catalog of SWARM_HOME=root/home, and the
+    peer environment that uses that home."""
+    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=seed, log=lambda _line: None)
+    environment = peer_environment(os.environ, home=root / "home")
+    subprocess.run(
+        [SWARM, "seed", str(model_dir), "--name", name, "--prepare-only"], env=environment, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return model_dir, environment
+
+
+def local_greedy_tokens(model_dir: Path, prompt: str, new_tokens: int) -> list[int]:
+    """The tokens local transformers `generate` gives greedily after `prompt`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens)
+    return [int(token) for token in output[0, ids.shape[1] :]]
 
 
 def start_peers(commands: list[list[str]], environment: Mapping[str, str], log_dir: Path) -> list[PeerProcess]:

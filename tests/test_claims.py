@@ -6,16 +6,12 @@ parts (which peers are measured, how a measurement caps a claim) are tables of c
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.client.generate import SamplingParams
 from swarm.client.routing import (
@@ -27,8 +23,13 @@ from swarm.client.routing import (
 )
 from swarm.client.run import SwarmClient
 from swarm.config import Settings
-from tests.conftest import SWARM
-from tests.peer_harness import PeerProcess, peer_environment, start_liar, start_peers
+from tests.peer_harness import (
+    PeerProcess,
+    local_greedy_tokens,
+    published_llama,
+    start_liar,
+    start_peers,
+)
 
 PROMPT = "Now is better than never."
 NEW_TOKENS = 6
@@ -85,12 +86,7 @@ class Boasting:
 @pytest.fixture(scope="module")
 def boasting(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boasting]:
     root = tmp_path_factory.mktemp("claims")
-    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=43, log=lambda _line: None)
-    environment = peer_environment(os.environ, home=root / "home")
-    subprocess.run(
-        [SWARM, "seed", str(model_dir), "--name", "claims", "--prepare-only"], env=environment, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    model_dir, environment = published_llama(make_model_tool, root, "claims", seed=43)
     honest = start_peers([["--model", "claims", "--blocks", blocks] for blocks in ("0:2", "2:4")], environment,
                          root / "logs")  # fmt: skip
     boaster = start_liar("boast", ["--model", "claims", "--blocks", "2:4"], environment, root / "boaster.log")
@@ -99,14 +95,6 @@ def boasting(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFacto
     finally:
         for process in [*honest, boaster]:
             process.stop()
-
-
-def local_tokens(model_dir: Path) -> list[int]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompt = torch.tensor([tokenizer(PROMPT)["input_ids"]])
-    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS)
-    return [int(token) for token in output[0, prompt.shape[1] :]]
 
 
 def test_a_peer_boasting_of_its_speed_is_measured_and_routed_around(boasting: Boasting) -> None:
@@ -125,7 +113,7 @@ def test_a_peer_boasting_of_its_speed_is_measured_and_routed_around(boasting: Bo
     twin = boasting.honest[1].address
     assert trusted[boaster].throughput < trusted[twin].throughput
     assert trusted[boaster].throughput <= ROUTE_TRUST_MARGIN / 0.05
-    expected = local_tokens(boasting.model_dir)
+    expected = local_greedy_tokens(boasting.model_dir, PROMPT, NEW_TOKENS)
     for result in routes:
         assert result.generation.token_ids == expected
         assert boaster not in [hop.address for hop in result.route]

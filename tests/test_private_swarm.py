@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import SWARM
-from tests.peer_harness import PeerProcess, peer_environment, start_peers
+from tests.peer_harness import PeerProcess, peer_environment, published_llama, start_peers
 
 PROMPT = "Readability counts."
 NEW_TOKENS = 6
@@ -48,12 +48,7 @@ class PrivateSwarm:
 @pytest.fixture(scope="module")
 def private(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSwarm]:
     root = tmp_path_factory.mktemp("private")
-    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=31, log=lambda _line: None)
-    environment = peer_environment(os.environ, home=root / "home")
-    subprocess.run(
-        [SWARM, "seed", str(model_dir), "--name", "priv", "--prepare-only"], env=environment, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    model_dir, environment = published_llama(make_model_tool, root, "priv", seed=31)
     secret, other = root / "swarm.secret", root / "other.secret"
     secret.write_text("correct horse battery staple, but longer\n")
     other.write_text("another swarm entirely, same length ok\n")

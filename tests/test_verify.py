@@ -14,7 +14,6 @@ from types import ModuleType
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.client.generate import SamplingParams
 from swarm.client.routing import PeerInfo
@@ -23,7 +22,14 @@ from swarm.client.verify import majority, relative_difference, second_opinions
 from swarm.config import Settings
 from swarm.wire import Hop
 from tests.conftest import SWARM
-from tests.peer_harness import PeerProcess, peer_environment, start_liar, start_peers
+from tests.peer_harness import (
+    PeerProcess,
+    local_greedy_tokens,
+    peer_environment,
+    published_llama,
+    start_liar,
+    start_peers,
+)
 
 PROMPT = "Errors should never pass silently."
 NEW_TOKENS = 8
@@ -90,12 +96,7 @@ class Checked:
 @pytest.fixture(scope="module")
 def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checked]:
     root = tmp_path_factory.mktemp("verify")
-    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=41, log=lambda _line: None)
-    environment = peer_environment(os.environ, home=root / "home")
-    subprocess.run(
-        [SWARM, "seed", str(model_dir), "--name", "vm", "--prepare-only"], env=environment, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    model_dir, environment = published_llama(make_model_tool, root, "vm", seed=41)
     honest = start_peers([["--model", "vm", "--blocks", blocks] for blocks in ("0:2", "2:4", "2:4")], environment,
                          root / "logs")  # fmt: skip
     liar = start_liar("noise", ["--model", "vm", "--blocks", "2:4"], environment, root / "liar.log")
@@ -106,14 +107,6 @@ def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactor
             peer.stop()
 
 
-def local_tokens(model_dir: Path) -> list[int]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompt = torch.tensor([tokenizer(PROMPT)["input_ids"]])
-    output = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS)
-    return [int(token) for token in output[0, prompt.shape[1] :]]
-
-
 def test_a_lying_peer_is_caught_at_its_first_step_and_routed_around(checked: Checked) -> None:
     settings = Settings(home=checked.home, verify_fraction=1.0)
     addresses = [peer.address for peer in [*checked.honest, checked.liar]]
@@ -121,7 +114,7 @@ def test_a_lying_peer_is_caught_at_its_first_step_and_routed_around(checked: Che
         through_liar = [Hop(address=checked.honest[0].address, blocks=(0, 2)), Hop(checked.liar.address, (2, 4))]
         result = client.generate(PROMPT, NEW_TOKENS, SamplingParams(), route=through_liar, pinned=False)
         again = client.generate(PROMPT, NEW_TOKENS, SamplingParams())
-    expected = local_tokens(checked.model_dir)
+    expected = local_greedy_tokens(checked.model_dir, PROMPT, NEW_TOKENS)
     assert result.generation.token_ids == expected
     assert result.verification is not None
     assert result.verification["excluded"] == [
@@ -146,6 +139,6 @@ def test_swarm_run_with_verify_equals_local_generate(checked: Checked) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
-    assert record["tokens"] == local_tokens(checked.model_dir)
+    assert record["tokens"] == local_greedy_tokens(checked.model_dir, PROMPT, NEW_TOKENS)
     assert record["verification"]["checked"] >= 1
     assert checked.liar.address not in [hop["address"] for hop in record["route"]]
