@@ -1,11 +1,12 @@
 """The README's path, typed as a user types it, on one machine with every default: a publisher prepares the
 catalog, a seedbox seeds it on a port of its own, a peer joins knowing only the seedbox's address, and a client
-runs a prompt knowing only that address too, as does `swarm serve` (asked with OpenAI's client). No --listen, no --peer, no --route, no dedicated DHT node: the
+runs a prompt knowing only that address too, as do `swarm batch` and `swarm serve` (asked with OpenAI's client). No --listen, no --peer, no --route, no dedicated DHT node: the
 commands are the README's, apart from the seedbox's port and each command's SWARM_HOME.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -46,6 +47,7 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
         joiner = LineProcess([SWARM, "join", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "joiner"))
         assert wait_line(joiner, "serving ", timeout=120).startswith("serving blocks 0:4 of demo on tcp://")
         run = run_prompt(tmp_path, bootstrap)
+        batch = run_batch(tmp_path, bootstrap)
         server = LineProcess([SWARM, "serve", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "server"))
         assert wait_line(server, "serving ", timeout=120) == (
             "serving demo (1 peers) at http://127.0.0.1:8000/v1; chat page at http://127.0.0.1:8000/\n"
@@ -59,6 +61,12 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
     assert run.returncode == 0, run.stderr + "".join(joiner.stderr_lines)
     assert run.stdout == expected_text(model_dir) + "\n"
     assert served.choices[0].text == expected_text(model_dir)
+    assert batch.returncode == 0, batch.stderr
+    records = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [(record["line"], record["text"]) for record in records] == [
+        (1, expected_text(model_dir)),
+        (2, expected_text(model_dir)),
+    ]
 
 
 def test_a_seeding_publisher_and_a_peer_are_bootstrap_nodes_too(make_model_tool: ModuleType, tmp_path: Path) -> None:
@@ -117,6 +125,17 @@ def run_prompt(tmp_path: Path, bootstrap: str) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", bootstrap],
         env=home(tmp_path, "client"), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def run_batch(tmp_path: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    """`swarm batch` as the README shows it, over two lines of PROMPT, from a home of its own."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n" + json.dumps({"prompt": PROMPT, "id": "again"}) + "\n")
+    arguments = ["--model", "demo", "--input", str(prompts), "--output", str(tmp_path / "answers.jsonl")]
+    return subprocess.run(
+        [SWARM, "batch", *arguments, "--bootstrap", bootstrap],
+        env=home(tmp_path, "batch"), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
