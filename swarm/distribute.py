@@ -32,6 +32,8 @@ LOOP_SECONDS = 0.1
 REANNOUNCE_SECONDS = 3.0
 # libtorrent states in which no bytes arrive but work is being done (hashing files already on disk).
 BUSY_STATES = ("checking_files", "checking_resume_data", "allocating")
+# Peers a stalled fetch's message names (of those it got bytes from, and of those whose connections ended).
+MAX_NAMED_PEERS = 4
 
 
 # --- selection (pure) ---------------------------------------------------------------------------------------
@@ -356,6 +358,24 @@ class ChunkFetch:
         )
 
 
+def stall_message(node: TorrentNode, fetch: ChunkFetch, status: TorrentStatus, timeout: float) -> str:
+    """Why a fetch that made no progress for `timeout` seconds gave up: what is missing, the peers it got bytes
+    from, those it knows of, how the last connections ended, the DHT and trackers."""
+    seen = node.peer_transfers(fetch.key)
+    missing = ", ".join(chunk.id for chunk in fetch.pending())
+    sources = ", ".join(f"{peer.address} ({peer.downloaded:,} bytes)" for peer in seen[:MAX_NAMED_PEERS])
+    text = f"fetching {fetch.manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
+    text += f"{len(seen)} peer{'s' if len(seen) != 1 else ''} seen" + (f": {sources}" if sources else "")
+    if status.known_peers:
+        text += f" ({status.known_peers} known)"
+    errors = list(node.peer_errors(fetch.key).items())[-MAX_NAMED_PEERS:]
+    if errors:
+        text += "; last connection errors: " + ", ".join(f"{endpoint}: {why}" for endpoint, why in errors)
+    if node.session.is_dht_running():
+        text += f"; {node.dht_nodes} DHT node(s) known"
+    return text + "".join(f"; tracker {url}: {why}" for url, why in node.tracker_errors(fetch.key).items())
+
+
 def fetch_chunks(
     node: TorrentNode,
     manifest: Manifest,
@@ -409,17 +429,7 @@ def fetch_chunks(
                 last_done = status.wanted_done
                 last_progress = now
             elif now - last_progress > timeout:
-                peers_seen = len(node.peer_transfers(fetch.key))
-                missing = ", ".join(chunk.id for chunk in fetch.pending())
-                trackers = "".join(f"; tracker {url}: {why}" for url, why in node.tracker_errors(fetch.key).items())
-                dht_nodes = f"; {node.dht_nodes} DHT node(s) known" if node.session.is_dht_running() else ""
-                known = f" ({status.known_peers} known)" if status.known_peers else ""
-                if (peer_error := node.last_peer_error(fetch.key)) is not None:
-                    known += f"; last peer error {peer_error}"
-                raise SwarmError(
-                    f"fetching {manifest.name} made no progress for {timeout:g} s: chunks {missing} not fetched; "
-                    f"{peers_seen} peer{'s' if peers_seen != 1 else ''} seen{known}{dht_nodes}{trackers}"
-                )
+                raise SwarmError(stall_message(node, fetch, status, timeout))
         problems = fetch.verify()
         # A write error (disk full) can surface only now, after libtorrent hash-checked the bytes in memory.
         failure = fetch.failure()

@@ -35,6 +35,10 @@ REDIAL_SECONDS = 5.0
 REQUEST_QUEUE_REVIEW_SECONDS = 1.0
 # How long close() waits for the resume data of every torrent.
 CLOSE_TIMEOUT_SECONDS = 10.0
+# Seconds before libtorrent dials a peer again after a connection to it ended (see session_settings).
+RECONNECT_SECONDS = 2
+# Peers whose last connection error a torrent remembers.
+MAX_PEER_ERRORS = 16
 # How often the DHT's routing table size is read (for re-announcing when it grows).
 DHT_STATS_SECONDS = 1.0
 
@@ -142,6 +146,12 @@ def session_settings(
         # at the seed, while other fetchers pick the same rare pieces. Off, the seed's upload in
         # tools/bench_distribution.py (N=8) fell from 1.20 to 1.06 copies and the slowest fetch from 27.5 to 24.7 s.
         "whole_pieces_threshold": 0,
+        # Seconds before a peer whose connection ended is dialled again (times its failures + 1; default 60). Two
+        # nodes that dial each other at once both drop one connection, and when both listen on the same port (every
+        # node defaults to 6881) each picks which at random (libtorrent's peer_list): half the time both go, and a
+        # fetcher waited a minute for the only seeder it knew (seen in the network lab: a seedbox dialling the
+        # fetcher its LSD announce told it of, as the fetcher dialled it).
+        "min_reconnect_time": RECONNECT_SECONDS,
         # Keep connections between peers that both have everything they want: libtorrent drops them otherwise,
         # and with them the per-peer byte counters a finished fetch reports as its sources.
         "close_redundant_connections": False,
@@ -156,6 +166,8 @@ def session_settings(
             | lt.alert_category.dht
             | lt.alert_category.dht_operation
             | lt.alert_category.peer
+            # Connection attempts that fail or end (peer_disconnected_alert): a stalled fetch names the last.
+            | lt.alert_category.connect
             | lt.alert_category.tracker
         ),
     }
@@ -223,8 +235,8 @@ class _Tracked:
     closed_totals: dict[str, PeerTransfer] = field(default_factory=dict)
     # Tracker URL → why its last announce failed (dropped once it answers).
     tracker_errors: dict[str, str] = field(default_factory=dict)
-    # Why the last connection to a peer failed or ended ("host:port: reason"), for a fetch that gets nowhere.
-    last_peer_error: str | None = None
+    # Endpoint → why the last connection to it failed or ended, latest last (bounded), for a fetch that gets nowhere.
+    peer_errors: dict[str, str] = field(default_factory=dict)
 
 
 def _with_banked(transfer: PeerTransfer, banked: PeerTransfer | None) -> PeerTransfer:
@@ -483,9 +495,10 @@ class TorrentNode:
         """Trackers of the torrent whose last announce failed, with the reason."""
         return dict(self._tracked_or_error(key).tracker_errors)
 
-    def last_peer_error(self, key: str) -> str | None:
-        """How the last failed or ended peer connection of the torrent went ("host:port: reason")."""
-        return self._tracked_or_error(key).last_peer_error
+    def peer_errors(self, key: str) -> dict[str, str]:
+        """Endpoint → how the last connection to it failed or ended, for the peers whose connections did (the
+        most recent last)."""
+        return dict(self._tracked_or_error(key).peer_errors)
 
     def hash_failures(self, key: str) -> int:
         return self._tracked_or_error(key).hash_failures
@@ -598,7 +611,15 @@ class TorrentNode:
             tracked.tracker_errors.pop(_text(alert.tracker_url()), None)
             return
         if isinstance(alert, (lt.peer_error_alert, lt.peer_disconnected_alert)):
-            tracked.last_peer_error = f"{_endpoint_text(alert.endpoint)}: {alert.error.message()}"
+            endpoint = _endpoint_text(alert.endpoint)
+            tracked.peer_errors.pop(endpoint, None)
+            tracked.peer_errors[endpoint] = alert.error.message()
+            while len(tracked.peer_errors) > MAX_PEER_ERRORS:
+                tracked.peer_errors.pop(next(iter(tracked.peer_errors)))
+            log.debug("%s: connection to %s ended: %s", _text(alert.torrent_name), endpoint, alert.error.message())
+            return
+        if isinstance(alert, lt.peer_connect_alert):
+            log.debug("%s: connecting to %s", _text(alert.torrent_name), _endpoint_text(alert.endpoint))
             return
         name = _text(alert.torrent_name)
         event: TorrentEvent | None = None
