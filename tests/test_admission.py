@@ -7,13 +7,15 @@ import pytest
 from swarm.peer.admission import (
     AdmissionLimits,
     Bucket,
+    HeldSession,
     admit_batch,
     admit_session,
     admit_stateless,
     free_sessions,
+    sessions_to_evict,
     take_token,
 )
-from swarm.peer.sessions import SESSION_EXISTS, SessionTable
+from swarm.peer.sessions import SESSION_EXISTS, UNUSED_SESSION_GRACE_SECONDS, SessionTable
 
 LIMITS = AdmissionLimits(max_sessions=3, max_session_tokens=100, max_total_tokens=200, max_batch=4)
 
@@ -45,6 +47,53 @@ def test_admit_session(
     assert decision.admitted is admitted
     assert decision.code == code
     assert fragment in decision.reason
+
+
+def held(*sessions: tuple[str, int, float | None]) -> list[HeldSession]:
+    return [HeldSession(*session) for session in sessions]
+
+
+# (open sessions: id, reserved, unused seconds or None once stepped; new max_length, batch; expected evictions)
+EVICTION_CASES = [
+    # Admitted as it is: nothing goes, however stale.
+    (held(("a", 50, 9.0)), 10, 1, []),
+    # Every slot taken: the oldest unused session past the grace makes room, one is enough.
+    (held(("a", 10, 5.0), ("b", 10, 9.0), ("c", 10, None)), 10, 1, ["b"]),
+    # Sessions in use are never dropped, nor unused ones within the grace.
+    (held(("a", 10, None), ("b", 10, 0.5), ("c", 10, None)), 10, 1, []),
+    # The cache budget (200): the oldest stale session is enough for 90 tokens; for 100 both must go; the one in
+    # use stays.
+    (held(("a", 60, 3.0), ("b", 50, None), ("c", 80, 4.0)), 90, 1, ["c"]),
+    (held(("a", 90, 3.0), ("b", 80, None), ("c", 30, 4.0)), 100, 1, ["c", "a"]),
+    (held(("a", 60, 3.0), ("b", 20, None), ("c", 80, 4.0)), 100, 2, []),
+    (held(("a", 60, 3.0), ("b", 20, 2.0), ("c", 80, 4.0)), 90, 2, ["c", "a"]),
+    # Dropping every stale session would still not admit it: nothing is dropped for nothing.
+    (held(("a", 100, None), ("b", 90, 3.0)), 101, 1, []),
+    (held(("a", 150, None), ("b", 40, 3.0)), 100, 1, []),
+    # A refusal that is not about room (a batch over the cap) drops nothing.
+    (held(("a", 10, 5.0), ("b", 10, 9.0), ("c", 10, 7.0)), 10, 5, []),
+]
+
+
+@pytest.mark.parametrize(("sessions", "max_length", "batch", "evicted"), EVICTION_CASES)
+def test_sessions_to_evict(sessions: list[HeldSession], max_length: int, batch: int, evicted: list[str]) -> None:
+    assert sessions_to_evict(LIMITS, sessions, max_length, batch, grace=1.0) == evicted
+
+
+def test_a_flood_of_opens_displaces_only_its_own_unused_sessions() -> None:
+    clock = FakeClock()
+    table = SessionTable(LIMITS, idle_timeout=300.0, clock=clock)
+    used, _ = table.open("client", (0, 1), 50, 1, "secret-client", dict)
+    assert used is not None
+    used.next_step = 1  # its first step ran
+    for index in range(20):
+        table.open(f"flood{index}", (0, 1), 50, 1, "secret-flood", dict)
+        clock.now += UNUSED_SESSION_GRACE_SECONDS / 2
+    assert "client" in table and len(table) == LIMITS.max_sessions
+    clock.now += UNUSED_SESSION_GRACE_SECONDS * 2
+    newcomer, decision = table.open("newcomer", (0, 1), 50, 1, "secret-new", dict)
+    assert newcomer is not None and decision.admitted
+    assert "client" in table and "newcomer" in table
 
 
 @pytest.mark.parametrize(

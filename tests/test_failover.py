@@ -246,10 +246,13 @@ def test_a_dead_candidate_in_a_pinned_route_is_skipped(swarm: Swarm, reference: 
 
 
 def hold_replica_session(swarm: Swarm) -> tuple[ComputeClient, InferenceSession]:
-    """Another client opens the replica's only session."""
+    """Another client opens the replica's only session and uses it (a session that never ran a step would give its
+    place to a newcomer after a grace period)."""
     other = ComputeClient(timeout=10)
     session = InferenceSession(other, [Hop(swarm.replica.address, (0, BLOCKS))], max_length=32)
     session.open()
+    hidden_size = json.loads((swarm.model_dir / "config.json").read_text())["hidden_size"]
+    session.step({"hidden": torch.zeros(1, 1, hidden_size)}, (0, 1))
     return other, session
 
 

@@ -282,19 +282,17 @@ def test_a_route_visits_each_peer_once(pipeline: Swarm, client: ComputeClient) -
 
 def test_admission_refuses_when_sessions_are_full(pipeline: Swarm, client: ComputeClient) -> None:
     only_first = route((pipeline.first.address, 0, SPLIT))
+    hidden = torch.zeros(1, 1, pipeline.manifest.config["hidden_size"])
     for index in range(MAX_SESSIONS):
-        client.send(
-            pipeline.first.address,
-            request(
-                Kind.OPEN_SESSION,
-                session_id=f"full-{index}",
-                route=only_first,
-                reply_to=client.address,
-                body={"max_length": 8},
-            ),
-        )
-        reply = client.receive()
-        assert reply.header.kind is Kind.RESULT, reply.header.body
+        for kind, fields in [
+            (Kind.OPEN_SESSION, {"body": {"max_length": 8}}),
+            # A session in use (one that never ran a step gives its place to a newcomer after a grace period).
+            (Kind.STEP, {"positions": (0, 1)}),
+        ]:
+            header = request(kind, session_id=f"full-{index}", route=only_first, reply_to=client.address, **fields)
+            client.send(pipeline.first.address, header, {"hidden": hidden} if kind is Kind.STEP else None)
+            reply = client.receive()
+            assert reply.header.kind is Kind.RESULT, reply.header.body
     client.send(
         pipeline.first.address,
         request(

@@ -62,6 +62,42 @@ def admit_session(
     return ADMITTED
 
 
+@dataclass(frozen=True)
+class HeldSession:
+    """An open session as admission sees it: what it reserves, and for how long it has gone unused."""
+
+    session_id: str
+    reserved: int
+    # Seconds since it opened while no step has run in it; None once one has.
+    unused_seconds: float | None
+
+
+def sessions_to_evict(
+    limits: AdmissionLimits, held: Sequence[HeldSession], max_length: int, batch: int, grace: float
+) -> list[str]:
+    """The sessions to drop so that a new one that `admit_session` refused as busy gets in: the fewest of those
+    opened more than `grace` seconds ago and never used, oldest first. Empty when the new one is admitted as it is,
+    or when dropping every such session would still not admit it.
+
+    A client sends its first step as soon as the open is confirmed, so a session still unused after `grace` is
+    abandoned or a flood's: a flood of opens then only displaces its own sessions, never ones in use."""
+    reserved = [session.reserved for session in held]
+    if admit_session(limits, reserved, max_length, batch).code != BUSY:
+        return []
+    stale = sorted(
+        (session for session in held if session.unused_seconds is not None and session.unused_seconds > grace),
+        key=lambda session: -(session.unused_seconds or 0.0),
+    )
+    kept = {session.session_id: session.reserved for session in held}
+    evicted: list[str] = []
+    for session in stale:
+        del kept[session.session_id]
+        evicted.append(session.session_id)
+        if admit_session(limits, list(kept.values()), max_length, batch).admitted:
+            return evicted
+    return []
+
+
 def admit_stateless(limits: AdmissionLimits, batch: int, tokens: int) -> Admission:
     """Admit a request without a session (a whole sequence at once): its batch x tokens may not exceed one
     session's length, so one message cannot cost more than a full session does."""

@@ -162,8 +162,11 @@ class PeerServer:
 
     @property
     def free_session_slots(self) -> int:
-        """Sessions this peer can still open (none while it waits to move to other blocks)."""
-        return 0 if self.draining else free_sessions(self.limits, len(self.sessions))
+        """Sessions this peer can still open (none while it waits to move to other blocks); sessions left unused
+        past their grace count as free, since a newcomer takes their place."""
+        if self.draining:
+            return 0
+        return free_sessions(self.limits, len(self.sessions) - self.sessions.claimable())
 
     def metrics_state(self) -> PeerState:
         """What this peer is now, for a metrics scrape (from the metrics thread: reads only)."""

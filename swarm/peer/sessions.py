@@ -6,14 +6,21 @@ session. An id already in use is refused (never silently replaced), and only ste
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm.peer.admission import Admission, AdmissionLimits, admit_session
+from swarm.peer.admission import Admission, AdmissionLimits, HeldSession, admit_session, sessions_to_evict
+
+log = logging.getLogger("swarm.peer")
 
 # Refusal code for an open_session whose id is already open on this peer.
 SESSION_EXISTS = "session_exists"
+# Seconds a session may stay open without any step before a newcomer refused as busy may take its place. Clients
+# step as soon as the open is confirmed (a round trip); at the default rate limit (10 new sessions a second from
+# one source) a flood of opens can hold at most 10 such sessions, so it never fills the default 16 slots.
+UNUSED_SESSION_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -74,6 +81,10 @@ class SessionTable:
         """Open a session, if admitted; an id in use is refused (a client that fails over opens a new one)."""
         if session_id in self._sessions:
             return None, Admission(False, SESSION_EXISTS, f"session {session_id!r} is already open")
+        for evicted in sessions_to_evict(self.limits, self._held(), max_length, batch, UNUSED_SESSION_GRACE_SECONDS):
+            del self._sessions[evicted]
+            log.info("session %s dropped: unused for over %g s, and a new one needed its place", evicted,
+                     UNUSED_SESSION_GRACE_SECONDS)  # fmt: skip
         reserved = [session.reserved for session in self._sessions.values()]
         admission = admit_session(self.limits, reserved, max_length, batch)
         if not admission.admitted:
@@ -81,6 +92,23 @@ class SessionTable:
         session = Session(session_id, blocks, max_length, batch, make_cache(), self._clock(), secret=secret)
         self._sessions[session_id] = session
         return session, admission
+
+    def _held(self) -> list[HeldSession]:
+        now = self._clock()
+        return [
+            HeldSession(
+                session.session_id, session.reserved, now - session.last_used if session.next_step == 0 else None
+            )
+            for session in self._sessions.values()
+        ]
+
+    def claimable(self) -> int:
+        """Sessions a newcomer may take the place of: open for longer than the grace without any step."""
+        return sum(
+            1
+            for held in self._held()
+            if held.unused_seconds is not None and held.unused_seconds > UNUSED_SESSION_GRACE_SECONDS
+        )
 
     def get(self, session_id: str) -> Session | None:
         """The open session (its idle timer is not reset: only a step that ran does that, see `touch`)."""
