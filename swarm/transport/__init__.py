@@ -199,16 +199,37 @@ def _stop_monitor(sock: zmq.Socket[Any], monitor: zmq.Socket[Any]) -> None:
     monitor.close(linger=0)
 
 
+@dataclass(frozen=True)
+class _Look:
+    due: float
+    interval: float
+
+
+# A destination whose connection is still being made is looked at after 5 ms, then 10, 20 ... at most every 100 ms.
+_FIRST_LOOK_SECONDS = 0.005
+_LAST_LOOK_SECONDS = 0.1
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
+def _writable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a send would not block now (ZMQ_EVENTS: cheaper than a poll, which builds a poller)."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & _POLLOUT)
+
+
 def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
     """Event ids waiting on a monitor socket (never blocks). Monitor messages are libzmq's own, over inproc."""
     events: list[int] = []
-    while True:
+    # Asking ZMQ_EVENTS first: a receive that finds nothing raises, and raising costs more than the question (a peer
+    # with hundreds of connections being made reads their monitors every few milliseconds).
+    while int(monitor.getsockopt(zmq.EVENTS)) & _POLLIN:
         try:
             frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
-        except zmq.ZMQError:  # Again: nothing more waiting
+        except zmq.ZMQError:  # Again: nothing more waiting after all
             return events
         if frames and len(frames[0]) == 6:
             events.append(int.from_bytes(frames[0][:2], sys.byteorder))
+    return events
 
 
 # The private swarm this process belongs to (set once by a command given --swarm-secret): every Context made
@@ -277,13 +298,16 @@ class Context:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         immediate: bool = False,
         heartbeat: Heartbeat | None = None,
+        source: str | None = None,
     ) -> zmq.Socket[Any]:
         """A DEALER connected to `address`; `identity` is the routing id the far ROUTER will see.
 
         `immediate`: queue messages only once the connection is up (sends before that fail with Again).
         `heartbeat`: ping the far end and drop the connection when it stops answering.
+        `source`: the local IP address the connection comes from (a test or tool acting as another host).
         """
-        return self._dealer(address, identity, max_message_bytes, immediate, heartbeat, monitored=False)[0]
+        return self._dealer(address, identity, max_message_bytes, immediate, heartbeat, monitored=False,
+                            source=source)[0]  # fmt: skip
 
     def connect_watched_dealer(
         self, address: str, identity: bytes | None, *, immediate: bool, heartbeat: Heartbeat
@@ -304,8 +328,12 @@ class Context:
         immediate: bool,
         heartbeat: Heartbeat | None,
         monitored: bool,
+        source: str | None = None,
     ) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
         endpoint = normalize_address(address)
+        if source is not None:
+            # libzmq's "source;destination" form binds the connection's local end to `source`.
+            endpoint = f"tcp://{Address(source, 0)};{endpoint.removeprefix('tcp://')}"
         sock = self._socket(zmq.DEALER, max_message_bytes)
         if self.keys is not None:
             sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys.server_public)
@@ -548,6 +576,9 @@ class DealerPool:
         # Messages posted while their connection was being made, per destination in order (see post).
         self._outbox: dict[str, deque[Waiting]] = {}
         self._outbox_bytes = 0
+        # When flush next looks at each destination with messages waiting (hundreds, under a flood of messages
+        # to dead addresses: looking at all of them every few milliseconds took a fifth of a peer's time).
+        self._looks: dict[str, _Look] = {}
 
     @property
     def heartbeat(self) -> Heartbeat | None:
@@ -603,7 +634,7 @@ class DealerPool:
         if entry.link.state is LinkState.DOWN:
             raise TransportError(f"cannot reach {address}: {entry.link.reason}")
         queue = self._outbox.get(key)
-        if not queue and entry.socket.poll(0, zmq.POLLOUT):
+        if not queue and _writable(entry.socket):
             send_frames(entry.socket, frames)
             return
         size = _size(frames)
@@ -612,6 +643,8 @@ class DealerPool:
             raise TransportError(f"cannot queue a message to {address}: {refusal}")
         timeout = self._connect_timeout if self._connect_timeout is not None else _DEFAULT_CONNECT_SECONDS
         waiting = Waiting(key, list(frames), size, time.monotonic() + timeout, context)
+        if key not in self._outbox:
+            self._looks[key] = _Look(0.0, _FIRST_LOOK_SECONDS)
         self._outbox.setdefault(key, deque()).append(waiting)
         self._outbox_bytes += size
 
@@ -627,6 +660,11 @@ class DealerPool:
         now = time.monotonic()
         for key in list(self._outbox):
             queue = self._outbox[key]
+            look = self._looks.get(key, _Look(0.0, _FIRST_LOOK_SECONDS))
+            if now < look.due and now <= queue[0].deadline:
+                continue
+            # Looked at again sooner while the connection is new: most come up within milliseconds.
+            self._looks[key] = _Look(now + look.interval, min(2 * look.interval, _LAST_LOOK_SECONDS))
             entry = self._dealers.get(key)
             reason = self._send_waiting(queue, entry, now)
             if reason is not None:
@@ -637,6 +675,7 @@ class DealerPool:
                     self.drop(key)
             if not queue:
                 self._outbox.pop(key, None)
+                self._looks.pop(key, None)
         return given_up
 
     def _send_waiting(self, queue: deque[Waiting], entry: _Dealer | None, now: float) -> str | None:
@@ -646,7 +685,7 @@ class DealerPool:
         self._update(entry)
         if entry.link.state is LinkState.DOWN:
             return entry.link.reason or "the connection was lost"
-        while queue and entry.socket.poll(0, zmq.POLLOUT):
+        while queue and _writable(entry.socket):
             waiting = queue.popleft()
             self._outbox_bytes -= waiting.size
             try:
@@ -670,7 +709,7 @@ class DealerPool:
             self._update(entry)
             if entry.link.state is LinkState.DOWN:
                 raise TransportError(f"cannot reach {address}: {entry.link.reason}")
-            if entry.socket.poll(0, zmq.POLLOUT):
+            if _writable(entry.socket):
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
