@@ -18,7 +18,7 @@ import torch
 from swarm.client.generate import SamplingParams
 from swarm.client.routing import PeerInfo
 from swarm.client.run import SwarmClient
-from swarm.client.verify import majority, relative_difference, second_opinions
+from swarm.client.verify import majority, relative_difference, second_opinions, settled
 from swarm.config import Settings
 from swarm.wire import Hop
 from tests.conftest import SWARM
@@ -54,6 +54,22 @@ def test_majority(outputs: dict[str, torch.Tensor], agreeing: set[str], decided:
     verdict = majority(list(outputs.items()), tolerance=1e-3)
     assert (set(verdict.agreeing), verdict.decided) == (agreeing, decided)
     assert set(verdict.disagreeing) == set(outputs) - agreeing
+
+
+@pytest.mark.parametrize(
+    ("outputs", "done"),
+    [
+        ({"hop": vector(1, 2)}, False),  # the hop alone: ask someone
+        ({"hop": vector(1, 2), "b": vector(1, 2.0000001)}, True),  # the first other opinion agrees: one pass
+        ({"hop": vector(5, 2), "b": vector(1, 2)}, False),  # it disagrees: a third decides
+        ({"hop": vector(5, 2), "b": vector(1, 2), "c": vector(1, 2)}, False),  # decided, against the hop
+        ({"hop": vector(1, 2), "b": vector(1, 2), "c": vector(1, 2)}, True),
+    ],
+)
+def test_a_check_asks_for_a_third_opinion_only_after_a_disagreement(
+    outputs: dict[str, torch.Tensor], done: bool
+) -> None:
+    assert settled(list(outputs.items()), tolerance=1e-3) is done
 
 
 def test_relative_difference() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from swarm.client.routing import BAD_RESULT, PeerFailure, PeerInfo
-from swarm.client.verify import Verdict, majority, second_opinions, tolerance_for
+from swarm.client.verify import Verdict, majority, second_opinions, settled, tolerance_for
 from swarm.errors import SwarmError
 from swarm.wire import Hop
 
@@ -50,13 +50,16 @@ class StepChecker:
             self.unverifiable += 1
             return
         opinions = [(route[index].address, logits)]
+        tolerance = tolerance_for(dtype)
         for alternative in alternatives:
             try:
                 opinions.append((alternative[index].address, self.run_stateless(alternative, token_ids)))
             except SwarmError:
                 continue  # a peer that cannot give an opinion gives none; failures are handled where they matter
+            if settled(opinions, tolerance):
+                break
         self.checked += 1
-        self._judge(route[index], majority(opinions, tolerance_for(dtype)), len(opinions))
+        self._judge(route[index], majority(opinions, tolerance), len(opinions))
 
     def _judge(self, hop: Hop, verdict: Verdict, opinions: int) -> None:
         for address in sorted(verdict.disagreeing):

@@ -18,7 +18,8 @@ from swarm.wire import Hop
 
 # Relative L2 difference of two last-position logit vectors beyond which they disagree, by the peers' dtype.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
-# Other peers asked for their opinion of one hop: two, so that with the hop itself there is a majority.
+# Other peers asked for their opinion of one hop, at most: two, so that with the hop itself there is a majority. The
+# second is asked only when the first disagrees (see `settled`).
 SECOND_OPINIONS = 2
 
 
@@ -82,3 +83,10 @@ def second_opinions(
     ]
     unique = list(dict.fromkeys(others))[:SECOND_OPINIONS]
     return [[*route[:index], Hop(address=address, blocks=hop.blocks), *route[index + 1 :]] for address in unique]
+
+
+def settled(opinions: Sequence[tuple[str, torch.Tensor]], tolerance: float) -> bool:
+    """Whether no further opinion is needed: at least two, all in agreement. Honest peers agree, so a check costs
+    one extra pass; only a disagreement asks for more (a third opinion makes a majority)."""
+    verdict = majority(opinions, tolerance)
+    return len(opinions) >= 2 and verdict.decided and not verdict.disagreeing
