@@ -61,7 +61,10 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     return settings
 
 
-SECRET_HELP = "File holding a private swarm's secret: only its members connect, and compute traffic is encrypted."
+SECRET_HELP = (
+    "File holding a private swarm's secret: only its members connect, compute traffic is encrypted, and BitTorrent "
+    "traffic is encrypted too."
+)
 
 
 @click.group(cls=SwarmGroup)
@@ -94,6 +97,11 @@ def stop_event() -> threading.Event:
 @click.option(
     "--tracker", "trackers", multiple=True, help="Tracker announce URL written into the torrent (repeatable)."
 )
+@click.option(
+    "--private", "private_torrent", is_flag=True, default=None,
+    help="Make the torrent private: found through trackers and given peers only, never the DHT, PEX or LSD.",
+)  # fmt: skip
+@click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option("--force", is_flag=True, help="Replace a catalog entry of the same name with other content.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_context
@@ -760,6 +768,7 @@ def _transfer_options(command: Any) -> Any:
             click.option(
                 "--limit-local-peers", is_flag=True, default=None, help="Apply the limits to loopback/LAN peers too."
             ),
+            click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP),
             click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event."),
         ]
     ):

@@ -55,6 +55,9 @@ class Settings:
     # Peer exchange (BEP 11): peers tell each other about the other peers they know.
     pex: bool = True
     torrent_format: str = "v2"
+    # Torrents made by `swarm seed` are private (BEP 27): peers find each other only through trackers and peers
+    # given to them, never the DHT, PEX or LSD (for a private swarm whose models must not be seen outside it).
+    private_torrent: bool = False
     blocks_per_chunk: int = 1
     # 0 picks a piece size from the model size (see torrent.create.choose_piece_length).
     piece_length: int = 0
@@ -235,6 +238,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_PEER_REDISCOVERY": ("peer_rediscovery_interval", float),
     "SWARM_VERIFY": ("verify_fraction", float),
     "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
+    "SWARM_PRIVATE_TORRENT": ("private_torrent", _parse_bool),
 }
 
 

@@ -467,6 +467,8 @@ def open_node(settings: Settings, short_lived: bool = False) -> TorrentNode:
         lsd=settings.lsd,
         pex=settings.pex,
         trackers=settings.trackers,
+        # A private swarm's members speak only encrypted BitTorrent, as its compute traffic is encrypted.
+        encrypted=settings.swarm_secret is not None,
     )
 
 

@@ -78,7 +78,12 @@ def publish(
         piece_count = sum(-(-path.stat().st_size // piece_length) for path in content_dir.iterdir())
         progress.stage("hashing pieces", piece_count)
         made = make_torrent(
-            content_dir, settings.torrent_format, piece_length, lambda _piece: progress.advance(), settings.trackers
+            content_dir,
+            settings.torrent_format,
+            piece_length,
+            lambda _piece: progress.advance(),
+            settings.trackers,
+            private=settings.private_torrent,
         )
         chunks = []
         for plan in planned:

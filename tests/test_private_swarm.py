@@ -19,6 +19,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from swarm.torrent.create import read_torrent
 from tests.conftest import SWARM
 from tests.peer_harness import PeerProcess, peer_environment, published_llama, start_peers
 
@@ -114,3 +115,56 @@ def test_outsiders_are_refused_at_the_handshake(private: PrivateSwarm, secret: s
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "ZeroMQ handshake" in lines[0] and "--swarm-secret" in lines[0]
+
+
+# The start of every plaintext BitTorrent handshake (BEP 3): absent when the stream is encrypted.
+BITTORRENT_HANDSHAKE = b"\x13BitTorrent protocol"
+
+
+def seed_and_fetch(model_dir: Path, root: Path, flags: list[str]) -> tuple[Path, bytes]:
+    """`swarm seed MODEL --name ptor FLAGS` seeds; another home fetches every chunk from it with `swarm fetch ptor
+    --peer` and the same `--swarm-secret` (if any) while tcpdump captures; the publisher's torrent and the capture."""
+    publisher_home, fetcher_home = root / "publisher", root / "fetcher"
+    seeder = subprocess.Popen(
+        [SWARM, "seed", str(model_dir), "--name", "ptor", "--listen", "127.0.0.1:0", "--json", *flags],
+        env=peer_environment(os.environ, home=publisher_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert seeder.stdout is not None
+        events = (json.loads(line) for line in seeder.stdout if line.startswith("{"))
+        port = next(event["port"] for event in events if event.get("event") == "seeding")
+        (fetcher_home / "torrents").mkdir(parents=True)
+        for suffix in (".json", ".torrent"):
+            shutil.copy(publisher_home / "torrents" / f"ptor{suffix}", fetcher_home / "torrents")
+        secret = [flags[flags.index("--swarm-secret") + 1]] if "--swarm-secret" in flags else []
+        pcap = root / "bittorrent.pcap"
+        tcpdump = capture([port], pcap)
+        try:
+            done = subprocess.run(
+                [SWARM, "fetch", "ptor", "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--json",
+                 *(["--swarm-secret", *secret] if secret else [])],
+                env=peer_environment(os.environ, home=fetcher_home), capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            time.sleep(0.5)
+            tcpdump.send_signal(signal.SIGINT)
+            tcpdump.wait(timeout=10)
+        assert done.returncode == 0, done.stderr
+    finally:
+        seeder.send_signal(signal.SIGTERM)
+        seeder.wait(timeout=30)
+    return publisher_home / "torrents" / "ptor.torrent", pcap.read_bytes()
+
+
+def test_a_private_swarms_bittorrent_is_private_and_encrypted(private: PrivateSwarm, tmp_path: Path) -> None:
+    flags = ["--private", "--swarm-secret", str(private.secret)]
+    torrent, wire_bytes = seed_and_fetch(private.model_dir, tmp_path / "members", flags)
+    assert read_torrent(torrent).private
+    # The model's bytes crossed the wire, and not one plaintext handshake.
+    assert len(wire_bytes) > 100_000
+    assert BITTORRENT_HANDSHAKE not in wire_bytes
+    # The control: the same fetch between nodes of a public swarm shows its handshakes in the clear.
+    torrent, wire_bytes = seed_and_fetch(private.model_dir, tmp_path / "public", [])
+    assert not read_torrent(torrent).private
+    assert BITTORRENT_HANDSHAKE in wire_bytes

@@ -49,6 +49,8 @@ class MadeTorrent:
     magnet: str
     piece_length: int
     files: dict[str, FilePieces]
+    # BEP 27: peers of the torrent come only from trackers and given addresses.
+    private: bool = False
 
 
 def _format_flags(torrent_format: str) -> int:
@@ -77,14 +79,17 @@ def make_torrent(
     piece_length: int,
     on_piece: Callable[[int], None] | None = None,
     trackers: Sequence[str] = (),
+    private: bool = False,
 ) -> MadeTorrent:
     """Hash every file under content_dir (the torrent's root folder) into a torrent that names `trackers` (their
-    announce URLs sit outside the info dictionary: they do not change the info hash)."""
+    announce URLs sit outside the info dictionary: they do not change the info hash); `private` sets BEP 27's flag
+    (inside it: a private torrent is another torrent than the public one of the same files)."""
     files = lt.list_files(str(content_dir), flags=0)
     if not files:
         raise SwarmError(f"{content_dir} holds no files to put in a torrent")
     creator = lt.create_torrent(files, piece_length, _format_flags(torrent_format))
     creator.set_creator(CREATOR)
+    creator.set_priv(private)
     for tier, url in enumerate(trackers):
         creator.add_tracker(url, tier)
     lt.set_piece_hashes(creator, str(content_dir.parent), on_piece or (lambda _piece: None))
@@ -102,6 +107,7 @@ def describe_torrent(data: bytes) -> MadeTorrent:
         magnet=lt.make_magnet_uri(info),
         piece_length=info.piece_length(),
         files=piece_map(info),
+        private=info.priv(),
     )
 
 

@@ -102,6 +102,18 @@ def _public(host: str) -> bool:
         return True  # a host name: anywhere
 
 
+def encryption_settings(forced: bool) -> dict[str, int]:
+    """libtorrent's protocol encryption (MSE/PE): forced and of the whole stream for a private swarm's members (no
+    plaintext BitTorrent in or out), else its default (offered, plaintext accepted)."""
+    if not forced:
+        return {}
+    return {
+        "out_enc_policy": int(lt.enc_policy.forced),
+        "in_enc_policy": int(lt.enc_policy.forced),
+        "allowed_enc_level": int(lt.enc_level.rc4),
+    }
+
+
 def dht_sybil_settings(on: bool) -> dict[str, bool]:
     return {"dht_restrict_routing_ips": on, "dht_restrict_search_ips": on, "dht_prefer_verified_node_ids": on}
 
@@ -116,6 +128,7 @@ def session_settings(
     *,
     read_only_dht: bool = False,
     lsd: bool = False,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
     """Settings for a swarm node: DHT on (read-only for short-lived clients, BEP 43), many peers per IP (several
     nodes share one address on one machine or behind one NAT), no UPnP/NAT-PMP, LSD when asked, TCP only unless
@@ -156,6 +169,7 @@ def session_settings(
         # and with them the per-peer byte counters a finished fetch reports as its sources.
         "close_redundant_connections": False,
         **dht_sybil_settings(anti_sybil(listen, bootstrap)),
+        **encryption_settings(encrypted),
         # Bytes per second; 0 means unlimited.
         "upload_rate_limit": max(0, upload_limit),
         "download_rate_limit": max(0, download_limit),
@@ -270,12 +284,14 @@ class TorrentNode:
         lsd: bool = False,
         pex: bool = True,
         trackers: Sequence[str] = (),
+        encrypted: bool = False,
     ) -> None:
         self.bootstrap = tuple(bootstrap)
         try:
             settings = session_settings(
-                listen, self.bootstrap, dht, upload_limit, download_limit, utp, read_only_dht=read_only_dht, lsd=lsd
-            )
+                listen, self.bootstrap, dht, upload_limit, download_limit, utp, read_only_dht=read_only_dht, lsd=lsd,
+                encrypted=encrypted,
+            )  # fmt: skip
             # The binding takes a plain dict where its stubs say settings_pack.
             self.session = lt.session(cast("lt.settings_pack", settings))
         except (RuntimeError, ValueError) as error:
