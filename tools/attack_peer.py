@@ -390,7 +390,7 @@ def bench(args: argparse.Namespace) -> None:
     from swarm.client.run import SwarmClient
     from swarm.config import Settings
     from swarm.publish import publish
-    from tools.bench_inference import load_make_model, start_peer
+    from tools.bench_inference import load_make_model, start_peer, stop_peers
 
     torch.set_num_threads(1)
     work = args.work
@@ -429,10 +429,7 @@ def bench(args: argparse.Namespace) -> None:
                              sum(process.poll() is not None for process, _ in peers))  # fmt: skip
     finally:
         client.close()
-        for process, _ in peers:
-            process.terminate()
-        for process, _ in peers:
-            process.wait(timeout=60)
+        stop_peers([process for process, _ in peers])
     print_bench(args, result, expected)
 
 

@@ -126,6 +126,14 @@ def start_peer(blocks: str, environment: dict[str, str], log: Path) -> tuple[sub
     raise SystemExit(f"peer for blocks {blocks} did not start; see {log}:\n{log.read_text()[-2000:]}")
 
 
+def stop_peers(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every peer, then wait for each (they save resume data and close their sessions)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="100M", help="model size for tools/make_model.py (default 100M)")
@@ -243,10 +251,7 @@ def main() -> None:
     finally:
         for client in routes.values():
             client.close()
-        for process in peers:
-            process.terminate()
-        for process in peers:
-            process.wait(timeout=60)
+        stop_peers(peers)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inference import load_make_model, start_peer  # noqa: E402
+from tools.bench_inference import load_make_model, start_peer, stop_peers  # noqa: E402
 
 
 @dataclass
@@ -151,10 +151,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         for client in clients:
             client.close()
-        for process, _ in started:
-            process.terminate()
-        for process, _ in started:
-            process.wait(timeout=60)
+        stop_peers([process for process, _ in started])
     report(args, setups, expected)
 
 
