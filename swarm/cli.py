@@ -53,11 +53,16 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     """The settings of this command; with a swarm secret, every compute socket it opens joins that private swarm."""
     base: Settings = ctx.obj
     settings = base.with_overrides(**overrides)
+    if settings.allow_file is not None and settings.swarm_secret is None:
+        raise SwarmError("--allow names the members of a private swarm: give its --swarm-secret too")
     if settings.swarm_secret is not None:
         from swarm import transport
-        from swarm.transport.keys import secret_from_file
+        from swarm.transport.keys import member_keypair, read_allow_list, secret_from_file
 
-        transport.use_swarm_keys(secret_from_file(str(settings.swarm_secret)))
+        keys = secret_from_file(str(settings.swarm_secret)).with_member(*member_keypair(settings.keys_dir))
+        if settings.allow_file is not None:
+            keys = keys.with_allowed(read_allow_list(str(settings.allow_file)))
+        transport.use_swarm_keys(keys)
     return settings
 
 
@@ -344,6 +349,10 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
 )
 @click.option("--max-sessions", type=click.IntRange(min=1), help="Sessions served at once.")
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
+@click.option(
+    "--allow", "allow_file", type=click.Path(dir_okay=False),
+    help="File of the member keys (swarm key prints a node's) this peer admits; others are refused at the handshake.",
+)  # fmt: skip
 @click.option(
     "--session-timeout", "session_idle_timeout", type=click.FloatRange(min=0.1), help="Idle seconds before a "
     "session's cache is freed."
@@ -774,6 +783,19 @@ def _transfer_options(command: Any) -> Any:
     ):
         command = option(command)
     return command
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def key(ctx: click.Context, as_json: bool) -> None:
+    """Print this node's member key: what a private swarm's allow-list (--allow) names to admit it."""
+    from swarm.transport.keys import member_keypair
+
+    settings: Settings = ctx.obj
+    public, _ = member_keypair(settings.keys_dir)
+    text = public.decode("ascii")
+    click.echo(json.dumps({"member_key": text, "keys_dir": str(settings.keys_dir)}) if as_json else text)
 
 
 @main.command()

@@ -134,6 +134,8 @@ class Settings:
     verify_fraction: float = 0.0
     # A file holding a private swarm's secret: compute traffic is then CURVE-encrypted and only members connect.
     swarm_secret: Path | None = None
+    # Member keys (one per line) a private swarm's peer admits; None: every member.
+    allow_file: Path | None = None
 
     @property
     def catalog(self) -> Path:
@@ -159,7 +161,7 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply CLI flags; a value of None means the flag was not given. Addresses are parsed here."""
         given = {key: value for key, value in overrides.items() if value is not None and value != ()}
-        for key in ("home", "catalog_dir", "data_dir", "swarm_secret"):
+        for key in ("home", "catalog_dir", "data_dir", "swarm_secret", "allow_file"):
             if key in given:
                 given[key] = Path(given[key]).expanduser()
         for key, what in ADDRESS_FIELDS.items():
@@ -239,6 +241,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_VERIFY": ("verify_fraction", float),
     "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
     "SWARM_PRIVATE_TORRENT": ("private_torrent", _parse_bool),
+    "SWARM_ALLOW_FILE": ("allow_file", lambda text: Path(text).expanduser()),
 }
 
 

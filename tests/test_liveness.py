@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from swarm import transport
-from swarm.transport import Heartbeat, Link, LinkEvent, LinkState, link_after, link_problem, outbox_refusal
+from swarm.transport import (
+    NOT_ALLOWED,
+    Heartbeat,
+    Link,
+    LinkEvent,
+    LinkState,
+    link_after,
+    link_problem,
+    outbox_refusal,
+)
 
 UP = Link(LinkState.UP, since=1.0, drops=0)
 CONNECTING = Link(LinkState.CONNECTING, since=1.0)
@@ -30,6 +39,9 @@ LINK_CASES = [
     ("refused before it ever came up", CONNECTING, LinkEvent.CONNECT_RETRIED, LinkState.DOWN, 1),
     ("retries while down change nothing", DOWN, LinkEvent.CONNECT_RETRIED, LinkState.DOWN, 1),
     ("a failed handshake", CONNECTING, LinkEvent.HANDSHAKE_FAILED_PROTOCOL, LinkState.DOWN, 1),
+    ("refused by an allow-list", CONNECTING, LinkEvent.HANDSHAKE_FAILED_AUTH, LinkState.DOWN, 1),
+    # The disconnect that follows the refusal keeps the refusal as the reason (and is not a second drop).
+    ("then disconnected", Link(LinkState.DOWN, 1.0, 1, NOT_ALLOWED), LinkEvent.DISCONNECTED, LinkState.DOWN, 1),
     ("up stays up on a repeated handshake", UP, LinkEvent.HANDSHAKE_SUCCEEDED, LinkState.UP, 0),
     # TCP connected (event 1) is not up: a frozen process's kernel accepts connections nobody answers.
     ("tcp connected is not up", CONNECTING, 1, LinkState.CONNECTING, 0),

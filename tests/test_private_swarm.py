@@ -168,3 +168,53 @@ def test_a_private_swarms_bittorrent_is_private_and_encrypted(private: PrivateSw
     torrent, wire_bytes = seed_and_fetch(private.model_dir, tmp_path / "public", [])
     assert not read_torrent(torrent).private
     assert BITTORRENT_HANDSHAKE in wire_bytes
+
+
+def member_key(environment: dict[str, str]) -> str:
+    done = subprocess.run([SWARM, "key"], env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_an_allow_list_admits_the_members_it_names(private: PrivateSwarm, tmp_path: Path) -> None:
+    """A peer started with --allow serves the member whose key the list names; another member of the same swarm
+    (same secret, its own key) is refused at the handshake, in one line that says why."""
+    named = peer_environment(os.environ, home=tmp_path / "named", catalog=private.home / "torrents",
+                             data=private.home / "data")  # fmt: skip
+    other = named | {"SWARM_HOME": str(tmp_path / "other")}
+    allow = tmp_path / "members.allow"
+    allow.write_text(f"# the one member this peer admits\n{member_key(named)}\n")
+    assert member_key(named) != member_key(other)  # each home has its own key, kept
+    (peer,) = start_peers(
+        [["--model", "priv", "--blocks", "0:4", "--swarm-secret", str(private.secret), "--allow", str(allow)]],
+        peer_environment(os.environ, home=private.home), tmp_path / "logs",
+    )  # fmt: skip
+    try:
+        arguments = ["--model", "priv", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS),
+                     "--route", peer.address, "--swarm-secret", str(private.secret)]  # fmt: skip
+        admitted = subprocess.run([SWARM, "run", *arguments, "--json"], env=named, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+        refused = subprocess.run([SWARM, "run", *arguments], env=other, capture_output=True, text=True, timeout=120)
+    finally:
+        peer.stop()
+    assert admitted.returncode == 0, admitted.stderr
+    assert json.loads(admitted.stdout)["tokens"] == local_text(private.model_dir)
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "allow-list" in lines[0] and "swarm key" in lines[0], refused.stderr
+
+
+def test_allow_list_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.allow"
+    bad.write_text("not a key\n")
+    environment = peer_environment(os.environ, home=private.home)
+    cases = [
+        (["--allow", str(bad)], "give its --swarm-secret too"),
+        (["--allow", str(bad), "--swarm-secret", str(private.secret)], "line 1: not a member key"),
+        (["--allow", str(tmp_path / "missing"), "--swarm-secret", str(private.secret)], "cannot read the allow-list"),
+    ]
+    for flags, message in cases:
+        done = subprocess.run([SWARM, "join", "--model", "priv", "--blocks", "0:4", *flags], env=environment,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

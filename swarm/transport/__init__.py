@@ -31,6 +31,7 @@ Timeouts are seconds (float); None waits forever.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -43,6 +44,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from swarm.address import Address
 from swarm.errors import SwarmError
@@ -50,6 +52,7 @@ from swarm.transport.keys import SwarmKeys
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "NOT_ALLOWED",
     "Context",
     "DealerPool",
     "Heartbeat",
@@ -139,9 +142,7 @@ class LinkEvent(IntEnum):
 
 
 _LINK_EVENT_MASK = sum(int(event) for event in LinkEvent)
-_HANDSHAKE_FAILURES = frozenset(
-    {LinkEvent.HANDSHAKE_FAILED_NO_DETAIL, LinkEvent.HANDSHAKE_FAILED_PROTOCOL, LinkEvent.HANDSHAKE_FAILED_AUTH}
-)
+_HANDSHAKE_FAILURES = frozenset({LinkEvent.HANDSHAKE_FAILED_NO_DETAIL, LinkEvent.HANDSHAKE_FAILED_PROTOCOL})
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Link:
     reason: str = ""
 
 
+NOT_ALLOWED = "the peer refused this node's member key: its allow-list (--allow) does not name it (swarm key prints it)"
 _NOT_MEMBER = "as between a private swarm's member and a node without its secret (--swarm-secret), or with another's"
 
 
@@ -162,6 +164,8 @@ def link_after(link: Link, event: int, now: float) -> Link:
     connection to a frozen process is accepted by its kernel, but nobody answers the handshake."""
     if event == LinkEvent.HANDSHAKE_SUCCEEDED:
         return link if link.state is LinkState.UP else Link(LinkState.UP, now, link.drops)
+    if event == LinkEvent.DISCONNECTED and link.reason == NOT_ALLOWED:
+        return link  # the disconnect a refused handshake ends with: the refusal says more
     if event == LinkEvent.DISCONNECTED and link.state is not LinkState.UP:
         # A CURVE server drops a client that cannot complete its handshake without a word.
         return _down(link, now, f"the connection was closed before the ZeroMQ handshake completed ({_NOT_MEMBER})")
@@ -169,6 +173,8 @@ def link_after(link: Link, event: int, now: float) -> Link:
         return _down(link, now, "the connection was lost (closed, reset, or no heartbeat answered)")
     if event == LinkEvent.CONNECT_RETRIED and link.state is not LinkState.DOWN:
         return _down(link, now, "the connection was refused or failed")
+    if event == LinkEvent.HANDSHAKE_FAILED_AUTH:
+        return _down(link, now, NOT_ALLOWED)
     if event in _HANDSHAKE_FAILURES:
         return _down(link, now, f"the ZeroMQ handshake failed ({_NOT_MEMBER})")
     return link
@@ -232,6 +238,19 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
     return events
 
 
+@dataclass(frozen=True)
+class _AllowList:
+    """What ZAP asks about a client's key (Z85): whether the allow-list names it."""
+
+    keys: frozenset[bytes]
+
+    def callback(self, _domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+# pyzmq's authenticator logs every refusal at debug level and more: kept out of the swarm's own logs.
+_ZAP_LOG = logging.getLogger("swarm.transport.zap")
+
 # The private swarm this process belongs to (set once by a command given --swarm-secret): every Context made
 # without keys of its own uses these.
 _process_keys: SwarmKeys | None = None
@@ -256,6 +275,9 @@ class Context:
         # Monitored socket → the PAIR its events arrive on.
         self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
         self._lock = threading.Lock()
+        # Checks the key of every client of this context's CURVE servers against keys.allowed (started on the first
+        # bind; libzmq asks it over inproc during each handshake).
+        self._authenticator: ThreadAuthenticator | None = None
 
     def _track(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
         with self._lock:
@@ -281,6 +303,8 @@ class Context:
         if self.keys is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.server_secret)
+            if self.keys.allowed is not None:
+                self._check_clients(self.keys.allowed)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -289,6 +313,14 @@ class Context:
         bound = sock.getsockopt(zmq.LAST_ENDPOINT)
         bound_text = bound.decode("ascii") if isinstance(bound, bytes) else str(bound)
         return self._track(sock), bound_text
+
+    def _check_clients(self, allowed: frozenset[bytes]) -> None:
+        with self._lock:
+            if self._authenticator is not None:
+                return
+            self._authenticator = ThreadAuthenticator(self._context, log=_ZAP_LOG)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback("*", credentials_provider=_AllowList(allowed))
 
     def connect_dealer(
         self,
@@ -396,6 +428,8 @@ class Context:
             _stop_monitor(sock, monitor)
         for sock in sockets:
             close_socket(sock, linger_ms)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
 
     def __enter__(self) -> Context:

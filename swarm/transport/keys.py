@@ -10,7 +10,10 @@ members is encrypted and authenticated by libzmq (libsodium). The secret is stre
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import zmq
 from cryptography.hazmat.primitives import hashes
@@ -20,6 +23,9 @@ from zmq.utils import z85
 from swarm.errors import SwarmError
 
 MIN_SECRET_CHARS = 16
+# This node's own CURVE key pair as a member (Z85 secret key), in SWARM_HOME/keys/: what allow-lists name.
+MEMBER_KEY_FILE = "member.key"
+Z85_KEY_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class SwarmKeys:
     server_secret: bytes
     client_public: bytes
     client_secret: bytes
+    # The member keys a server admits (--allow), or None: every member (whoever knows the server key).
+    allowed: frozenset[bytes] | None = None
 
     @classmethod
     def from_secret(cls, secret: str) -> SwarmKeys:
@@ -41,6 +49,14 @@ class SwarmKeys:
         server_public, server_secret = _derived_pair(secret, b"server")
         client_public, client_secret = _derived_pair(secret, b"client")
         return cls(server_public, server_secret, client_public, client_secret)
+
+    def with_member(self, public: bytes, secret: bytes) -> SwarmKeys:
+        """The same swarm, connecting with this node's own key pair (which allow-lists name) instead of the shared
+        one: a server that lists no keys admits either."""
+        return replace(self, client_public=public, client_secret=secret)
+
+    def with_allowed(self, keys: frozenset[bytes]) -> SwarmKeys:
+        return replace(self, allowed=keys)
 
     @property
     def fingerprint(self) -> str:
@@ -63,3 +79,46 @@ def secret_from_file(path: str) -> SwarmKeys:
     except (OSError, UnicodeDecodeError) as error:
         raise SwarmError(f"cannot read the swarm secret file {path}: {error}") from error
     return SwarmKeys.from_secret(text)
+
+
+def member_keypair(keys_dir: Path) -> tuple[bytes, bytes]:
+    """This node's member key pair (public, secret; Z85), made once and kept in `keys_dir` (readable by the owner
+    only)."""
+    path = keys_dir / MEMBER_KEY_FILE
+    try:
+        secret = path.read_bytes().strip()
+    except FileNotFoundError:
+        public, secret = zmq.curve_keypair()
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(secret + b"\n")
+        return public, secret
+    except OSError as error:
+        raise SwarmError(f"cannot read this node's member key {path}: {error.strerror}") from error
+    if len(secret) != Z85_KEY_CHARS:
+        raise SwarmError(f"{path} does not hold a member key (40 Z85 characters); remove it to make a new one")
+    return zmq.curve_public(secret), secret
+
+
+def read_allow_list(path: str) -> frozenset[bytes]:
+    """The member public keys in the file at `path`: one per line (as `swarm key` prints them), blank lines and
+    `#` comments ignored."""
+    try:
+        with open(path, encoding="ascii") as file:
+            lines = file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SwarmError(f"cannot read the allow-list {path}: {error}") from error
+    keys = set()
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            valid = len(text) == Z85_KEY_CHARS and len(z85.decode(text)) == 32
+        except (ValueError, KeyError, struct.error):  # a length, a character or a value Z85 does not have
+            valid = False
+        if not valid:
+            raise SwarmError(f"{path}, line {number}: not a member key (40 Z85 characters, as swarm key prints)")
+        keys.add(text.encode("ascii"))
+    return frozenset(keys)
