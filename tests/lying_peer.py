@@ -3,8 +3,11 @@
 - noise: its span adds noise to every output it computes (caught by --verify).
 - boast: it claims a million steps per second in its `info` while taking 50 ms longer than it should for each step
   (caught by the client's own measurement).
+- forge: a middle hop that, before forwarding a step, sends the client a forged `result` of its own (random hidden
+  states under the step's request id), hoping to arrive before the last hop's (refused by the client in a private
+  swarm: it comes over a connection of the wrong key).
 
-Usage: python tests/lying_peer.py noise|boast join --model NAME --blocks A:B ... (the arguments of `swarm`).
+Usage: python tests/lying_peer.py noise|boast|forge join --model NAME --blocks A:B ... (the arguments of `swarm`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from typing import Any
 
 import torch
 
+from swarm import wire
 from swarm.cli import main
 from swarm.peer.runner import SpanRunner
 from swarm.peer.server import PeerServer
 
 honest_run = SpanRunner.run
+honest_routed = PeerServer._routed
 BOAST_SECONDS = 0.05
 
 
@@ -33,6 +38,16 @@ def slow_run(self: SpanRunner, *arguments: Any, **keywords: Any) -> torch.Tensor
     return honest_run(self, *arguments, **keywords)
 
 
+def forging_routed(
+    self: PeerServer, sender: Any, header: wire.Header, tensors: dict[str, torch.Tensor], *rest: Any
+) -> None:
+    if header.kind is wire.Kind.STEP and len(header.route) > 1 and header.reply_to and "hidden" in tensors:
+        forged = wire.Header(kind=wire.Kind.RESULT, request_id=header.request_id, session_id=header.session_id,
+                             step=header.step, positions=header.positions)  # fmt: skip
+        self.dealers.post(header.reply_to, wire.encode(forged, {"hidden": torch.randn_like(tensors["hidden"])}))
+    honest_routed(self, sender, header, tensors, *rest)
+
+
 if __name__ == "__main__":
     lie = sys.argv.pop(1)
     if lie == "noise":
@@ -40,6 +55,8 @@ if __name__ == "__main__":
     elif lie == "boast":
         SpanRunner.run = slow_run  # type: ignore[method-assign]
         PeerServer.throughput = property(lambda _self: 1e6)  # type: ignore[method-assign, assignment]
+    elif lie == "forge":
+        PeerServer._routed = forging_routed  # type: ignore[method-assign]
     else:
-        sys.exit(f"unknown lie {lie!r}: noise or boast")
+        sys.exit(f"unknown lie {lie!r}: noise, boast or forge")
     sys.exit(main())

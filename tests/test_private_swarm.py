@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.torrent.create import read_torrent
 from tests.conftest import SWARM
-from tests.peer_harness import PeerProcess, peer_environment, published_llama, start_peers
+from tests.peer_harness import PeerProcess, peer_environment, published_llama, start_liar, start_peers
 
 PROMPT = "Readability counts."
 NEW_TOKENS = 6
@@ -38,7 +38,10 @@ class PrivateSwarm:
     peers: list[PeerProcess]
 
     def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
-        route = ",".join(peer.address for peer in self.peers)
+        return self.run_route(self.peers, *flags)
+
+    def run_route(self, peers: list[PeerProcess], *flags: str) -> subprocess.CompletedProcess[str]:
+        route = ",".join(peer.address for peer in peers)
         arguments = ["--model", "priv", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
         return subprocess.run(
             [SWARM, "run", *arguments, *flags], env=peer_environment(os.environ, home=self.home),
@@ -218,3 +221,28 @@ def test_allow_list_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert done.returncode == 1 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_result_forged_by_a_middle_hop_is_refused_in_a_private_swarm(private: PrivateSwarm, tmp_path: Path) -> None:
+    """The first hop sends the client a forged result of every step before forwarding it. In a private swarm the
+    client takes results only over a connection of the last hop's key: the tokens stay those of transformers. In a
+    public swarm (no keys: the control) the forgeries win."""
+    environment = peer_environment(os.environ, home=private.home)
+    # A home of its own: its own member key (the model's files are shared).
+    liars_home = environment | {"SWARM_HOME": str(tmp_path / "liar"), "SWARM_CATALOG": str(private.home / "torrents"),
+                                "SWARM_DATA": str(private.home / "data")}  # fmt: skip
+    secret = ["--swarm-secret", str(private.secret)]
+    members = start_liar("forge", ["--model", "priv", "--blocks", "0:2", *secret], liars_home, tmp_path / "m.log")
+    public = start_liar("forge", ["--model", "priv", "--blocks", "0:2"], environment, tmp_path / "p.log")
+    (honest,) = start_peers([["--model", "priv", "--blocks", "2:4"]], environment, tmp_path / "logs")
+    try:
+        private_run = private.run_route([members, private.peers[1]], *secret, "--json")
+        public_run = private.run_route([public, honest], "--json")
+    finally:
+        for peer in (members, public, honest):
+            peer.stop()
+    expected = local_text(private.model_dir)
+    assert private_run.returncode == 0, private_run.stderr
+    assert json.loads(private_run.stdout)["tokens"] == expected
+    assert public_run.returncode == 0, public_run.stderr
+    assert json.loads(public_run.stdout)["tokens"] != expected

@@ -30,6 +30,7 @@ TIE_SECONDS = 0.002
 # peers' info, seconds apart, so the newest counts for more than a step's time does).
 LATENCY_WEIGHT = 0.3
 # A peer's software version is shown to people: long enough for any version, short enough for a table.
+MAX_KEY_CHARS = 40
 MAX_VERSION_CHARS = 64
 # Seconds per token assumed for a peer that reports no throughput (an unmeasured span).
 UNKNOWN_SECONDS_PER_TOKEN = 0.05
@@ -93,6 +94,8 @@ class PeerInfo:
     moving_to: tuple[int, int] | None = None
     # A random id the peer chose at start: the same peer reached at two addresses is one peer.
     peer_id: str = ""
+    # In a private swarm, the key the peer connects with (Z85): its results must come over a connection of that key.
+    member_key: str = ""
 
     @property
     def span_length(self) -> int:
@@ -154,6 +157,7 @@ class PeerInfo:
             version=text("software")[:MAX_VERSION_CHARS],
             moving_to=moving_to,
             peer_id=text("peer_id")[:MAX_VERSION_CHARS],
+            member_key=text("member_key")[:MAX_KEY_CHARS],
         )
 
 

@@ -254,6 +254,7 @@ class SwarmClient:
             self.settings.request_timeout,
             self.context,
             liveness_timeout=self.settings.liveness_timeout,
+            member_keys={peer.address: peer.member_key for peer in self.peers if peer.member_key},
         )
 
     # ----- generation -----

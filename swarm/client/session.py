@@ -17,6 +17,7 @@ Sockets are not thread-safe: use one ComputeClient per thread (they may share a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 # A ping that takes longer than this while diagnosing a timeout counts as no answer.
+log = logging.getLogger("swarm.client")
+
 PING_SECONDS = 2.0
 # Seconds without an answered heartbeat after which a hop counts as gone (Settings.liveness_timeout).
 DEFAULT_LIVENESS_SECONDS = 2.0
@@ -106,7 +109,8 @@ class _Lost:
     reason: str
 
 
-_Message = tuple[transport.Socket, Header, dict[str, torch.Tensor]]
+# The socket a message came on, its header and tensors, and the CURVE key of the connection it came over.
+_Message = tuple[transport.Socket, Header, dict[str, torch.Tensor], str | None]
 
 
 class ComputeClient:
@@ -118,11 +122,15 @@ class ComputeClient:
         timeout: float = 30.0,
         context: transport.Context | None = None,
         liveness_timeout: float = DEFAULT_LIVENESS_SECONDS,
+        member_keys: Mapping[str, str] | None = None,
     ) -> None:
         """`reply_host`: the host peers send results to; empty: the address this machine reaches each route's
         last peer from (the reply socket then listens on every interface). `liveness_timeout`: seconds without an
-        answered heartbeat (or without a connection) after which a peer counts as gone."""
+        answered heartbeat (or without a connection) after which a peer counts as gone. `member_keys`: peer address
+        → the key it connects with, in a private swarm: a result is taken only over a connection of the last hop's
+        key (another hop that saw the request cannot forge it)."""
         self.timeout = timeout
+        self.member_keys = dict(member_keys or {})
         self._owns_context = context is None
         self.context = context or transport.Context()
         self.reply_host = reply_host
@@ -182,7 +190,7 @@ class ComputeClient:
                 results[item.address] = PeerFailure(message, item.address, UNREACHABLE)
                 self.dealers.drop(item.address)
             elif item[1].request_id in pending:
-                _sock, header, tensors = item
+                _sock, header, tensors, _key = item
                 address = pending.pop(header.request_id)
                 if header.kind is Kind.ERROR:
                     results[address] = peer_error(header, address)
@@ -237,15 +245,25 @@ class ComputeClient:
         for item in self._incoming(lambda: [self.router, self.dealers.get(first)], deadline, watched):
             if isinstance(item, _Lost):
                 raise self._lost(route, item.address, item.reason)
-            sock, reply, reply_tensors = item
+            sock, reply, reply_tensors, sender = item
             if reply.request_id != header.request_id:
                 continue  # a late reply to an earlier request that already timed out
+            if reply.kind is Kind.RESULT and not self._from_last_hop(route[-1].address, sender):
+                continue  # forged by a hop that saw the request: the real one may still come
             if reply.kind is Kind.ERROR:
                 raise peer_error(reply, route[-1].address if sock is self.router else first, route)
             if reply.kind is not Kind.RESULT:
                 raise SwarmError(f"peer {route[-1].address} answered {header.kind.value} with {reply.kind.value}")
             return Reply(reply, reply_tensors, time.perf_counter() - sent)
         raise self._timeout_error(route, header.kind, timeout)
+
+    def _from_last_hop(self, last_hop: str, sender: str | None) -> bool:
+        expected = self.member_keys.get(last_hop)
+        if expected is None or sender == expected:
+            return True
+        log.warning("ignored a result that came over a connection of key %s, not that of the last hop %s", sender,
+                    last_hop)  # fmt: skip
+        return False
 
     def post(self, route: Sequence[Hop], header: Header) -> None:
         """Send a routed message without waiting for its result (a late result is ignored like any other)."""
@@ -290,7 +308,7 @@ class ComputeClient:
                     header, tensors = decode(received[1])
                 except WireError:
                     continue
-                yield sock, header, tensors
+                yield sock, header, tensors, transport.sender_key(received[1])
             for address, drops in list(watched.items()):
                 problem = self.dealers.problem(address, drops)
                 if problem is not None:

@@ -542,6 +542,9 @@ class PeerServer:
             "software": f"swarm/{swarm.__version__}",
             "moving_to": list(self.planned_blocks) if self.planned_blocks else None,
             "peer_id": self.peer_id,
+            # In a private swarm, the key this peer connects with: a client takes results only over a connection
+            # of the last hop's key.
+            "member_key": self.context.keys.client_public.decode("ascii") if self.context.keys else None,
         }
 
     def _send_direct(self, sender: bytes | None, frames: list[Any]) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "poll",
     "recv_frames",
     "send_frames",
+    "sender_key",
 ]
 
 # The socket type the rest of the code passes around (opaque outside this package).
@@ -242,10 +243,10 @@ def _monitor_events(monitor: zmq.Socket[Any]) -> list[int]:
 class _AllowList:
     """What ZAP asks about a client's key (Z85): whether the allow-list names it."""
 
-    keys: frozenset[bytes]
+    keys: frozenset[bytes] | None
 
     def callback(self, _domain: str, key: bytes) -> bool:
-        return key in self.keys
+        return self.keys is None or key in self.keys
 
 
 # pyzmq's authenticator logs every refusal at debug level and more: kept out of the swarm's own logs.
@@ -303,8 +304,7 @@ class Context:
         if self.keys is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.server_secret)
-            if self.keys.allowed is not None:
-                self._check_clients(self.keys.allowed)
+            self._check_clients(self.keys.allowed)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -314,7 +314,9 @@ class Context:
         bound_text = bound.decode("ascii") if isinstance(bound, bytes) else str(bound)
         return self._track(sock), bound_text
 
-    def _check_clients(self, allowed: frozenset[bytes]) -> None:
+    def _check_clients(self, allowed: frozenset[bytes] | None) -> None:
+        """ZAP for this context's CURVE servers: it admits the `allowed` keys (None: every key) and tags each
+        message with its sender's key (`sender_key`)."""
         with self._lock:
             if self._authenticator is not None:
                 return
@@ -509,6 +511,15 @@ def source_address(frames: Sequence[Any]) -> str | None:
     except (AttributeError, IndexError, zmq.ZMQError):
         return None
     return address if isinstance(address, str) and address else None
+
+
+def sender_key(frames: Sequence[Any]) -> str | None:
+    """The CURVE key (Z85) of the connection a message came over, as ZAP admitted it, or None (plaintext)."""
+    try:
+        key = frames[0].get("User-Id")
+    except (AttributeError, IndexError, zmq.ZMQError):
+        return None
+    return key if isinstance(key, str) and key else None
 
 
 def recv_frames_busy(sock: zmq.Socket[Any], seconds: float) -> tuple[bytes | None, list[Any]] | None:
