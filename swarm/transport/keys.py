@@ -102,8 +102,9 @@ def member_keypair(keys_dir: Path) -> tuple[bytes, bytes]:
 
 
 def read_allow_list(path: str) -> frozenset[bytes]:
-    """The member public keys in the file at `path`: one per line (as `swarm key` prints them), blank lines and
-    `#` comments ignored."""
+    """The member public keys in the file at `path`: one per line (as `swarm key` prints them), each may be followed
+    by a `#` comment; blank lines and lines of comment are ignored. (`#` is a Z85 character: a key may hold one,
+    though never as its first character, so a comment is a word that starts with `#`.)"""
     try:
         with open(path, encoding="ascii") as file:
             lines = file.read().splitlines()
@@ -111,14 +112,18 @@ def read_allow_list(path: str) -> frozenset[bytes]:
         raise SwarmError(f"cannot read the allow-list {path}: {error}") from error
     keys = set()
     for number, line in enumerate(lines, start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
+        words = line.split()
+        if not words or words[0].startswith("#"):
             continue
-        try:
-            valid = len(text) == Z85_KEY_CHARS and len(z85.decode(text)) == 32
-        except (ValueError, KeyError, struct.error):  # a length, a character or a value Z85 does not have
-            valid = False
-        if not valid:
+        if not is_member_key(words[0]) or (len(words) > 1 and not words[1].startswith("#")):
             raise SwarmError(f"{path}, line {number}: not a member key (40 Z85 characters, as swarm key prints)")
-        keys.add(text.encode("ascii"))
+        keys.add(words[0].encode("ascii"))
     return frozenset(keys)
+
+
+def is_member_key(text: str) -> bool:
+    """Whether `text` is a CURVE public key in Z85 (40 characters for 32 bytes)."""
+    try:
+        return len(text) == Z85_KEY_CHARS and len(z85.decode(text)) == 32
+    except (ValueError, KeyError, struct.error):  # a length, a character or a value Z85 does not have
+        return False
