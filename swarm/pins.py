@@ -50,20 +50,14 @@ def decide(
     """Which publisher key to trust for `name`.
 
     announced_key: the key of the verified record under the name's own DHT slot (the one anyone finds).
-    other_keys: keys of other verified records found for the name (the name@fingerprint slot).
+    other_keys: keys of other verified records found for the name (fingerprint slots: the one asked for, and those
+    of the name's claimants).
     pinned_record_found: the pinned publisher's own record was found (only that publisher can write it).
     """
     if requested_fingerprint is not None:
         return _decide_named(name, requested_fingerprint, pinned_key, announced_key, other_keys, pinned_record_found)
     if pinned_key is None:
-        if announced_key is None:
-            return PinDecision(NOT_FOUND)
-        return PinDecision(
-            PIN,
-            announced_key,
-            f"pinning publisher {fingerprint(announced_key)} for {name} on first use "
-            f"(later records signed by another key will be refused)",
-        )
+        return _decide_first_use(name, [key for key in (announced_key, *other_keys) if key is not None])
     if announced_key is None or announced_key == pinned_key:
         if announced_key is None and not pinned_record_found:
             return PinDecision(NOT_FOUND)
@@ -82,6 +76,29 @@ def decide(
         f"WARNING: {name} is now signed by publisher {new}, but {old} was pinned for it on first use. "
         f"Someone may be impersonating the publisher, or the publisher changed keys. Refusing; if you trust "
         f"the new key, use {name}@{new} or --accept-new-key",
+    )
+
+
+def _decide_first_use(name: str, keys: Sequence[str]) -> PinDecision:
+    """Nothing pinned: the one key found is pinned; records from several keys are refused (a squatter or a name
+    clash), listing them, because whichever the name slot holds now is only whoever put last."""
+    distinct = list(dict.fromkeys(keys))
+    if not distinct:
+        return PinDecision(NOT_FOUND)
+    if len(distinct) > 1:
+        listed = ", ".join(sorted(fingerprint(key) for key in distinct))
+        return PinDecision(
+            REFUSE,
+            None,
+            f"WARNING: {name} is published by {len(distinct)} different keys ({listed}) and none is pinned here, "
+            f"so which one is meant cannot be told. Refusing; name the publisher you trust: "
+            f"{name}@{fingerprint(distinct[0])}",
+        )
+    return PinDecision(
+        PIN,
+        distinct[0],
+        f"pinning publisher {fingerprint(distinct[0])} for {name} on first use "
+        f"(later records signed by another key will be refused)",
     )
 
 

@@ -249,16 +249,23 @@ def test_a_forged_name_record_is_ignored(network: Network, model_dir: Path) -> N
     assert forger.ask(op="put_name_slot", name="beta", value_hex=forged.hex())["confirmed"]
     _wait_for_name_slot(network.nodes[1], "beta", lambda value: value == forged)
 
-    result = network.resolve("beta", "client-forged", timeout=4)
-    assert result.returncode == 1
-    assert "no record for beta was found" in result.stderr
-    assert "ignored" in result.stderr and "does not verify" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-
-    # Naming the publisher goes around the forged pointer: the fingerprint slot still holds the real record.
-    named = network.resolve(f"beta@{discoverable['fingerprint']}", "client-forged")
+    # The forged pointer is ignored; the name's claims lead to the publisher's own fingerprint slot.
+    result = network.resolve("beta", "client-forged")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["magnet"] == published["magnet"]
+    # So does naming the publisher.
+    named = network.resolve(f"beta@{discoverable['fingerprint']}", "client-forged-2")
     assert named.returncode == 0, named.stderr
     assert json.loads(named.stdout)["magnet"] == published["magnet"]
+
+    # A name nobody claims, whose slot holds only a forgery: not found, and the forgery is named as ignored.
+    fields[b"name"] = b"beta-forged"
+    assert forger.ask(op="put_name_slot", name="beta-forged", value_hex=bencode(fields).hex())["confirmed"]
+    result = network.resolve("beta-forged", "client-forged-3", timeout=4)
+    assert result.returncode == 1
+    assert "no record for beta-forged was found" in result.stderr
+    assert "ignored" in result.stderr and "does not verify" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_a_changed_publisher_key_warns_and_is_refused_unless_accepted(network: Network, model_dir: Path) -> None:
@@ -293,6 +300,33 @@ def test_a_changed_publisher_key_warns_and_is_refused_unless_accepted(network: N
     older = network.resolve(f"gamma@{first['fingerprint']}", "client-tofu", "--catalog", fresh + "-2")
     assert older.returncode == 0, older.stderr
     assert json.loads(older.stdout)["fingerprint"] == first["fingerprint"]
+
+
+def test_a_name_two_publishers_claim_is_refused_until_one_is_named(network: Network, model_dir: Path) -> None:
+    _, _, first = network.publish(model_dir, "epsilon", "publisher-epsilon-1")
+    _, _, second = network.publish(model_dir, "epsilon", "publisher-epsilon-2")
+    both = {first["fingerprint"], second["fingerprint"]}
+    assert len(both) == 2
+    deadline = time.monotonic() + LOOKUP_TIMEOUT
+    while set(network.nodes[1].ask(op="get_claims", name="epsilon")["fingerprints"]) != both:
+        assert time.monotonic() < deadline, "the claims slot never held both publishers"
+        time.sleep(0.5)
+
+    # Nothing pinned: whichever record the name slot holds, the other claimant is seen and the name refused.
+    refused = network.resolve("epsilon", "client-clash")
+    assert refused.returncode == 1
+    assert first["fingerprint"] in refused.stderr and second["fingerprint"] in refused.stderr
+    assert "epsilon@" in refused.stderr and "Traceback" not in refused.stderr
+    assert "epsilon" not in PinStore.load(network.root / "client-clash").pins
+
+    # The user picks one; from then on the pin settles the plain name.
+    named = network.resolve(f"epsilon@{second['fingerprint']}", "client-clash")
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["fingerprint"] == second["fingerprint"]
+    fresh = str(network.root / "client-clash" / "fresh-catalog")
+    plain = network.resolve("epsilon", "client-clash", "--catalog", fresh)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["fingerprint"] == second["fingerprint"]
 
 
 def test_an_unreachable_bootstrap_node_fails_fast_with_a_clear_message(network: Network) -> None:

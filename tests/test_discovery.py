@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm import signing
 from swarm.discovery import slots
 from swarm.discovery.bundle import build_bundle, check_bundle
+from swarm.discovery.claims import decode_claims, encode_claims, with_claim
 from swarm.discovery.records import (
     NameRecord,
     RecordRejected,
@@ -307,6 +308,11 @@ PIN_CASES = [
     ("named key replaces pin", FP_B, PUBLIC_A, PUBLIC_B, (), False, False, REPIN, PUBLIC_B, "replacing"),
     ("wrong fingerprint", "0" * 16, None, PUBLIC_A, (), False, False, REFUSE, None, f"published by {FP_A}"),
     ("named key, nothing yet", FP_A, None, None, (), False, False, NOT_FOUND, None, None),
+    ("two claimants, none pinned", None, None, PUBLIC_A, (PUBLIC_B,), False, False, REFUSE, None, f"{FP_A}, {FP_B}"),
+    ("two claimants, even accepted", None, None, PUBLIC_B, (PUBLIC_A,), False, True, REFUSE, None, "2 different"),
+    ("pointer forged, one claimant", None, None, None, (PUBLIC_B,), False, False, PIN, PUBLIC_B, "first use"),
+    ("claimant is the announced one", None, None, PUBLIC_A, (PUBLIC_A,), False, False, PIN, PUBLIC_A, "first use"),
+    ("two claimants, one pinned", None, PUBLIC_A, PUBLIC_A, (PUBLIC_B,), True, False, USE, PUBLIC_A, None),
 ]
 
 
@@ -334,6 +340,51 @@ def test_pin_decisions(
         assert action != PIN or decision.message  # a first-use pin always says so
     else:
         assert decision.message is not None and message in decision.message
+
+
+def test_a_clash_refusal_names_every_key_and_how_to_pick() -> None:
+    decision = decide("mixtral", None, None, PUBLIC_B, (PUBLIC_A,))
+    assert decision.message is not None and "\n" not in decision.message
+    for part in (FP_A, FP_B, "mixtral@", "none is pinned"):
+        assert part in decision.message
+
+
+# --- claims ----------------------------------------------------------------------------------------------
+
+FP_C = "00112233445566ff"
+
+
+@pytest.mark.parametrize(
+    ("held", "fingerprints"),
+    [
+        (None, ()),
+        (b"", ()),
+        (b"garbage", ()),
+        (bencode({b"a": 1}), ()),  # not a list
+        (bencode([bytes.fromhex(FP_A), b"short", 7, bytes.fromhex(FP_A), bytes.fromhex(FP_C)]), (FP_A, FP_C)),
+        (bencode([bytes(8) + bytes([index]) for index in range(40)]), ()),  # 9-byte items are not fingerprints
+        (bencode([index.to_bytes(8, "big") for index in range(40)]), tuple(f"{i:016x}" for i in range(32))),
+    ],
+)
+def test_claims_decode_what_is_a_fingerprint_and_no_more(held: bytes | None, fingerprints: tuple[str, ...]) -> None:
+    assert decode_claims(held) == fingerprints
+
+
+@pytest.mark.parametrize(
+    ("held", "after"),
+    [
+        (None, (FP_A,)),
+        (b"garbage", (FP_A,)),
+        (encode_claims((FP_C,)), (FP_A, FP_C)),
+        (encode_claims((FP_C, FP_A)), None),  # already there: nothing to put
+        (bencode([bytes.fromhex(FP_A), b"junk"]), (FP_A,)),  # there, but the slot holds junk too: cleaned
+        (encode_claims(tuple(f"{i:016x}" for i in range(32))), (FP_A, *(f"{i:016x}" for i in range(31)))),
+    ],
+)
+def test_a_claim_is_merged_never_replacing_others(held: bytes | None, after: tuple[str, ...] | None) -> None:
+    merged = with_claim(held, FP_A)
+    assert (decode_claims(merged) if merged is not None else None) == after
+    assert merged is None or len(merged) < 1000  # fits a BEP 44 item
 
 
 def test_refusal_names_both_keys_and_the_ways_out() -> None:

@@ -135,5 +135,5 @@ def test_a_silent_endpoint_is_given_up_at_once() -> None:
     report = krpc.store(Address("127.0.0.1", 9), [(b"k" * 20, 1)] * 3, items, timeout=0.2)
     assert not report.answered and report.announced == report.stored == 0 and report.failures == 1
     # The signature krpc makes is the one BEP 44 nodes check.
-    signature = krpc.sign_item(items[0], 1)
+    signature = krpc.sign_item(seed, b"", 1, b"v")
     Ed25519PrivateKey.from_private_bytes(seed).public_key().verify(signature, krpc.signed_bytes(b"", 1, b"v"))

@@ -10,6 +10,7 @@ Prints {"event": "ready", "port": P} once its session listens, then answers one 
     {"op": "put_name_slot", "name": N, "value_hex": HEX}     → {"ok": true, "confirmed": BOOL}
         (puts raw bytes under the name's derived key: how a forger would overwrite the name pointer)
     {"op": "get_name_slot", "name": N, "timeout": S}        → {"ok": true, "value_hex": HEX | null}
+    {"op": "get_claims", "name": N, "timeout": S}           → {"ok": true, "fingerprints": [FP, ...]}
     {"op": "hold", "home": SWARM_HOME, "name": N}           → {"ok": true, "bundle": HASH, "record": BOOL}
         (hold_name for a model in that home's catalog: seed its record bundle, announce, keep the record up)
     {"op": "refresh"}                                       → {"ok": true}
@@ -34,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from swarm.address import Address, parse_all  # noqa: E402
 from swarm.config import load_settings  # noqa: E402
+from swarm.discovery.claims import decode_claims  # noqa: E402
 from swarm.discovery.compute import announce_compute_peer, find_compute_peers  # noqa: E402
 from swarm.discovery.keeper import hold_name  # noqa: E402
-from swarm.discovery.slots import name_keypair, name_slot  # noqa: E402
+from swarm.discovery.slots import claims_slot, name_keypair, name_slot  # noqa: E402
 from swarm.errors import SwarmError  # noqa: E402
 from swarm.manifest import load_manifest  # noqa: E402
 from swarm.torrent import dht  # noqa: E402
@@ -66,6 +68,10 @@ def handle(node: TorrentNode, presence: Presence, command: dict[str, Any]) -> di
         items = dht.get_mutable_items(node, [slot], float(command.get("timeout", 10)))
         item = items[slot]
         return {"value_hex": item.value.hex() if item else None}
+    if operation == "get_claims":
+        slot = claims_slot(command["name"])
+        item = dht.get_mutable_items(node, [slot], float(command.get("timeout", 10)))[slot]
+        return {"fingerprints": list(decode_claims(item.value if item else None))}
     if operation == "hold":
         settings = load_settings().with_overrides(home=command["home"])
         manifest = load_manifest(settings.catalog / f"{command['name']}.json")

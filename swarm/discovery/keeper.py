@@ -5,7 +5,8 @@ key) and keeps the signed record (NAME.record, written by `swarm seed`) in the D
 which publishes again every refresh and whenever the routing table grows. The publisher (its key is in this
 node's home) puts every slot, its own included; any other holder puts the shared slots only where they are
 empty, forged or hold an older record of the same publisher (should_republish), and cannot write the
-publisher's slot. So a name stays resolvable as long as anyone holds the model.
+publisher's slot. So a name stays resolvable as long as anyone holds the model. Every holder also adds the
+record's publisher to the name's claims (swarm.discovery.claims), so a second publisher of the name is seen.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from swarm import signing
 from swarm.config import Settings
 from swarm.discovery.bundle import Bundle, catalog_bundle, load_record, write_name_record
+from swarm.discovery.claims import encode_claims, with_claim
 from swarm.discovery.records import NameRecord, should_republish
-from swarm.discovery.slots import name_announce_key, record_placements, slot_expectations
+from swarm.discovery.slots import CLAIMS_SALT, name_announce_key, name_keypair, record_placements, slot_expectations
 from swarm.manifest import Manifest
 from swarm.torrent import dht
 from swarm.torrent.presence import Item, Presence
@@ -66,10 +68,13 @@ def hold_name(
         for pair, salt, description in record_placements(record, publisher):
             expected = slot_expectations(record, description)
 
-            def replaces(current: bytes | None, record: NameRecord = record, expected: dict = expected) -> bool:
-                return should_republish(current, record, **expected)
+            def update(current: bytes | None, expected: dict = expected) -> bytes | None:
+                return value if should_republish(current, record, **expected) else None
 
-            presence.put(Item(pair, salt, value, None if publisher is not None else replaces))
+            presence.put(Item(pair, salt, value, None if publisher is not None else update))
+        fingerprint = record.fingerprint
+        claim = encode_claims((fingerprint,))
+        presence.put(Item(name_keypair(record.name), CLAIMS_SALT, claim, lambda held: with_claim(held, fingerprint)))
     return HeldName(bundle, record, publisher)
 
 

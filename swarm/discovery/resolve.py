@@ -29,8 +29,16 @@ from swarm.catalog import (
 from swarm.catalog import resolve as catalog_resolve
 from swarm.config import Settings
 from swarm.discovery.bundle import MAX_BUNDLE_BYTES, check_bundle, records_dir, save_record
+from swarm.discovery.claims import decode_claims
 from swarm.discovery.records import FINGERPRINT_PATTERN, NameRecord, RecordRejected, check_record
-from swarm.discovery.slots import fingerprint_slot, model_slot, name_announce_key, name_slot, publisher_slot
+from swarm.discovery.slots import (
+    claims_slot,
+    fingerprint_slot,
+    model_slot,
+    name_announce_key,
+    name_slot,
+    publisher_slot,
+)
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, load_manifest
 from swarm.pins import NOT_FOUND, PIN, REFUSE, REPIN, PinStore, decide
@@ -172,12 +180,14 @@ def _lookup_name(
         slots[fingerprint_slot(name, requested)] = {"name": name, "fingerprint": requested}
     if pinned and (requested is None or signing.fingerprint(pinned) == requested):
         slots[publisher_slot(pinned, name)] = {"name": name, "publisher_key": pinned}
+    # With nothing pinned or named, every claimant of the name is looked at: several keys are refused.
+    claims_of = name if pinned is None and requested is None else None
     rejected: list[str] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        found = _get_records(node, slots, min(remaining, LOOKUP_ROUND_SECONDS), rejected)
+        found = _get_records(node, slots, min(remaining, LOOKUP_ROUND_SECONDS), rejected, claims_of)
         announced = found.get(name_slot(name))
         others = [record.publisher_key for slot, record in found.items() if slot.salt.startswith(b"publisher/")]
         pinned_found = pinned is not None and publisher_slot(pinned, name) in found
@@ -252,10 +262,36 @@ def _round(deadline: float) -> float:
 
 
 def _get_records(
-    node: TorrentNode, slots: dict[dht.Slot, dict[str, Any]], timeout: float, rejected: list[str]
+    node: TorrentNode,
+    slots: dict[dht.Slot, dict[str, Any]],
+    timeout: float,
+    rejected: list[str],
+    claims_of: str | None = None,
 ) -> dict[dht.Slot, NameRecord]:
-    """One lookup of every slot; the records that verify and belong there (rejections noted, not raised)."""
-    items = dht.get_mutable_items(node, slots, timeout)
+    """One lookup of every slot; the records that verify and belong there (rejections noted, not raised).
+
+    With `claims_of` (a name), the name's claims are read too, and the fingerprint slots of claimants not found
+    yet are looked up (and added to `slots`, so later rounds ask them at once)."""
+    claims = [claims_slot(claims_of)] if claims_of else []
+    items = dht.get_mutable_items(node, [*slots, *claims], timeout)
+    claimed = decode_claims(item.value if claims and (item := items.pop(claims[0], None)) else None)
+    found = _checked(items, slots, rejected)
+    if claims_of:
+        known = {record.fingerprint for record in found.values()}
+        added = {
+            fingerprint_slot(claims_of, item): {"name": claims_of, "fingerprint": item}
+            for item in claimed
+            if item not in known and fingerprint_slot(claims_of, item) not in slots
+        }
+        if added:
+            slots.update(added)
+            found.update(_checked(dht.get_mutable_items(node, added, timeout), slots, rejected))
+    return found
+
+
+def _checked(
+    items: dict[dht.Slot, dht.MutableItem | None], slots: dict[dht.Slot, dict[str, Any]], rejected: list[str]
+) -> dict[dht.Slot, NameRecord]:
     found = {}
     for slot, item in items.items():
         if item is None:

@@ -6,6 +6,8 @@
   how a plain name is found. Anyone can overwrite it, which is why the record inside is signed by the publisher
   and checked, and why the first key seen is pinned (swarm/pins.py).
 - fingerprint slot: the same derived key, salt "publisher/" + fingerprint, for `name@fingerprint`.
+- claims slot: the same derived key, salt "claims": the fingerprints of every publisher whose record holds the name
+  (swarm.discovery.claims), so that a name with two publishers is seen to have two.
 - model slot: a key pair derived from a model torrent info hash (seed sha256("swarm/manifest-of/" + hex)), for
   magnet links.
 
@@ -37,6 +39,9 @@ def publisher_salt(name: str) -> bytes:
     return b"swarm/model/" + hashlib.sha1(name.encode()).hexdigest().encode()
 
 
+CLAIMS_SALT = b"claims"
+
+
 def fingerprint_salt(fingerprint: str) -> bytes:
     return b"publisher/" + fingerprint.encode()
 
@@ -51,6 +56,10 @@ def name_slot(name: str) -> dht.Slot:
 
 def fingerprint_slot(name: str, fingerprint: str) -> dht.Slot:
     return dht.Slot(name_keypair(name).public, fingerprint_salt(fingerprint))
+
+
+def claims_slot(name: str) -> dht.Slot:
+    return dht.Slot(name_keypair(name).public, CLAIMS_SALT)
 
 
 def model_slot(info_hash: str) -> dht.Slot:

@@ -44,8 +44,10 @@ class KeyPair:
     secret: bytes
     seed: bytes
 
-    def item(self, salt: bytes, value: bytes, replaces: Callable[[bytes | None], bool] | None = None) -> SignedItem:
-        return SignedItem(self.seed, self.public, salt, value, replaces)
+    def item(
+        self, salt: bytes, value: bytes, update: Callable[[bytes | None], bytes | None] | None = None
+    ) -> SignedItem:
+        return SignedItem(self.seed, self.public, salt, value, update)
 
 
 def keypair_from_seed(seed: bytes) -> KeyPair:

@@ -41,8 +41,9 @@ class SignedItem:
     public_key: bytes
     salt: bytes
     value: bytes
-    # Given the value the node holds in the slot (None: nothing), whether to put ours over it; None: always.
-    replaces: Callable[[bytes | None], bool] | None = None
+    # Given the value the node holds in the slot (None: nothing), the value to put there (None: leave it);
+    # without it, `value` is always put.
+    update: Callable[[bytes | None], bytes | None] | None = None
 
 
 @dataclass
@@ -142,16 +143,17 @@ class _Client:
             return False
         token, node_id, current = granted
         held = current.get(b"v")
-        if item.replaces is not None and not item.replaces(held if isinstance(held, bytes) else None):
+        value = item.value if item.update is None else item.update(held if isinstance(held, bytes) else None)
+        if value is None:
             return True  # the node holds what it should: nothing to do
-        sequence = next_sequence(current.get(b"seq"), current.get(b"v"), item.value)
+        sequence = next_sequence(current.get(b"seq"), held, value)
         arguments: dict[bytes, Any] = {
             b"id": node_id,
             b"k": item.public_key,
             b"seq": sequence,
-            b"sig": sign_item(item, sequence),
+            b"sig": sign_item(item.seed, item.salt, sequence, value),
             b"token": token,
-            b"v": item.value,
+            b"v": value,
         }
         if item.salt:
             arguments[b"salt"] = item.salt
@@ -172,5 +174,5 @@ def signed_bytes(salt: bytes, sequence: int, value: bytes) -> bytes:
     return head + b"3:seqi%de1:v%d:%s" % (sequence, len(value), value)
 
 
-def sign_item(item: SignedItem, sequence: int) -> bytes:
-    return Ed25519PrivateKey.from_private_bytes(item.seed).sign(signed_bytes(item.salt, sequence, item.value))
+def sign_item(seed: bytes, salt: bytes, sequence: int, value: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(seed).sign(signed_bytes(salt, sequence, value))

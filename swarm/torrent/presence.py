@@ -48,8 +48,9 @@ class Item:
     key_pair: dht.KeyPair
     salt: bytes
     value: bytes
-    # Given what a node holds in the item's slot (None: nothing), whether to put ours over it; None: always.
-    replaces: Callable[[bytes | None], bool] | None = None
+    # Given what a node holds in the item's slot (None: nothing), the value to put there (None: leave it);
+    # without it, `value` is always put.
+    update: Callable[[bytes | None], bytes | None] | None = None
 
     @property
     def slot(self) -> dht.Slot:
@@ -105,7 +106,7 @@ class Presence:
         for key, announced in announcements:
             dht.announce(self.node, key, announced)
         for item in self.items.values():
-            if item.replaces is None:
+            if item.update is None:
                 # libtorrent looks the slot up and puts with the next sequence number.
                 dht.start_put(self.node, item.key_pair, item.salt, item.value)
             else:
@@ -126,13 +127,14 @@ class Presence:
         if slot not in self._checking or (found is None and not authoritative):
             return
         item = self._checking.pop(slot)
-        if item.replaces is not None and item.replaces(found.value if found is not None else None):
-            dht.start_put(self.node, item.key_pair, item.salt, item.value)
+        value = item.update(found.value if found is not None else None) if item.update is not None else None
+        if value is not None:
+            dht.start_put(self.node, item.key_pair, item.salt, value)
 
     def _store_directly(self, announcements: list[tuple[bytes, int]]) -> bool:
         """Store at our own DHT node and the bootstrap nodes; whether our own node took everything."""
         own = own_store_endpoints(self.node.udp_endpoints)
-        items = [item.key_pair.item(item.salt, item.value, item.replaces) for item in self.items.values()]
+        items = [item.key_pair.item(item.salt, item.value, item.update) for item in self.items.values()]
         complete = bool(own)
         for endpoint in own + list(self.node.bootstrap):
             report = krpc.store(endpoint, announcements, items)
