@@ -648,6 +648,7 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
     """Show the swarm: for MODELS (default: every model in the catalog), their seeders, their compute peers with
     blocks, throughput, load and version, and which blocks have no server or only one."""
     from swarm.catalog import NAME_PATTERN
+    from swarm.client.exclusions import load_exclusions
     from swarm.discovery.resolve import resolve_model
     from swarm.distribute import open_node
     from swarm.status import status_document
@@ -666,7 +667,8 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
     node = open_node(settings, short_lived=True)
     try:
         manifests = [resolve_model(name, settings, node).manifest for name in names]
-        document = status_document(survey(node, manifests, min(settings.network_timeout, 5.0)))
+        surveys = survey(node, manifests, min(settings.network_timeout, 5.0))
+        document = status_document(surveys, load_exclusions(settings.home))
     finally:
         node.close(timeout=1.0)
     if as_json:
@@ -682,6 +684,9 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
             )
         for address in model["silent_peers"]:
             click.echo(f"  {address}  announced, but did not answer")
+    for entry in document["excluded"]:
+        blocks = "{}:{}".format(*entry["blocks"])
+        click.echo(f"excluded here: {entry['peer']} ({entry['model']} blocks {blocks}): {entry['reason']}")
 
 
 @main.command()

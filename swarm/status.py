@@ -4,7 +4,7 @@ seedbox serves it at /swarm with a live page at / (swarm/status_page.html)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -78,8 +78,15 @@ def _summary(coverage: Sequence[int], uncovered: Sequence[int], once: Sequence[i
     return f"every block is served by at least {min(coverage)} peers" if coverage else "no blocks"
 
 
-def status_document(surveys: Sequence[ModelSurvey]) -> dict[str, Any]:
-    return {"version": DOCUMENT_VERSION, "models": [model_view(survey) for survey in surveys]}
+def status_document(
+    surveys: Sequence[ModelSurvey], excluded: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What `swarm status` shows; `excluded`: the peers this machine's output checks caught (address → entry)."""
+    return {
+        "version": DOCUMENT_VERSION,
+        "models": [model_view(survey) for survey in surveys],
+        "excluded": [{"peer": address, **entry} for address, entry in sorted((excluded or {}).items())],
+    }
 
 
 def status_page() -> bytes:

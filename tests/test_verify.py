@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 
+from swarm.client.exclusions import EXCLUSION_SECONDS, current, load_exclusions, record_exclusions
 from swarm.client.generate import SamplingParams
 from swarm.client.routing import PeerInfo
 from swarm.client.run import SwarmClient
 from swarm.client.verify import majority, relative_difference, second_opinions, settled
 from swarm.config import Settings
+from swarm.status import status_document
 from swarm.wire import Hop
 from tests.conftest import SWARM
 from tests.peer_harness import (
@@ -144,6 +147,41 @@ def test_a_lying_peer_is_caught_at_its_first_step_and_routed_around(checked: Che
     # Excluded for the client's later generations too.
     assert again.generation.token_ids == expected
     assert checked.liar.address not in [hop.address for hop in again.route]
+
+    # And for later clients on this machine, without checks: the route through the liar is not even tried.
+    kept = load_exclusions(checked.home)
+    assert kept[checked.liar.address]["reason"] == "disagreed with the majority"
+    assert kept[checked.liar.address]["model"] == "vm" and kept[checked.liar.address]["blocks"] == [2, 4]
+    with SwarmClient.connect("vm", Settings(home=checked.home), addresses) as later:
+        result = later.generate(PROMPT, NEW_TOKENS, SamplingParams(), route=through_liar, pinned=False)
+    assert result.generation.token_ids == expected and result.verification is None
+    assert checked.liar.address not in [hop.address for hop in result.route]
+
+
+EXCLUSION_CASES = [
+    # entries, seconds after `since` → addresses in force
+    ({"a": {"since": 1000.0}}, 10, {"a"}),
+    ({"a": {"since": 1000.0}}, EXCLUSION_SECONDS + 1, set()),  # expired
+    ({"a": {"since": 1000.0}}, -5, set()),  # from the future: a clock or a hand-edited file
+    ({"a": {"since": "yesterday"}, "b": "junk", "c": {}}, 10, set()),
+    ({"a": {"since": 1000.0}, "b": {"since": 1000.0 - EXCLUSION_SECONDS}}, 10, {"a"}),
+]
+
+
+@pytest.mark.parametrize(("entries", "after", "addresses"), EXCLUSION_CASES)
+def test_exclusions_expire(entries: dict[str, Any], after: float, addresses: set[str]) -> None:
+    assert set(current(entries, 1000.0 + after)) == addresses
+
+
+def test_excluded_peers_are_kept_and_shown_by_status(tmp_path: Path) -> None:
+    record_exclusions(tmp_path, "vm", [{"peer": "tcp://10.0.0.9:5555", "blocks": [2, 4], "reason": "disagreed"}])
+    (tmp_path / "excluded.json").write_text((tmp_path / "excluded.json").read_text())  # survives a rewrite
+    document = status_document([], load_exclusions(tmp_path))
+    assert [(entry["peer"], entry["model"], entry["blocks"]) for entry in document["excluded"]] == [
+        ("tcp://10.0.0.9:5555", "vm", [2, 4])
+    ]
+    (tmp_path / "excluded.json").write_text("{not json")
+    assert load_exclusions(tmp_path) == {}  # a damaged file is an empty cache, not a reason to stop
 
 
 def test_swarm_run_with_verify_equals_local_generate(checked: Checked) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from swarm import transport
 from swarm.client.checker import StepChecker
+from swarm.client.exclusions import load_exclusions, record_exclusions
 from swarm.client.generate import Generation, SamplingParams, generate
 from swarm.client.local_parts import LocalParts
 from swarm.client.resolve import Resolver
@@ -128,8 +129,9 @@ class SwarmClient:
         self.addresses = [peer.address for peer in peers]
         self.pinned = False
         self.unreachable: dict[str, str] = {}
-        # Peers whose outputs other peers contradicted (--verify): never routed through again by this client.
-        self.distrusted: set[str] = set()
+        # Peers whose outputs other peers contradicted (--verify, here or in earlier runs on this machine): not
+        # routed through again.
+        self.distrusted: set[str] = set(load_exclusions(settings.home))
         # The last rate each peer (by address) ran this client's probe at.
         self.measured: dict[str, float] = {}
         self._refreshed = time.monotonic()
@@ -342,6 +344,8 @@ class SwarmClient:
             )
         finally:
             steps.close()
+            if steps.checker is not None:
+                record_exclusions(self.settings.home, self.manifest.name, steps.checker.excluded)
         verification = steps.checker.record() if steps.checker is not None else None
         return RunResult(generation, steps.route or [], steps.failovers, verification)
 
@@ -463,8 +467,10 @@ class _FailoverSteps:
     def __init__(self, client: SwarmClient, route: list[Hop] | None, pinned: bool, max_length: int) -> None:
         self.client = client
         self.pinned = pinned
-        # None: planned when the first session opens (so that a busy swarm is waited for there too).
-        self.route = route
+        # None: planned when the first session opens (so that a busy swarm is waited for there too). A first
+        # route through a distrusted peer is planned anew unless pinned (then the check that failed it fails it).
+        distrusted = route is not None and not pinned and any(hop.address in client.distrusted for hop in route)
+        self.route = None if distrusted else route
         self.max_length = max_length
         self.endpoint = client.endpoint()
         self.session: InferenceSession | None = None
