@@ -497,6 +497,13 @@ ENSEMBLE_HELP = (
 @click.option("--seed", type=int, help="Seed for sampling (and for spreading requests over replicas).")
 @click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
 @click.option(
+    "--draft",
+    "draft_dir",
+    type=click.Path(file_okay=False),
+    help="A small local model (Hugging Face directory) sharing the model's tokenizer: it drafts tokens that the "
+    "swarm checks several at a time (speculative decoding; same output).",
+)
+@click.option(
     "--route",
     "route_text",
     help="Pinned peers HOST:PORT[,HOST:PORT...]; each is asked for its blocks (an ensemble's models each use those "
@@ -522,6 +529,7 @@ def run(
     top_p: float,
     seed: int | None,
     ban_eos: bool,
+    draft_dir: str | None,
     route_text: str | None,
     torrent_peers: tuple[str, ...],
     as_json: bool,
@@ -531,6 +539,8 @@ def run(
     --model A,B,... and --ensemble, several models that share a tokenizer run together, each on its own peers."""
     if (prompt is None) == (embed_text is None):
         raise SwarmError("give exactly one of --prompt TEXT or --embed TEXT")
+    if draft_dir is not None and (ensemble is not None or embed_text is not None):
+        raise SwarmError("--draft speeds up generating with one model: not with --ensemble or --embed")
     settings = settings_from(ctx, **flags)
     client, params = open_run_client(
         settings, model, ensemble, embed_text is not None, route_text, torrent_peers, (temperature, top_k, top_p, seed)
@@ -548,13 +558,17 @@ def run(
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        result = client.generate(
-            prompt or "",
-            settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            params,
-            on_text=None if as_json else stream,
-            ban_eos=ban_eos,
-        )
+        length = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if draft_dir is not None:
+            from swarm.client.draft import DraftModel
+            from swarm.client.run import SwarmClient
+
+            if not isinstance(client, SwarmClient):
+                raise SwarmError("--draft speeds up generating with one model")
+            draft = DraftModel.load(draft_dir, client.parts.vocab_size)
+            result = client.generate(prompt or "", length, params, None if as_json else stream, ban_eos, draft=draft)
+        else:
+            result = client.generate(prompt or "", length, params, on_text=None if as_json else stream, ban_eos=ban_eos)
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:

@@ -47,6 +47,8 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
         joiner = LineProcess([SWARM, "join", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "joiner"))
         assert wait_line(joiner, "serving ", timeout=120).startswith("serving blocks 0:4 of demo on tcp://")
         run = run_prompt(tmp_path, bootstrap)
+        draft = make_model_tool.make_model("llama", tmp_path / "draft", layers=1, seed=6, log=lambda _line: None)
+        drafted = run_prompt(tmp_path, bootstrap, "--draft", str(draft))
         batch = run_batch(tmp_path, bootstrap)
         server = LineProcess([SWARM, "serve", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "server"))
         assert wait_line(server, "serving ", timeout=120) == (
@@ -60,6 +62,8 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
                 process.stop()
     assert run.returncode == 0, run.stderr + "".join(joiner.stderr_lines)
     assert run.stdout == expected_text(model_dir) + "\n"
+    assert drafted.returncode == 0, drafted.stderr
+    assert drafted.stdout == run.stdout
     assert served.choices[0].text == expected_text(model_dir)
     assert batch.returncode == 0, batch.stderr
     records = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
@@ -120,10 +124,10 @@ def wait_line(
             return line
 
 
-def run_prompt(tmp_path: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
+def run_prompt(tmp_path: Path, bootstrap: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """`swarm run` as the README shows it, from a home of its own."""
     return subprocess.run(
-        [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", bootstrap],
+        [SWARM, "run", "--model", "demo", "--prompt", PROMPT, "--bootstrap", bootstrap, *extra],
         env=home(tmp_path, "client"), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -104,10 +104,12 @@ class LocalParts:
         positions = make_positions(start, input_ids.shape[1])
         return self.span.embed(input_ids, positions).contiguous()
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits (batch, vocab) of the last position."""
+    def head(self, hidden: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """float32 logits (batch, vocab) of the last position, or (batch, tokens, vocab) of every one."""
         if self.span is None:
             raise SwarmError("this model has no local head")
+        if all_positions:
+            return self.span.head(hidden).float()
         return self.span.head(hidden[:, -1:]).float()[:, -1]
 
     def encode_for_embedding(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:

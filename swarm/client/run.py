@@ -18,6 +18,7 @@ import torch
 
 from swarm import transport
 from swarm.client.checker import StepChecker
+from swarm.client.draft import DraftModel
 from swarm.client.exclusions import load_exclusions, record_exclusions
 from swarm.client.generate import Generation, SamplingParams, generate
 from swarm.client.local_parts import LocalParts
@@ -48,6 +49,7 @@ from swarm.client.session import (
     query_peers,
     run_encoder,
 )
+from swarm.client.speculative import generate_speculative
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
@@ -77,6 +79,8 @@ class RunResult:
     failovers: list[dict[str, Any]] = field(default_factory=list)
     # With --verify: steps checked, steps no other peer could check, peers excluded (see StepChecker.record).
     verification: dict[str, Any] | None = None
+    # With --draft: rounds, drafted and accepted tokens (see SpeculationStats.record).
+    speculation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -90,6 +94,8 @@ class RunResult:
         }
         if self.verification is not None:
             record["verification"] = self.verification
+        if self.speculation is not None:
+            record["speculation"] = self.speculation
         return record
 
 
@@ -305,8 +311,12 @@ class SwarmClient:
         pinned: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_token: Callable[[int, torch.Tensor], None] | None = None,
+        draft: DraftModel | None = None,
     ) -> RunResult:
         """Generate a continuation of `prompt` (text, or token ids) through the swarm.
+
+        `draft`: speculative decoding with that local model (swarm.client.speculative): the same tokens when
+        greedy, the same distribution when sampling.
 
         `route`: the route to use; with `pinned` a failure on it ends the generation (a busy peer is waited for),
         otherwise it is only the first route and failures fail over as on a planned one. `should_stop` is asked
@@ -330,37 +340,44 @@ class SwarmClient:
             route is not None and pinned,
             len(prompt_ids) + max_new_tokens,
         )
+        loop: dict[str, Any] = {
+            "eos_token_ids": set() if ban_eos else self.parts.eos_token_ids,
+            "on_text": on_text,
+            "tokenizer": _LockedDecoder(self.parts.tokenizer, self._tokenizer_lock),
+            "should_stop": should_stop,
+            "on_token": on_token,
+        }
+        speculation = None
         try:
-            generation = generate(
-                steps,
-                prompt_ids,
-                max_new_tokens,
-                params,
-                eos_token_ids=set() if ban_eos else self.parts.eos_token_ids,
-                on_text=on_text,
-                tokenizer=_LockedDecoder(self.parts.tokenizer, self._tokenizer_lock),
-                should_stop=should_stop,
-                on_token=on_token,
-            )
+            if draft is None:
+                generation = generate(steps, prompt_ids, max_new_tokens, params, **loop)
+            else:
+                generation, stats = generate_speculative(
+                    steps.every_position, draft, prompt_ids, max_new_tokens, params, **loop
+                )
+                speculation = stats.record()
         finally:
             steps.close()
             if steps.checker is not None:
                 record_exclusions(self.settings.home, self.manifest.name, steps.checker.excluded)
         verification = steps.checker.record() if steps.checker is not None else None
-        return RunResult(generation, steps.route or [], steps.failovers, verification)
+        return RunResult(generation, steps.route or [], steps.failovers, verification, speculation)
 
-    def run_step(self, session: InferenceSession, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """New tokens `ids` at positions [start, ...) through the session's route: last position's logits."""
+    def run_step(
+        self, session: InferenceSession, ids: torch.Tensor, start: int, all_positions: bool = False
+    ) -> torch.Tensor:
+        """New tokens `ids` at positions [start, ...) through the session's route: the last position's logits
+        (batch, vocab), or every position's (batch, tokens, vocab)."""
         last_peer = session.route[-1].address
         positions = (start, start + ids.shape[1])
         if self.parts.span is None:
             # A whole replica: token ids in, logits out.
-            logits = expect_logits(
-                session.step({"input_ids": ids.contiguous()}, positions), last_peer, self.parts.vocab_size
-            )
-            if logits.shape[0] != ids.shape[0]:
+            outputs = session.step({"input_ids": ids.contiguous()}, positions, all_positions)
+            logits = expect_logits(outputs, last_peer, self.parts.vocab_size, rank=3 if all_positions else 2)
+            expected = tuple(ids.shape) if all_positions else tuple(ids.shape[:1])
+            if tuple(logits.shape[:-1]) != expected:
                 raise SwarmError(
-                    f"peer {last_peer} returned logits for {logits.shape[0]} sequences, not {ids.shape[0]}"
+                    f"peer {last_peer} returned logits of shape {list(logits.shape)} for {list(ids.shape)} tokens"
                 )
             return logits.float()
         outputs = session.step({"hidden": self.hidden_for(session.route[0], self.parts.embed(ids, start))}, positions)
@@ -369,7 +386,7 @@ class SwarmClient:
             raise SwarmError(
                 f"peer {last_peer} returned hidden states of shape {list(hidden.shape)} for {list(ids.shape)} tokens"
             )
-        return self.parts.head(hidden)
+        return self.parts.head(hidden, all_positions)
 
     def run_stateless(self, endpoint: ComputeClient, route: list[Hop], ids: torch.Tensor) -> torch.Tensor:
         """Token ids at positions [0, n) through `route` without a session (a check of a step): last logits."""
@@ -485,11 +502,22 @@ class _FailoverSteps:
         self.busy_waited = 0.0
 
     def __call__(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The last position's logits after new tokens `ids` at [start, ...) (the `NextLogits` of `generate`)."""
+        return self._run(ids, start, False)
+
+    def every_position(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """The logits of every new position (speculative decoding's `EveryLogits`); a start before the end of the
+        tokens so far takes the later ones back, on the route and in the history a failover replays."""
+        return self._run(ids, start, True)
+
+    def _run(self, ids: torch.Tensor, start: int, every: bool) -> torch.Tensor:
+        if self.history is not None:
+            self.history = self.history[:, :start]
         failed_attempts: list[tuple[dict[str, Any], float]] = []
         while True:
             attempt_started = time.monotonic()
             try:
-                logits = self._attempt(ids, start)
+                logits = self._attempt(ids, start, every)
                 break
             except PeerFailure as failure:
                 failed_attempts.append((self._fail_over(failure, attempt_started), attempt_started))
@@ -499,7 +527,8 @@ class _FailoverSteps:
         self.history = ids if self.history is None else torch.cat([self.history, ids], dim=1)
         return logits
 
-    def _attempt(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+    def _attempt(self, ids: torch.Tensor, start: int, every: bool) -> torch.Tensor:
+        new_tokens = ids.shape[1]
         if self.session is None:
             if self.route is None:
                 self.route = self._plan()
@@ -508,10 +537,12 @@ class _FailoverSteps:
             if self.history is not None:
                 # A new route: replay everything the old one had cached.
                 ids, start = torch.cat([self.history, ids], dim=1), 0
-        logits = self.client.run_step(self.session, ids, start)
+        logits = self.client.run_step(self.session, ids, start, every)
+        if every:
+            logits = logits[:, -new_tokens:]  # a replay after a failover returns the replayed positions too
         if self.checker is not None:
             so_far = ids if start == 0 or self.history is None else torch.cat([self.history, ids], dim=1)
-            self.checker.check(list(self.session.route), so_far, logits, self.failed)
+            self.checker.check(list(self.session.route), so_far, logits[:, -1] if every else logits, self.failed)
         return logits
 
     def _fail_over(self, failure: PeerFailure, started: float) -> dict[str, Any]:

@@ -381,8 +381,12 @@ class InferenceSession:
             raise SwarmError(f"peer {self.route[-1].address} did not confirm the session")
         self.is_open = True
 
-    def step(self, tensors: Mapping[str, torch.Tensor], positions: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Run one step (new tokens at `positions`) through the route; the last hop's output tensors."""
+    def step(
+        self, tensors: Mapping[str, torch.Tensor], positions: tuple[int, int], all_positions: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Run one step (new tokens at `positions`; a start before the route's cached length takes the later tokens
+        back first) through the route; the last hop's output tensors (a replica's logits for every new position
+        with `all_positions`)."""
         if not self.is_open:
             raise SwarmError("the session is not open")
         header = Header(
@@ -391,7 +395,7 @@ class InferenceSession:
             session_id=self.session_id,
             step=self.step_index,
             positions=positions,
-            body={"secret": self.secret},
+            body={"secret": self.secret, **({"all_positions": True} if all_positions else {})},
         )
         reply = self.client.request(self.route, header, tensors, timeout=self.timeout)
         self.step_index += 1
@@ -458,9 +462,12 @@ def expect_hidden(tensors: Mapping[str, torch.Tensor], peer: str, hidden_size: i
         raise PeerFailure(f"peer {peer} returned a bad result: {error.message}", peer, BAD_RESULT) from error
 
 
-def expect_logits(tensors: Mapping[str, torch.Tensor], peer: str, vocab_size: int | None) -> torch.Tensor:
+def expect_logits(
+    tensors: Mapping[str, torch.Tensor], peer: str, vocab_size: int | None, rank: int = 2
+) -> torch.Tensor:
+    """The result's "logits": (batch, vocab), or (batch, tokens, vocab) with rank 3; checked like hidden states."""
     try:
-        return expect_tensor(tensors, "logits", rank=2, last_dim=vocab_size)
+        return expect_tensor(tensors, "logits", rank=rank, last_dim=vocab_size)
     except WireError as error:
         raise PeerFailure(f"peer {peer} returned a bad result: {error.message}", peer, BAD_RESULT) from error
 

@@ -63,8 +63,11 @@ class ReplicaRunner:
         return DynamicCache(config=self.config)
 
     @torch.no_grad()
-    def run_tokens(self, input_ids: torch.Tensor, cache: Any, positions: tuple[int, int]) -> torch.Tensor:
-        """Next-token logits (float32, [batch, vocab]) after `input_ids` at `positions`, appended to `cache`."""
+    def run_tokens(
+        self, input_ids: torch.Tensor, cache: Any, positions: tuple[int, int], last_only: bool = True
+    ) -> torch.Tensor:
+        """Next-token logits (float32) after `input_ids` at `positions`, appended to `cache`: [batch, vocab] for the
+        last position, or [batch, tokens, vocab] for every one (`last_only` False: a speculative step's check)."""
         input_ids = input_ids.to(self.device)
         position_ids = torch.arange(positions[0], positions[1], device=self.device).unsqueeze(0)
         position_ids = position_ids.expand(input_ids.shape[0], -1)
@@ -74,7 +77,7 @@ class ReplicaRunner:
             cache=cache,  # `past_key_values` is deprecated in transformers 5.x forward signatures
             use_cache=True,
         )
-        return output.logits[:, -1, :].float()
+        return output.logits[:, -1, :].float() if last_only else output.logits.float()
 
     def cached_length(self, cache: Any) -> int:
         return int(cache.get_seq_length()) if cache is not None else 0

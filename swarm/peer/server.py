@@ -423,7 +423,9 @@ class PeerServer:
             raise PeerError(ErrorCode.BAD_HEADER, "a step needs the positions [start, end) of its new tokens")
         start, end = header.positions
         cached = session.cached_tokens if session is not None else 0
-        if start != cached:
+        # A session's step may start before the cache's end: the tokens from `start` on are taken back first
+        # (speculative decoding sends drafted tokens, and the next step starts after the ones accepted).
+        if start > cached or (session is None and start != 0):
             raise PeerError(BAD_STEP, f"positions start at {start}, but this peer's cache holds {cached} tokens")
         max_length = session.max_length if session is not None else self.limits.max_session_tokens
         if end > max_length:
@@ -440,10 +442,13 @@ class PeerServer:
             raise PeerError(
                 ErrorCode.BAD_TENSOR, f"{new_tokens} new tokens, but positions [{start}, {end}) span {end - start}"
             )
+        if session is not None and start < cached:
+            _roll_back(session, cached - start)
         cache = session.cache if session is not None else self.runner.new_cache()
         started = time.perf_counter()
         if isinstance(self.runner, ReplicaRunner):
-            output = {"logits": self.runner.run_tokens(inputs, cache, (start, end))}
+            every_position = header.body.get("all_positions") is True
+            output = {"logits": self.runner.run_tokens(inputs, cache, (start, end), last_only=not every_position)}
         else:
             output = {"hidden": self.runner.run(blocks, inputs, cache, (start, end))}
         elapsed = time.perf_counter() - started
@@ -665,3 +670,14 @@ def _public_address(bound: str, advertise_host: str | None) -> str:
         # reach peers at the address the DHT saw them from; this one is only what `info` reports.)
         return Address("127.0.0.1", address.port).tcp
     return address.tcp
+
+
+def _roll_back(session: Session, tokens: int) -> None:
+    """Take the last `tokens` tokens out of the session's cache (a sliding-window cache past its window cannot)."""
+    try:
+        session.cache.crop(-tokens)
+    except (RuntimeError, ValueError, AttributeError) as error:
+        raise PeerError(
+            BAD_STEP, f"this peer cannot take back {tokens} cached tokens of the session: {error}"
+        ) from None
+    session.cached_tokens -= tokens
