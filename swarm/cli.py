@@ -66,6 +66,10 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
     return settings
 
 
+DRAFT_HELP = (
+    "A small local model (Hugging Face directory) sharing the model's tokenizer: it drafts tokens that the swarm "
+    "checks several at a time (speculative decoding; the same output)."
+)
 SECRET_HELP = (
     "File holding a private swarm's secret: only its members connect, compute traffic is encrypted, and BitTorrent "
     "traffic is encrypted too."
@@ -496,13 +500,7 @@ ENSEMBLE_HELP = (
 )
 @click.option("--seed", type=int, help="Seed for sampling (and for spreading requests over replicas).")
 @click.option("--ban-eos", is_flag=True, help="Never stop on EOS: always generate --max-new-tokens (benchmarks).")
-@click.option(
-    "--draft",
-    "draft_dir",
-    type=click.Path(file_okay=False),
-    help="A small local model (Hugging Face directory) sharing the model's tokenizer: it drafts tokens that the "
-    "swarm checks several at a time (speculative decoding; same output).",
-)
+@click.option("--draft", type=click.Path(file_okay=False, path_type=Path), help=DRAFT_HELP)
 @click.option(
     "--route",
     "route_text",
@@ -529,7 +527,6 @@ def run(
     top_p: float,
     seed: int | None,
     ban_eos: bool,
-    draft_dir: str | None,
     route_text: str | None,
     torrent_peers: tuple[str, ...],
     as_json: bool,
@@ -539,9 +536,9 @@ def run(
     --model A,B,... and --ensemble, several models that share a tokenizer run together, each on its own peers."""
     if (prompt is None) == (embed_text is None):
         raise SwarmError("give exactly one of --prompt TEXT or --embed TEXT")
-    if draft_dir is not None and (ensemble is not None or embed_text is not None):
-        raise SwarmError("--draft speeds up generating with one model: not with --ensemble or --embed")
     settings = settings_from(ctx, **flags)
+    if settings.draft is not None and (ensemble is not None or embed_text is not None):
+        raise SwarmError("--draft speeds up generating with one model: not with --ensemble or --embed")
     client, params = open_run_client(
         settings, model, ensemble, embed_text is not None, route_text, torrent_peers, (temperature, top_k, top_p, seed)
     )
@@ -558,17 +555,13 @@ def run(
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        length = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if draft_dir is not None:
-            from swarm.client.draft import DraftModel
-            from swarm.client.run import SwarmClient
-
-            if not isinstance(client, SwarmClient):
-                raise SwarmError("--draft speeds up generating with one model")
-            draft = DraftModel.load(draft_dir, client.parts.vocab_size)
-            result = client.generate(prompt or "", length, params, None if as_json else stream, ban_eos, draft=draft)
-        else:
-            result = client.generate(prompt or "", length, params, on_text=None if as_json else stream, ban_eos=ban_eos)
+        result = client.generate(
+            prompt or "",
+            settings.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            params,
+            on_text=None if as_json else stream,
+            ban_eos=ban_eos,
+        )
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -601,6 +594,7 @@ def run(
     "contradicts are excluded (0 to 1; default 0).",
 )
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
+@click.option("--draft", type=click.Path(file_okay=False, path_type=Path), help=DRAFT_HELP)
 @click.option(
     "--ensemble",
     type=click.Choice(["mean-logits", "vote", "mean"]),
@@ -632,6 +626,8 @@ def serve(
             "with --bootstrap"
         )
     settings = settings_from(ctx, **flags)
+    if settings.draft is not None and (ensemble is not None or len(references) > 1):
+        raise SwarmError("--draft drafts for one model's tokenizer: serve one model with it")
     from transformers.utils import logging as transformers_logging
 
     from swarm.serve.server import connect_models, serve_until_stopped

@@ -132,6 +132,9 @@ class Settings:
     peer_rediscovery_interval: float = 30.0
     # Share of generation steps a client checks by re-running one hop on other peers serving its blocks (0: none).
     verify_fraction: float = 0.0
+    # A small local model (Hugging Face directory) sharing the model's tokenizer that drafts tokens for speculative
+    # decoding (swarm.client.speculative); None: plain decoding.
+    draft: Path | None = None
     # A file holding a private swarm's secret: compute traffic is then CURVE-encrypted and only members connect.
     swarm_secret: Path | None = None
     # Member keys (one per line) a private swarm's peer admits; None: every member.
@@ -239,6 +242,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_SERVE_MAX_GENERATIONS": ("serve_max_generations", int),
     "SWARM_PEER_REDISCOVERY": ("peer_rediscovery_interval", float),
     "SWARM_VERIFY": ("verify_fraction", float),
+    "SWARM_DRAFT": ("draft", lambda text: Path(text).expanduser()),
     "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
     "SWARM_PRIVATE_TORRENT": ("private_torrent", _parse_bool),
     "SWARM_ALLOW_FILE": ("allow_file", lambda text: Path(text).expanduser()),

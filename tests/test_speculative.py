@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import openai
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -29,6 +30,7 @@ from swarm.client.speculative import (
 )
 from tests.conftest import SWARM
 from tests.peer_harness import PeerProcess, local_greedy_tokens, peer_environment, published_llama, start_peers
+from tests.test_serve import start_server
 
 PROMPT = "Now is better than never."
 NEW_TOKENS = 24
@@ -181,3 +183,17 @@ def test_swarm_run_with_a_draft_equals_local_generate(served: dict[str, Any], ro
         assert speculation["accepted"] == speculation["drafted"]
     else:
         assert speculation["accepted"] < speculation["drafted"]
+
+
+def test_swarm_serve_with_a_draft_answers_as_local_generate(served: dict[str, Any]) -> None:
+    route = ",".join(peer.address for peer in served["peers"][:2])
+    environment = peer_environment(os.environ, home=served["environment"]["SWARM_HOME"])
+    server, address = start_server(["--model", "spec", "--route", route, "--draft", str(served["draft"])], environment)
+    try:
+        api = openai.OpenAI(base_url=f"{address}/v1", api_key="none", max_retries=0, timeout=120)
+        completion = api.completions.create(model="spec", prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)
+    finally:
+        server.stop()
+    tokenizer = AutoTokenizer.from_pretrained(served["model_dir"])
+    expected = local_greedy_tokens(served["model_dir"], PROMPT, NEW_TOKENS)
+    assert completion.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)

@@ -102,10 +102,13 @@ def parse_cpus(text: str) -> set[int]:
     return cpus
 
 
-def start_peer(blocks: str, environment: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
-    """A `swarm join` process serving `blocks`, and its compute address once it says it is serving."""
+def start_peer(
+    blocks: str, environment: dict[str, str], log: Path, prefix: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """A `swarm join` process serving `blocks` (run after `prefix`, e.g. `ip netns exec NS`), and its compute
+    address once it says it is serving."""
     process = subprocess.Popen(
-        [SWARM, "join", "--model", "bench", "--blocks", blocks, *LOOPBACK_LISTEN, "--json"],
+        [*prefix, SWARM, "join", "--model", "bench", "--blocks", blocks, *LOOPBACK_LISTEN, "--json"],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),

@@ -43,8 +43,9 @@ class DraftModel:
             )
         return cls(model, path)
 
-    def reset(self) -> None:
-        self.cache, self.cached, self.sequence = None, 0, []
+    def fresh(self) -> DraftModel:
+        """The same model with a cache of its own (one per generation: generations may run at once)."""
+        return DraftModel(self.model, self.path)
 
     @torch.no_grad()
     def propose(

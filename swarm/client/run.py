@@ -138,6 +138,10 @@ class SwarmClient:
         # Peers whose outputs other peers contradicted (--verify, here or in earlier runs on this machine): not
         # routed through again.
         self.distrusted: set[str] = set(load_exclusions(settings.home))
+        # The local draft model of speculative decoding (Settings.draft), loaded once; each generation drafts with
+        # its own cache.
+        draft_path = settings.draft if parts.causal else None
+        self.draft = DraftModel.load(str(draft_path), parts.vocab_size) if draft_path is not None else None
         # The last rate each peer (by address) ran this client's probe at.
         self.measured: dict[str, float] = {}
         self._refreshed = time.monotonic()
@@ -311,12 +315,9 @@ class SwarmClient:
         pinned: bool = True,
         should_stop: Callable[[], bool] | None = None,
         on_token: Callable[[int, torch.Tensor], None] | None = None,
-        draft: DraftModel | None = None,
     ) -> RunResult:
-        """Generate a continuation of `prompt` (text, or token ids) through the swarm.
-
-        `draft`: speculative decoding with that local model (swarm.client.speculative): the same tokens when
-        greedy, the same distribution when sampling.
+        """Generate a continuation of `prompt` (text, or token ids) through the swarm; with Settings.draft,
+        speculatively (swarm.client.speculative: the same tokens when greedy, the same distribution when sampling).
 
         `route`: the route to use; with `pinned` a failure on it ends the generation (a busy peer is waited for),
         otherwise it is only the first route and failures fail over as on a planned one. `should_stop` is asked
@@ -349,11 +350,11 @@ class SwarmClient:
         }
         speculation = None
         try:
-            if draft is None:
+            if self.draft is None:
                 generation = generate(steps, prompt_ids, max_new_tokens, params, **loop)
             else:
                 generation, stats = generate_speculative(
-                    steps.every_position, draft, prompt_ids, max_new_tokens, params, **loop
+                    steps.every_position, self.draft.fresh(), prompt_ids, max_new_tokens, params, **loop
                 )
                 speculation = stats.record()
         finally:
