@@ -2,11 +2,13 @@
 """Benchmark: speculative decoding (`swarm run --draft`) against plain decoding over links with latency, side by
 side in one run.
 
-Everything runs inside one network namespace of its own whose loopback delays every packet by --delay (tc netem),
-so each message between two processes (client to first peer, peer to peer, last peer to client) takes that long
-one way: a chain of two peers costs three such trips per step. One generated Llama (--params, default 100M) is
-served by a chain of two `swarm join` peers (half the blocks each); `swarm run --route A,B --json --ban-eos` is
-timed with its own decode timings (tokens/s after the first token), greedy, interleaved --repeat times:
+Every peer is reached through a delaying TCP proxy run by this tool (this machine's kernel has no tc netem): bytes
+are passed on --delay after they arrive, in both directions, so each message to a peer (client to the first peer,
+first peer to the second) takes that much longer one way; the last peer's result travels to the client's reply
+socket directly, so a step through a chain of two peers pays two delays, not three. One generated Llama (--params,
+default 100M) is served by a chain of two `swarm join` peers (half the blocks each) on 127.0.0.1; `swarm run
+--route A,B --json --ban-eos` (A and B: the proxies) is timed with its own decode timings (tokens/s after the first
+token), greedy, interleaved --repeat times:
 - plain: no draft;
 - each draft of --drafts: `self` (the model itself: every drafted token is accepted, the upper bound), `early`
   (the model's first block with its embeddings and head, a 1-block early-exit draft) and `other` (an unrelated
@@ -15,13 +17,15 @@ Random weights give no trained draft, so the model's blocks after the first are 
 scaled by --damping) to make the early-exit draft agree often, as a trained small model does; the acceptance
 rate of every setup is printed next to its speed. Every run's tokens must equal the plain run's.
 
-Needs root (ip netns, tc). Usage: python tools/bench_speculative.py [--params 100M] [--delay 20ms] [--repeat 3]
-                                  [--new-tokens 64] [--drafts self,early,other] [--work DIR]
+Usage: python tools/bench_speculative.py [--params 100M] [--delay-ms 20] [--repeat 3] [--new-tokens 64]
+                                         [--drafts self,early,other] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -29,7 +33,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from swarm.address import Address  # noqa: E402
 from tools.bench_inference import SWARM, load_make_model, start_peer, stop_peers  # noqa: E402
 
 PROMPT = "The swarm moves weights over BitTorrent and activations over ZeroMQ, peer to peer, while"
@@ -75,18 +81,50 @@ def make_models(work: Path, params: str, damping: float) -> tuple[Path, dict[str
     return target_dir, {"self": target_dir, "early": early_dir, "other": other_dir}
 
 
-def namespace_with_delay(delay: str) -> str:
-    name = f"swarm-spec-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    inside = ["ip", "netns", "exec", name]
-    subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run([*inside, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", delay], check=True)
-    return name
+class DelayingProxy:
+    """Listens on 127.0.0.1 and passes each connection's bytes to `upstream` and back, each chunk `delay` seconds
+    after it arrived (order kept), on an event loop in a thread of its own."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+        self.upstream, self.delay = upstream, delay
+        self.loop = asyncio.new_event_loop()
+        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        self.port = ready.result(timeout=10)
+
+    def _serve(self, ready: concurrent.futures.Future[int]) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._connect, "127.0.0.1", 0))
+        ready.set_result(server.sockets[0].getsockname()[1])
+        self.loop.run_forever()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(deliver())
+        while data := await reader.read(1 << 16):
+            queue.put_nowait((time.monotonic() + self.delay, data))
+        queue.put_nowait((time.monotonic() + self.delay, b""))
+        await sender
 
 
-def run_once(namespace: str, environment: dict[str, str], route: str, draft: Path | None, tokens: int) -> Any:
-    command = ["ip", "netns", "exec", namespace, SWARM, "run", "--model", "bench", "--prompt", PROMPT,
-               "--max-new-tokens", str(tokens), "--ban-eos", "--route", route, "--json"]  # fmt: skip
+def run_once(environment: dict[str, str], route: str, draft: Path | None, tokens: int) -> Any:
+    command = [SWARM, "run", "--model", "bench", "--prompt", PROMPT, "--max-new-tokens", str(tokens), "--ban-eos",
+               "--route", route, "--json"]  # fmt: skip
     if draft is not None:
         command += ["--draft", str(draft)]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
@@ -98,7 +136,7 @@ def run_once(namespace: str, environment: dict[str, str], route: str, draft: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="100M", help="model size for tools/make_model.py (default 100M)")
-    parser.add_argument("--delay", default="20ms", help="one-way delay of every message (tc netem; default 20ms)")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="one-way delay of every message to a peer")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each setup, interleaved; medians reported")
     parser.add_argument("--drafts", default="self,early,other", help="drafts to compare (self, early, other)")
@@ -117,23 +155,21 @@ def main() -> None:
     publish(str(target), "bench", Settings(home=home), force=True)
     environment = dict(os.environ, SWARM_HOME=str(home))
     setups = [Setup("plain", None)] + [Setup(f"--draft {name}", drafts[name]) for name in args.drafts.split(",")]
-    namespace = namespace_with_delay(args.delay)
-    prefix = ("ip", "netns", "exec", namespace)
     layers = json.loads((target / "config.json").read_text())["num_hidden_layers"]
     peers = []
     try:
         for index, blocks in enumerate([f"0:{layers // 2}", f"{layers // 2}:{layers}"]):
-            peers.append(start_peer(blocks, environment, work / f"peer-{index}.log", prefix))
-        route = ",".join(address for _, address in peers)
+            peers.append(start_peer(blocks, environment, work / f"peer-{index}.log"))
+        proxies = [DelayingProxy(Address.parse(address).pair, args.delay_ms / 1000) for _, address in peers]
+        route = ",".join(f"127.0.0.1:{proxy.port}" for proxy in proxies)
         for _ in range(args.repeat):
             for setup in setups:
-                record = run_once(namespace, environment, route, setup.draft, args.new_tokens)
+                record = run_once(environment, route, setup.draft, args.new_tokens)
                 setup.rates.append(record["timings"]["tokens_per_second"])
                 setup.tokens.append(record["tokens"])
                 setup.acceptance.append((record.get("speculation") or {}).get("acceptance") or 0.0)
     finally:
         stop_peers([process for process, _ in peers])
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     report(args, setups, layers)
@@ -144,9 +180,9 @@ def report(args: argparse.Namespace, setups: list[Setup], layers: int) -> None:
     reference = setups[0].tokens[0]
     identical = all(tokens == reference for setup in setups for tokens in setup.tokens)
     print(
-        f"\nLlama {args.params} ({layers} blocks; blocks 1.. damped x{args.damping}), a chain of 2 peers, one-way delay "
-        f"{args.delay} per message (3 per step), {args.new_tokens} new tokens (EOS banned), greedy, one torch thread "
-        f"per process, medians of {args.repeat} runs.\n"
+        f"\nLlama {args.params} ({layers} blocks; blocks 1.. damped x{args.damping}), a chain of 2 peers, {args.delay_ms:g} "
+        f"ms one way on each link to a peer (2 per step), {args.new_tokens} new tokens (EOS banned), greedy, one torch "
+        f"thread per process, medians of {args.repeat} runs.\n"
     )
     print(f"Command: python tools/bench_speculative.py {' '.join(sys.argv[1:])}".rstrip() + "\n")
     print("| setup | decode tokens/s | vs plain | drafted tokens accepted |")
