@@ -735,6 +735,7 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
 @click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
 @click.option("--retry-errors", is_flag=True, help="Do again the lines the output holds as errors.")
+@click.option("--draft", type=click.Path(file_okay=False, path_type=Path), help=DRAFT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event instead of a bar.")
 @click.pass_context
 def batch(

@@ -185,6 +185,21 @@ def test_swarm_run_with_a_draft_equals_local_generate(served: dict[str, Any], ro
         assert speculation["accepted"] < speculation["drafted"]
 
 
+def test_sampling_with_a_draft_runs_through_the_swarm(served: dict[str, Any]) -> None:
+    """Sampled tokens cannot be compared one by one (the rule's distribution is tested above); the run must work,
+    repeat with its seed, and check drafted tokens."""
+    route = ",".join(peer.address for peer in served["peers"][:2])
+    arguments = ["--model", "spec", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
+    arguments += ["--temperature", "0.9", "--seed", "5", "--draft", str(served["draft"]), "--json"]
+    environment = peer_environment(os.environ, home=served["environment"]["SWARM_HOME"])
+    runs = [subprocess.run([SWARM, "run", *arguments], env=environment, capture_output=True, text=True, timeout=180)
+            for _ in range(2)]  # fmt: skip
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr + runs[1].stderr
+    first, second = (json.loads(run.stdout) for run in runs)
+    assert first["tokens"] == second["tokens"] and len(first["tokens"]) >= 1
+    assert first["speculation"]["drafted"] > 0
+
+
 def test_swarm_serve_with_a_draft_answers_as_local_generate(served: dict[str, Any]) -> None:
     route = ",".join(peer.address for peer in served["peers"][:2])
     environment = peer_environment(os.environ, home=served["environment"]["SWARM_HOME"])
@@ -197,3 +212,20 @@ def test_swarm_serve_with_a_draft_answers_as_local_generate(served: dict[str, An
     tokenizer = AutoTokenizer.from_pretrained(served["model_dir"])
     expected = local_greedy_tokens(served["model_dir"], PROMPT, NEW_TOKENS)
     assert completion.choices[0].text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_swarm_batch_with_a_draft_gives_local_generates_tokens(served: dict[str, Any], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": PROMPT}) + "\n" for _ in range(3)))
+    route = ",".join(peer.address for peer in served["peers"][:2])
+    arguments = ["--model", "spec", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl"), "--route", route]
+    done = subprocess.run(
+        [SWARM, "batch", *arguments, "--max-new-tokens", str(NEW_TOKENS), "--draft", str(served["draft"]), "--json"],
+        env=peer_environment(os.environ, home=served["environment"]["SWARM_HOME"]), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = local_greedy_tokens(served["model_dir"], PROMPT, NEW_TOKENS)
+    assert [record["tokens"] for record in written] == [expected] * 3
+    assert all(record["speculation"]["drafted"] > 0 for record in written)

@@ -273,6 +273,8 @@ def generation_record(item: Item, result: RunResult, seed: int | None) -> dict[s
     }
     if seed is not None:
         record["seed"] = line_seed(seed, item.line)
+    if result.speculation is not None:
+        record["speculation"] = result.speculation
     return record
 
 
