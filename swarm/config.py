@@ -87,6 +87,8 @@ class Settings:
     max_cached_tokens: int = 65536
     # Sequences in one step.
     max_batch: int = 16
+    # Most decode steps of different sessions a peer runs as one batched forward (1: each step alone).
+    max_step_batch: int = 16
     # New sessions one source address may open on a peer per minute, after a burst (rate_limited beyond; 0: off).
     # Generous: every client behind one address, and a peer forwarding its clients' sessions, count as one source.
     sessions_per_minute: float = 600.0
@@ -226,6 +228,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MAX_SESSION_TOKENS": ("max_session_tokens", int),
     "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
     "SWARM_MAX_BATCH": ("max_batch", int),
+    "SWARM_MAX_STEP_BATCH": ("max_step_batch", int),
     "SWARM_SESSIONS_PER_MINUTE": ("sessions_per_minute", float),
     "SWARM_SESSION_BURST": ("session_burst", int),
     "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),

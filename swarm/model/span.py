@@ -14,7 +14,7 @@ experts fused as 3D ``...mlp.experts.gate_up_proj`` and ``...mlp.experts.down_pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PretrainedConfig
-from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.cache_utils import DynamicLayer, get_layer_types_and_kwargs
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     WeightConverter,
@@ -368,6 +368,42 @@ class Span:
             hidden = layers[index](hidden, attention_mask=masks[self._layer_types[offset]], **block_kwargs)
         return hidden
 
+    @torch.no_grad()
+    def forward_together(
+        self, hidden: Sequence[torch.Tensor], session_caches: Sequence[DynamicCache], lengths: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """One new token for each of several sessions as one batched forward: ``hidden[i]`` (1, 1, hidden) at
+        position ``lengths[i]`` after what ``session_caches[i]`` holds. The caches' keys and values are gathered
+        into one batch, left-padded to the longest with the padding masked out, and each session's new entries are
+        appended to its own cache afterwards; outputs equal the sessions' own steps up to float rounding."""
+        longest = max(lengths)
+        batch = DynamicCache(config=self.config)
+        for index in range(self.start, self.end):
+            keys, values = [], []
+            for cache, length in zip(session_caches, lengths, strict=True):
+                key, value = _keys_values(cache, index)
+                keys.append(torch.nn.functional.pad(key, (0, 0, longest - length, 0)))
+                values.append(torch.nn.functional.pad(value, (0, 0, longest - length, 0)))
+            batch.update(torch.cat(keys), torch.cat(values), index)
+        mask = torch.zeros(len(lengths), longest + 1, dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        positions = torch.tensor([[length] for length in lengths], device=self.device)
+        output = self.forward(torch.cat(list(hidden)), session_cache=batch, positions=positions, attention_mask=mask)
+        for index in range(self.start, self.end):
+            key, value = _keys_values(batch, index)
+            for row, cache in enumerate(session_caches):
+                cache.update(key[row : row + 1, :, -1:], value[row : row + 1, :, -1:], index)
+        return [output[row : row + 1] for row in range(len(lengths))]
+
+    def batchable(self, session_cache: DynamicCache | None) -> bool:
+        """Whether a session's cache can join a batched step: full-attention layers holding tokens (a sliding
+        window or a layer without keys yet keeps its own shape)."""
+        if session_cache is None or not self.layout.causal or self.start == self.end:
+            return False
+        layers = session_cache.layers[self.start : self.end]
+        return all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
     def _masks(
         self,
         hidden: torch.Tensor,
@@ -440,6 +476,13 @@ class Span:
 
 # Other modules may know spans by this name.
 SpanModel = Span
+
+
+def _keys_values(cache: DynamicCache, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = cache.layers[index]
+    if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
+        raise SwarmError(f"layer {index} of this cache holds no keys and values to batch")
+    return layer.keys, layer.values
 
 
 def _as_position_ids(positions: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -314,6 +314,7 @@ def _prepare(
         connect_timeout=settings.forward_connect_timeout,
         liveness_timeout=settings.liveness_timeout,
         busy_poll_seconds=settings.busy_poll_seconds,
+        max_step_batch=settings.max_step_batch,
         metrics=metrics,
     )
     return _Prepared(manifest, torrent_data, dtype, server)

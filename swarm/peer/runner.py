@@ -97,6 +97,15 @@ class SpanRunner:
             self._views[blocks] = view
         return view
 
+    def run_together(
+        self, blocks: tuple[int, int], hidden: Sequence[torch.Tensor], caches: Sequence[Any], lengths: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """One new token of each of several sessions through `blocks` in one batched forward (Span.forward_together)."""
+        return self._view(blocks).forward_together(hidden, caches, lengths)
+
+    def batchable(self, blocks: tuple[int, int], cache: Any) -> bool:
+        return self._view(blocks).batchable(cache)
+
     def new_cache(self) -> Any:
         return self.span.new_session_cache()
 

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -97,6 +98,24 @@ class PeerIdentity:
     dtype: str
 
 
+# Most messages handled as one burst, and so most decode steps in one batched forward (Settings.max_step_batch).
+MAX_STEP_BATCH = 16
+
+
+@dataclass
+class _StepJob:
+    """A checked step: its header, blocks, session (None: stateless), tensors (the checked input under "inputs";
+    an encoder step's own tensors), positions [start, end), and the tokens the session's cache held."""
+
+    header: Header
+    blocks: tuple[int, int]
+    session: Session | None
+    tensors: dict[str, torch.Tensor]
+    start: int
+    end: int
+    cached: int
+
+
 class PeerServer:
     """Serves one runner on a ROUTER socket until `stop` is set."""
 
@@ -113,6 +132,7 @@ class PeerServer:
         connect_timeout: float = 2.0,
         liveness_timeout: float = DEFAULT_LIVENESS_SECONDS,
         busy_poll_seconds: float = 0.0,
+        max_step_batch: int = MAX_STEP_BATCH,
         clock: Callable[[], float] = time.monotonic,
         metrics: PeerMetrics | None = None,
     ) -> None:
@@ -136,6 +156,12 @@ class PeerServer:
         )
         self.sessions = SessionTable(limits, idle_timeout, clock)
         self.handled = 0
+        # Steps waiting to run together with the others of the burst being handled (None: outside a burst, steps
+        # run as they come); how many steps ran in batches, and the largest batch.
+        self._deferred: list[tuple[_StepJob, bytes | None]] | None = None
+        self.max_step_batch = max(1, max_step_batch)
+        self.batched_steps = 0
+        self.largest_batch = 1
         self.busy_poll_seconds = busy_poll_seconds
         # Until when the loop checks for the next message without sleeping (set by every session step).
         self._busy_until = 0.0
@@ -190,8 +216,7 @@ class PeerServer:
         while not stop.is_set():
             received = self._next_message()
             if received is not None:
-                sender, frames = received
-                self.handle(sender, frames)
+                self._handle_burst(received)
             self._housekeeping()
             if tick is not None:
                 tick()
@@ -269,14 +294,20 @@ class PeerServer:
     def handle(self, sender: bytes | None, frames: list[Any]) -> None:
         """Handle one message; every failure becomes an error reply."""
         self.handled += 1
-        header: Header | None = None
         try:
             header, tensors = wire.decode(frames)
-            self.metrics.messages.labels(header.kind.value).inc()
-            self._dispatch(sender, header, tensors, transport.source_address(frames))
         except WireError as error:
-            if header is None:
-                self.metrics.messages.labels(MALFORMED).inc()
+            self.metrics.messages.labels(MALFORMED).inc()
+            self._send_error(None, sender, error.code, error.message)
+            return
+        self.metrics.messages.labels(header.kind.value).inc()
+        self._guarded(header, sender, lambda: self._dispatch(sender, header, tensors, transport.source_address(frames)))
+
+    def _guarded(self, header: Header | None, sender: bytes | None, work: Callable[[], None]) -> None:
+        """Run `work` for a message; every failure becomes an error reply."""
+        try:
+            work()
+        except WireError as error:
             self._send_error(header, sender, error.code, error.message)
         except PeerError as error:
             self._send_error(header, sender, error.code, error.message, error.peer)
@@ -305,6 +336,10 @@ class PeerServer:
     def _routed(
         self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor], source: str | None = None
     ) -> None:
+        # A second message for a session whose step waits in this burst: that step runs first, as it came first.
+        if self._deferred and any(job.header.session_id == header.session_id for job, _ in self._deferred):
+            deferred, self._deferred = self._deferred, []
+            self._run_together(deferred)
         if not header.route:
             raise PeerError(ErrorCode.BAD_ROUTE, f"{header.kind.value} needs a route whose first hop is this peer")
         if len(header.route) > 1 and header.reply_to is None:
@@ -334,7 +369,17 @@ class PeerServer:
             self.sessions.close(self._owned_session(header).session_id)
             body = {"closed": True}
         else:
-            outputs = self._step(header, hop.blocks, tensors)
+            job = self._step_job(header, hop.blocks, tensors)
+            if self._deferred is not None and self._joins_batch(job):
+                self._deferred.append((job, sender))
+                return
+            outputs = self._run_job(job)
+        self._deliver(header, sender, outputs, body)
+
+    def _deliver(
+        self, header: Header, sender: bytes | None, outputs: dict[str, torch.Tensor], body: dict[str, Any]
+    ) -> None:
+        """Forward to the next hop, or send the result to reply_to (or back to the sender)."""
         remaining = header.route[1:]
         if remaining:
             forwarded = replace(header, route=remaining, tensors=())
@@ -413,11 +458,10 @@ class PeerServer:
             raise PeerError(NOT_OWNER, f"session {header.session_id!r} belongs to whoever opened it")
         return session
 
-    def _step(
-        self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def _step_job(self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]) -> _StepJob:
+        """A step's checked inputs, ready to run (nothing is run or changed yet)."""
         if not self.runner.causal:
-            return self._encoder_step(header, blocks, tensors)
+            return _StepJob(header, blocks, None, tensors, 0, 0, 0)
         session = self._session_for_step(header, blocks)
         if header.positions is None:
             raise PeerError(ErrorCode.BAD_HEADER, "a step needs the positions [start, end) of its new tokens")
@@ -442,25 +486,110 @@ class PeerServer:
             raise PeerError(
                 ErrorCode.BAD_TENSOR, f"{new_tokens} new tokens, but positions [{start}, {end}) span {end - start}"
             )
-        if session is not None and start < cached:
-            _roll_back(session, cached - start)
+        return _StepJob(header, blocks, session, {"inputs": inputs}, start, end, cached)
+
+    def _run_job(self, job: _StepJob) -> dict[str, torch.Tensor]:
+        """Run one step alone."""
+        if not self.runner.causal:
+            return self._encoder_step(job.header, job.blocks, job.tensors)
+        session, inputs, start, end = job.session, job.tensors["inputs"], job.start, job.end
+        if session is not None and start < job.cached:
+            _roll_back(session, job.cached - start)
         cache = session.cache if session is not None else self.runner.new_cache()
         started = time.perf_counter()
         if isinstance(self.runner, ReplicaRunner):
-            every_position = header.body.get("all_positions") is True
+            every_position = job.header.body.get("all_positions") is True
             output = {"logits": self.runner.run_tokens(inputs, cache, (start, end), last_only=not every_position)}
         else:
-            output = {"hidden": self.runner.run(blocks, inputs, cache, (start, end))}
+            output = {"hidden": self.runner.run(job.blocks, inputs, cache, (start, end))}
         elapsed = time.perf_counter() - started
-        self.metrics.step_ran(batch * new_tokens, elapsed)
-        if batch == 1 and new_tokens == 1:
+        self._ran(job, elapsed)
+        if int(inputs.shape[0]) == 1 and end - start == 1:
             # Decode steps of one sequence are what the throughput figure means (a prefill runs many tokens at once).
-            self._measure(blocks, elapsed)
-        if session is not None:
-            session.cached_tokens = end
-            session.next_step += 1
-            self.sessions.touch(session)
+            self._measure(job.blocks, elapsed)
         return output
+
+    def _ran(self, job: _StepJob, seconds: float) -> None:
+        self.metrics.step_ran(int(job.tensors["inputs"].shape[0]) * (job.end - job.start), seconds)
+        if job.session is not None:
+            job.session.cached_tokens = job.end
+            job.session.next_step += 1
+            self.sessions.touch(job.session)
+
+    # ----- steps of several sessions as one batch -----
+
+    def _joins_batch(self, job: _StepJob) -> bool:
+        """Whether a step may wait for the others that arrived with it: one new token of one sequence of a session
+        on a span whose cache can be batched, nothing to take back."""
+        session = job.session
+        if session is None or not isinstance(self.runner, SpanRunner) or job.start != job.cached:
+            return False
+        inputs = job.tensors["inputs"]
+        return tuple(inputs.shape[:2]) == (1, 1) and self.runner.batchable(job.blocks, session.cache)
+
+    def _handle_burst(self, first: tuple[bytes | None, list[Any]]) -> None:
+        """Handle the message and those already waiting behind it (up to max_step_batch), running their decode steps
+        on the same blocks as one batched forward: on a busy peer, sessions then share each pass over the weights
+        instead of queueing for it."""
+        received: list[tuple[bytes | None, list[Any]]] = [first]
+        while len(received) < self.max_step_batch:
+            more = transport.recv_frames(self.router, 0)
+            if more is None:
+                break
+            received.append(more)
+        self._deferred = []
+        try:
+            for sender, frames in received:
+                self.handle(sender, frames)
+        finally:
+            deferred, self._deferred = self._deferred, None
+            self._run_together(deferred)
+
+    def _run_together(self, jobs: list[tuple[_StepJob, bytes | None]]) -> None:
+        groups: dict[tuple[int, int], list[tuple[_StepJob, bytes | None]]] = {}
+        for job, sender in jobs:
+            groups.setdefault(job.blocks, []).append((job, sender))
+        for blocks, group in groups.items():
+            if len(group) == 1:
+                job, sender = group[0]
+                self._guarded(job.header, sender, partial(self._run_and_deliver, job, sender))
+                continue
+            outputs = self._guarded_batch(blocks, [job for job, _ in group])
+            for (job, sender), output in zip(group, outputs, strict=True):
+                if output is None:
+                    self._send_error(job.header, sender, INTERNAL, "the batched step failed")
+                else:
+                    self._guarded(
+                        job.header, sender, partial(self._deliver, job.header, sender, {"hidden": output}, {})
+                    )
+
+    def _run_and_deliver(self, job: _StepJob, sender: bytes | None) -> None:
+        self._deliver(job.header, sender, self._run_job(job), {})
+
+    def _guarded_batch(self, blocks: tuple[int, int], jobs: list[_StepJob]) -> list[torch.Tensor | None]:
+        """Outputs of the jobs' batched step; all None when it failed (their sessions are closed: their caches may
+        be half updated)."""
+        runner = self.runner
+        if not isinstance(runner, SpanRunner):
+            return [None] * len(jobs)
+        started = time.perf_counter()
+        try:
+            caches = [job.session.cache if job.session is not None else None for job in jobs]
+            outputs = runner.run_together(
+                blocks, [job.tensors["inputs"] for job in jobs], caches, [j.start for j in jobs]
+            )
+        except Exception:
+            log.exception("internal error in a batched step")
+            for job in jobs:
+                if job.session is not None:
+                    self.sessions.close(job.session.session_id)
+            return [None] * len(jobs)
+        share = (time.perf_counter() - started) / len(jobs)
+        for job in jobs:
+            self._ran(job, share)
+        self.batched_steps += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        return list(outputs)
 
     def _measure(self, blocks: tuple[int, int], seconds: float) -> None:
         """Add one decode step's compute time, scaled to the whole span (a replica always runs all of it)."""
@@ -547,6 +676,8 @@ class PeerServer:
             "software": f"swarm/{swarm.__version__}",
             "moving_to": list(self.planned_blocks) if self.planned_blocks else None,
             "peer_id": self.peer_id,
+            # Decode steps of several sessions run as one batch: how many so far, and the largest batch.
+            "batching": {"steps": self.batched_steps, "largest": self.largest_batch},
             # In a private swarm, the key this peer connects with: a client takes results only over a connection
             # of the last hop's key.
             "member_key": self.context.keys.client_public.decode("ascii") if self.context.keys else None,

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Benchmark: concurrent sessions through a chain of two peers, with cross-session batching (the default) and
+without it (peers started with SWARM_MAX_STEP_BATCH=1), side by side in one run.
+
+One generated Llama (--params, default 100M), two chains of two `swarm join` peers (half the blocks each) on
+127.0.0.1, one torch thread per process. For each count of --sessions (default 1,4,8,16), that many generations
+start at once from one client process (threads), each with its own prompt of 8 to 8 + count tokens and
+--new-tokens new tokens with EOS banned, greedy; interleaved --repeat times, medians reported: the aggregate
+tokens/s (all generated tokens over the wall time of the whole set) and each session's median ms per token
+(its latency), against one session alone on the same chain. Every session's tokens must equal the ones it gets
+alone.
+
+Usage: python tools/bench_batching.py [--params 100M] [--sessions 1,4,8,16] [--new-tokens 32] [--repeat 3]
+                                      [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.bench_inference import load_make_model, start_peer, stop_peers  # noqa: E402
+
+
+@dataclass
+class Cell:
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def run_set(client: Any, prompts: list[list[int]], tokens: int) -> tuple[float, float, list[list[int]]]:
+    """Aggregate tokens/s, median of the sessions' median seconds per token, and each session's tokens."""
+    from swarm.client.generate import SamplingParams
+
+    results: list[Any] = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = client.generate(prompts[index], tokens, SamplingParams(), ban_eos=True)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(prompts))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if any(result is None for result in results):
+        raise SystemExit("a session failed; see the peers' logs")
+    latency = statistics.median(result.generation.median_token_seconds for result in results)
+    return len(prompts) * tokens / wall, latency, [result.generation.token_ids for result in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="100M", help="model size for tools/make_model.py (default 100M)")
+    parser.add_argument("--sessions", default="1,4,8,16", help="concurrent session counts (default 1,4,8,16)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--work", type=Path, help="working directory (kept; the model is reused when present)")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from swarm.client.run import SwarmClient
+    from swarm.config import Settings
+    from swarm.publish import publish
+
+    torch.set_num_threads(1)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"llama-{args.params}"
+    if not (model_dir / "config.json").is_file():
+        load_make_model().make_model("llama", model_dir, params=args.params, seed=0, force=True)
+    home = work / "home"
+    settings = Settings(home=home)
+    publish(str(model_dir), "bench", settings, force=True)
+    config = (model_dir / "config.json").read_text()
+    layers = int(__import__("json").loads(config)["num_hidden_layers"])
+    counts = [int(item) for item in args.sessions.split(",")]
+    vocab = int(__import__("json").loads(config)["vocab_size"])
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, vocab, (8 + index,), generator=generator).tolist() for index in range(max(counts))]
+    setups = {"batched": "16", "one step at a time": "1"}
+    peers: list[Any] = []
+    clients: dict[str, Any] = {}
+    cells: dict[tuple[str, int], Cell] = {}
+    try:
+        for name, batch in setups.items():
+            environment = dict(os.environ, SWARM_HOME=str(home), SWARM_MAX_STEP_BATCH=batch,
+                               SWARM_MAX_SESSIONS=str(max(counts)))  # fmt: skip
+            started = [start_peer(blocks, environment, work / f"peer-{name[:3]}-{index}.log")
+                       for index, blocks in enumerate([f"0:{layers // 2}", f"{layers // 2}:{layers}"])]  # fmt: skip
+            peers += [process for process, _ in started]
+            clients[name] = SwarmClient.connect("bench", settings, [address for _, address in started])
+        alone = {name: [run_set(client, [prompt], args.new_tokens)[2][0] for prompt in prompts]
+                 for name, client in clients.items()}  # fmt: skip
+        identical = alone["batched"] == alone["one step at a time"]
+        for _ in range(args.repeat):
+            for count in counts:
+                for name, client in clients.items():
+                    rate, latency, tokens = run_set(client, prompts[:count], args.new_tokens)
+                    identical = identical and tokens == alone[name][:count]
+                    cell = cells.setdefault((name, count), Cell())
+                    cell.rates.append(rate)
+                    cell.latencies.append(latency)
+    finally:
+        for client in clients.values():
+            client.close()
+        stop_peers(peers)
+    report(args, counts, setups, cells, identical)
+
+
+def report(
+    args: argparse.Namespace, counts: list[int], setups: dict[str, str], cells: dict[Any, Cell], same: bool
+) -> None:
+    print(
+        f"\nLlama {args.params}, a chain of 2 peers on 127.0.0.1, {args.new_tokens} new tokens per session (EOS banned), "
+        f"greedy, one torch thread per process, medians of {args.repeat} runs.\n"
+    )
+    print(f"Command: python tools/bench_batching.py {' '.join(sys.argv[1:])}".rstrip() + "\n")
+    print("| peers | sessions | aggregate tokens/s | vs 1 session | ms per token per session | vs 1 session |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in setups:
+        one = cells[(name, counts[0])]
+        base_rate, base_latency = statistics.median(one.rates), statistics.median(one.latencies)
+        for count in counts:
+            cell = cells[(name, count)]
+            rate, latency = statistics.median(cell.rates), statistics.median(cell.latencies)
+            print(f"| {name} | {count} | {rate:.1f} | {rate / base_rate:.2f} | {1000 * latency:.1f} | "
+                  f"{latency / base_latency:.2f} |")  # fmt: skip
+    print(f"\nEvery session's tokens equal its tokens alone, on both chains: {'yes' if same else 'NO'}")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
