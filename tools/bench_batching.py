@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_inference import load_make_model, start_peer, stop_peers  # noqa: E402
+from tools.bench_inference import published_bench_model, start_peer, stop_peers  # noqa: E402
 
 
 @dataclass
@@ -76,18 +75,10 @@ def main() -> None:
     import torch
 
     from swarm.client.run import SwarmClient
-    from swarm.config import Settings
-    from swarm.publish import publish
 
     torch.set_num_threads(1)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / f"llama-{args.params}"
-    if not (model_dir / "config.json").is_file():
-        load_make_model().make_model("llama", model_dir, params=args.params, seed=0, force=True)
-    home = work / "home"
-    settings = Settings(home=home)
-    publish(str(model_dir), "bench", settings, force=True)
+    work, model_dir, settings = published_bench_model(args.work, args.params, "bench-batching-")
+    home = settings.home
     config = (model_dir / "config.json").read_text()
     layers = int(__import__("json").loads(config)["num_hidden_layers"])
     counts = [int(item) for item in args.sessions.split(",")]

@@ -55,6 +55,22 @@ def load_make_model() -> ModuleType:
     return module
 
 
+def published_bench_model(work: Path | None, params: str, prefix: str) -> tuple[Path, Path, Any]:
+    """The working directory (a temporary one when `work` is None), a generated Llama of `params` in it (reused
+    when present), and Settings whose home's catalog holds it published as "bench"."""
+    from swarm.config import Settings
+    from swarm.publish import publish
+
+    work = work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"llama-{params}"
+    if not (model_dir / "config.json").is_file():
+        load_make_model().make_model("llama", model_dir, params=params, seed=0, force=True)
+    settings = Settings(home=work / "home")
+    publish(str(model_dir), "bench", settings, force=True)
+    return work, model_dir, settings
+
+
 @dataclass
 class Measurement:
     """One generation: wall seconds in all, seconds to the first token, seconds between later tokens."""
@@ -165,21 +181,13 @@ def main() -> None:
 
     from swarm.client.generate import SamplingParams
     from swarm.client.run import SwarmClient
-    from swarm.config import Settings
-    from swarm.publish import publish
 
     torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-inference-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / f"llama-{args.params}"
-    if not (model_dir / "config.json").is_file():
-        load_make_model().make_model("llama", model_dir, params=args.params, seed=0, force=True)
-    home = work / "home"
-    settings = Settings(home=home)
-    publish(str(model_dir), "bench", settings, force=True)
+    work, model_dir, settings = published_bench_model(args.work, args.params, "bench-inference-")
+    home = settings.home
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     config = model.config

@@ -177,6 +177,42 @@ class Generation:
         }
 
 
+@dataclass
+class TokenSink:
+    """Takes each chosen token into the generation: callbacks, the text stream, and whether generation is done (EOS,
+    the token cap, should_stop)."""
+
+    result: Generation
+    max_new_tokens: int
+    eos: Collection[int]
+    stream: TextStream | None
+    on_text: Callable[[str], None] | None
+    on_token: Callable[[int, torch.Tensor], None] | None
+    should_stop: Callable[[], bool] | None
+    done: bool = False
+
+    def emit(self, token: int, logits: torch.Tensor) -> None:
+        self.result.token_ids.append(token)
+        self.result.last_logits = logits.float()
+        if self.on_token is not None:
+            self.on_token(token, self.result.last_logits)
+        if self.stream is not None:
+            piece = self.stream.push(token)
+            if piece and self.on_text is not None:
+                self.on_text(piece)
+        if token in self.eos:
+            self.result.stopped_on_eos = self.done = True
+        elif len(self.result.token_ids) >= self.max_new_tokens or (self.should_stop is not None and self.should_stop()):
+            self.done = True
+
+    def finish(self) -> None:
+        if self.stream is not None:
+            tail = self.stream.finish()
+            if tail and self.on_text is not None:
+                self.on_text(tail)
+            self.result.text = self.stream.emitted
+
+
 def generate(
     next_logits: NextLogits,
     prompt_ids: Sequence[int],
@@ -207,36 +243,23 @@ def generate(
     stream = TextStream(tokenizer) if tokenizer is not None else None
     eos = set(eos_token_ids)
 
+    out = TokenSink(result, max_new_tokens, eos, stream, on_text, on_token, should_stop)
     started = time.perf_counter()
     logits = next_logits(torch.tensor([list(prompt_ids)], dtype=torch.long), 0)
     result.prefill_logits = logits[0].float()
     position = len(prompt_ids)
     while True:
         token = int(choose(logits, params, generator)[0])
-        result.token_ids.append(token)
         now = time.perf_counter()
-        if len(result.token_ids) == 1:
-            result.prefill_seconds = now - started
-        else:
+        if result.token_ids:
             result.token_seconds.append(now - started)
-        result.last_logits = logits[0].float()
-        if on_token is not None:
-            on_token(token, result.last_logits)
-        if stream is not None:
-            piece = stream.push(token)
-            if piece and on_text is not None:
-                on_text(piece)
-        if token in eos:
-            result.stopped_on_eos = True
-            break
-        if len(result.token_ids) >= max_new_tokens or (should_stop is not None and should_stop()):
+        else:
+            result.prefill_seconds = now - started
+        out.emit(token, logits[0])
+        if out.done:
             break
         started = time.perf_counter()
         logits = next_logits(torch.tensor([[token]], dtype=torch.long), position)
         position += 1
-    if stream is not None:
-        tail = stream.finish()
-        if tail and on_text is not None:
-            on_text(tail)
-        result.text = stream.emitted
+    out.finish()
     return result

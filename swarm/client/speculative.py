@@ -24,6 +24,7 @@ from swarm.client.generate import (
     SamplingParams,
     TextStream,
     TokenDecoder,
+    TokenSink,
     filtered_logits,
     make_generator,
     next_tokens,
@@ -104,41 +105,6 @@ class SpeculationStats:
                 "acceptance": None if rate is None else round(rate, 4)}  # fmt: skip
 
 
-@dataclass
-class _Emitter:
-    """Appends chosen tokens to the generation as plain decoding does (text stream, callbacks, EOS, the cap)."""
-
-    result: Generation
-    max_new_tokens: int
-    eos: Collection[int]
-    stream: TextStream | None
-    on_text: Callable[[str], None] | None
-    on_token: Callable[[int, torch.Tensor], None] | None
-    should_stop: Callable[[], bool] | None
-    done: bool = False
-
-    def emit(self, token: int, logits: torch.Tensor) -> None:
-        self.result.token_ids.append(token)
-        self.result.last_logits = logits.float()
-        if self.on_token is not None:
-            self.on_token(token, self.result.last_logits)
-        if self.stream is not None:
-            piece = self.stream.push(token)
-            if piece and self.on_text is not None:
-                self.on_text(piece)
-        if token in self.eos:
-            self.result.stopped_on_eos = self.done = True
-        elif len(self.result.token_ids) >= self.max_new_tokens or (self.should_stop is not None and self.should_stop()):
-            self.done = True
-
-    def finish(self) -> None:
-        if self.stream is not None:
-            tail = self.stream.finish()
-            if tail and self.on_text is not None:
-                self.on_text(tail)
-            self.result.text = self.stream.emitted
-
-
 def generate_speculative(
     every_logits: EveryLogits,
     drafter: Drafter,
@@ -161,8 +127,8 @@ def generate_speculative(
     if max_new_tokens == 0:
         return result, stats
     generator = make_generator(params.seed)
-    out = _Emitter(result, max_new_tokens, set(eos_token_ids), TextStream(tokenizer) if tokenizer else None,
-                   on_text, on_token, should_stop)  # fmt: skip
+    out = TokenSink(result, max_new_tokens, set(eos_token_ids), TextStream(tokenizer) if tokenizer else None,
+                    on_text, on_token, should_stop)  # fmt: skip
     started = time.perf_counter()
     logits = every_logits(torch.tensor([list(prompt_ids)], dtype=torch.long), 0)[0, -1]
     result.prefill_logits = logits.float()
