@@ -336,6 +336,7 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
 @click.option("--model", required=True, help="Model: catalog or DHT name, manifest path or torrent path.")
 @click.option("--blocks", help="Blocks to host, START:END (default: chosen from --memory and the swarm's needs).")
 @click.option("--memory", help="Memory budget for weights, e.g. 2GB or 512MB (default: a share of free RAM).")
+@click.option("--kv-memory", help="Memory budget for all sessions' KV caches, e.g. 1GB (default: token caps only).")
 @click.option("--listen", "compute_listen", help="Compute (ZeroMQ) listen address HOST:PORT; port 0 picks one.")
 @click.option("--torrent-listen", "torrent_listen", help="BitTorrent listen address HOST:PORT.")
 @click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
@@ -372,6 +373,7 @@ def join(
     model: str,
     blocks: str | None,
     memory: str | None,
+    kv_memory: str | None,
     peers: tuple[str, ...],
     advertise: str | None,
     device: str,
@@ -388,6 +390,8 @@ def join(
     from swarm.peer.selection import parse_byte_size
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if kv_memory is not None:
+        flags["kv_memory"] = parse_byte_size(kv_memory)
     settings = settings_from(ctx, **flags)
     options = JoinOptions(
         model=model,

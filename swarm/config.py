@@ -87,6 +87,8 @@ class Settings:
     max_cached_tokens: int = 65536
     # Sequences in one step.
     max_batch: int = 16
+    # Bytes of KV cache all of a peer's sessions may reserve together (None: only max_cached_tokens bounds it).
+    kv_memory: int | None = None
     # Most decode steps of different sessions a peer runs as one batched forward (1: each step alone).
     max_step_batch: int = 16
     # New sessions one source address may open on a peer per minute, after a burst (rate_limited beyond; 0: off).
@@ -229,6 +231,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_MAX_CACHED_TOKENS": ("max_cached_tokens", int),
     "SWARM_MAX_BATCH": ("max_batch", int),
     "SWARM_MAX_STEP_BATCH": ("max_step_batch", int),
+    "SWARM_KV_MEMORY": ("kv_memory", lambda text: _byte_size(text)),
     "SWARM_SESSIONS_PER_MINUTE": ("sessions_per_minute", float),
     "SWARM_SESSION_BURST": ("session_burst", int),
     "SWARM_REQUEST_TIMEOUT": ("request_timeout", float),
@@ -250,6 +253,12 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_PRIVATE_TORRENT": ("private_torrent", _parse_bool),
     "SWARM_ALLOW_FILE": ("allow_file", lambda text: Path(text).expanduser()),
 }
+
+
+def _byte_size(text: str) -> int:
+    from swarm.peer.selection import parse_byte_size
+
+    return parse_byte_size(text)
 
 
 def load_settings(environment: Mapping[str, str] | None = None) -> Settings:

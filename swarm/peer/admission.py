@@ -6,8 +6,9 @@ can always run to their end: a peer refuses work it could not finish rather than
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Error code of a refusal; the client tries another peer.
 BUSY = "busy"
@@ -24,6 +25,23 @@ class AdmissionLimits:
     # New sessions one source address may open a minute, after a burst of `session_burst` (0: no limit).
     sessions_per_minute: float = 0.0
     session_burst: int = 0
+
+
+def kv_bytes_per_token(config: Mapping[str, Any], layers: int, itemsize: int) -> int:
+    """Bytes one token of one sequence takes in a KV cache of `layers` layers: keys and values, per KV head."""
+    heads = int(config.get("num_attention_heads") or config.get("n_head") or 1)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    width = int(config.get("hidden_size") or config.get("n_embd") or 0)
+    head_dim = int(config.get("head_dim") or (width // heads if heads else 0))
+    return max(1, 2 * layers * kv_heads * head_dim * itemsize)
+
+
+def cache_token_budget(token_cap: int, budget_bytes: int | None, bytes_per_token: int) -> int:
+    """Cache tokens (batch counted) all sessions may reserve together: the token cap, and within `budget_bytes`
+    when one is set (at least one token, so that the refusal names the budget rather than failing oddly)."""
+    if budget_bytes is None:
+        return token_cap
+    return max(1, min(token_cap, budget_bytes // max(1, bytes_per_token)))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from swarm.discovery.resolve import resolve_model
 from swarm.distribute import chunks_for_blocks, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest
-from swarm.peer.admission import AdmissionLimits
+from swarm.peer.admission import AdmissionLimits, cache_token_budget, kv_bytes_per_token
 from swarm.peer.heal import Healer, Loader, dht_peer_finder
 from swarm.peer.metrics import PeerMetrics, metrics_server
 from swarm.peer.replica import ReplicaRunner
@@ -79,6 +79,11 @@ def bytes_per_block(manifest: Manifest, compute_itemsize: int) -> int:
         return 1
     stored_itemsize = wire.DTYPES[manifest.dtype].itemsize if manifest.dtype in wire.DTYPES else 4
     return max(1, int(max(per_block) * compute_itemsize / stored_itemsize))
+
+
+def _kv_bytes_per_token(manifest: Manifest, plan: HostingPlan, itemsize: int) -> int:
+    layers = manifest.num_blocks if plan.replica else plan.end - plan.start
+    return kv_bytes_per_token(manifest.config, layers, itemsize)
 
 
 def chunks_to_fetch(manifest: Manifest, plan: HostingPlan) -> list[Chunk]:
@@ -292,7 +297,9 @@ def _prepare(
     limits = AdmissionLimits(
         max_sessions=settings.max_sessions,
         max_session_tokens=settings.max_session_tokens,
-        max_total_tokens=settings.max_cached_tokens,
+        max_total_tokens=cache_token_budget(
+            settings.max_cached_tokens, settings.kv_memory, _kv_bytes_per_token(manifest, plan, itemsize)
+        ),
         max_batch=settings.max_batch,
         sessions_per_minute=settings.sessions_per_minute,
         session_burst=settings.session_burst,

@@ -672,6 +672,8 @@ class PeerServer:
             "hidden_size": self.runner.hidden_size,
             "max_length": self.limits.max_session_tokens,
             "max_batch": self.limits.max_batch,
+            # Cache tokens (batch counted) all sessions may reserve together (the token cap, or --kv-memory's).
+            "max_cached_tokens": self.limits.max_total_tokens,
             "causal": self.runner.causal,
             "software": f"swarm/{swarm.__version__}",
             "moving_to": list(self.planned_blocks) if self.planned_blocks else None,
