@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import signal
@@ -84,11 +85,24 @@ def main(ctx: click.Context) -> None:
     ctx.obj = load_settings()
 
 
+# Seconds a long-running command may take to shut down once told to. Past that it prints every thread's stack to
+# stderr and exits with status 1: a stuck close then needs no SIGKILL, and its log says where it was stuck.
+SHUTDOWN_SECONDS = 25.0
+
+
 def stop_event() -> threading.Event:
-    """Set by SIGINT or SIGTERM, so long-running commands can shut down cleanly."""
+    """Set by SIGINT or SIGTERM, so long-running commands can shut down cleanly (within SHUTDOWN_SECONDS).
+    SIGUSR1 prints every thread's stack to stderr, to see what a running node is doing."""
     event = threading.Event()
+
+    def stop(_signum: int, _frame: object) -> None:
+        if not event.is_set():
+            faulthandler.dump_traceback_later(SHUTDOWN_SECONDS, exit=True)
+        event.set()
+
     for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda _signum, _frame: event.set())
+        signal.signal(number, stop)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return event
 
 

@@ -35,18 +35,22 @@ class PeerProcess:
     def address(self) -> str:
         return str(self.serving["address"])
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def log(self, characters: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:]
 
     def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit status; a peer still running after `timeout` has its stacks printed to its log
+        (SIGUSR1), is killed, and fails the caller with its log."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
             self.process.kill()
             self.process.wait()
-            raise
+            raise AssertionError(f"peer did not stop within {timeout:g} s; its log:\n{self.log(12000)}") from None
 
 
 def peer_environment(base: Mapping[str, str], **settings: Any) -> dict[str, str]:

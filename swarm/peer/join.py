@@ -197,11 +197,13 @@ class TorrentKeeper(threading.Thread):
         except Exception:  # seeding trouble must not take the compute server down
             log.exception("torrent thread failed")
         finally:
+            started = time.monotonic()
             try:
                 self.presence.close()
                 self.node.close()
             except Exception:
                 log.exception("closing the torrent session failed")
+            log.info("torrent session closed in %.1f s", time.monotonic() - started)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -243,6 +245,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     try:
         _serve(server, torrent_port, metrics_http, stop, emit)
     finally:
+        log.info("stopping: closing sessions, then the torrent session")
         server.close()
         keeper.stop()
     emit({"event": "stopped", "address": server.address})
