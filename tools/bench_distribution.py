@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -86,8 +87,11 @@ def fetch_finished(record: dict) -> bool:  # type: ignore[type-arg]
     return record.get("event") == "verified"
 
 
-def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeout: float) -> tuple[list[float], int]:
-    """Each fetcher's completion time, and the bytes the fetchers received from the seed host."""
+def run_swarm(
+    lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeout: float, leave: dict[int, float]
+) -> tuple[list[float | None], int]:
+    """Each fetcher's completion time (None for those that left), and the bytes the fetchers received from the seed
+    host. `leave` maps fetchers (by index) to the second after the start when they stop, whether done or not."""
     seed_host, fetchers = lab.hosts[0], lab.hosts[1:]
     seed_address = f"{seed_host.address}:{TORRENT_PORT}"
     seedbox = subprocess.Popen(
@@ -138,7 +142,13 @@ def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeo
                     text=True,
                 )
             )
-        times: list[float] = [0.0] * len(processes)
+        times: list[float | None] = [0.0] * len(processes)
+        timers = [
+            threading.Timer(moment, processes[index].send_signal, args=(signal.SIGTERM,))
+            for index, moment in leave.items()
+        ]
+        for timer in timers:
+            timer.start()
 
         # Every JSON line of every fetcher, stamped with seconds since the start: progress over time, and the
         # final "verified" record with the bytes received from each source.
@@ -149,16 +159,23 @@ def run_swarm(lab: netlab.Lab, work: Path, catalog: Path, seed_data: Path, timeo
                 timeline[index].append({"at": round(time.monotonic() - started, 2), **record})
                 return fetch_finished(record)
 
-            wait_for_line(process, note, timeout)
-            times[index] = time.monotonic() - started
+            try:
+                wait_for_line(process, note, timeout)
+                times[index] = time.monotonic() - started
+            except RuntimeError:
+                if index not in leave:
+                    raise
+                times[index] = None  # it left before finishing, as told
 
         watchers = [threading.Thread(target=watch, args=(i, p)) for i, p in enumerate(processes)]
         for watcher in watchers:
             watcher.start()
         for watcher in watchers:
             watcher.join()
+        for timer in timers:
+            timer.cancel()
         (work / f"timeline-{len(processes)}.json").write_text(json.dumps(timeline))
-        if not all(times):
+        if not all(times[index] for index in range(len(times)) if index not in leave):
             raise RuntimeError("a swarm fetch did not finish")
         from_seed = sum(
             size
@@ -186,7 +203,7 @@ def run_http(lab: netlab.Lab, work: Path, content: Path, timeout: float) -> list
                            "--directory", str(content)]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    names = sorted(path.name for path in content.iterdir())
+    names = sorted(path.name for path in content.iterdir() if path.is_file())
     try:
         for host in fetchers:  # before the clock starts, as for the swarm
             target = work / f"http-{host.address}"
@@ -227,10 +244,68 @@ def run_http(lab: netlab.Lab, work: Path, content: Path, timeout: float) -> list
         server.wait(timeout=10)
 
 
+def fetch_rates(seed_rate: str, rates: str | None, count: int) -> list[str]:
+    """Each fetch host's link rate: `rates` (comma-separated) dealt out in turn, or the seed's rate for all."""
+    choices = rates.split(",") if rates else [seed_rate]
+    return [choices[index % len(choices)] for index in range(count)]
+
+
+def leaving(count: int, leavers: int, bounds: list[float], chooser: random.Random) -> dict[int, float]:
+    """Which fetchers leave (K of them, at random) and when: a random moment between 20 % and 80 % of the
+    time their own link needs for the model, so they leave with part of it."""
+    if leavers >= count:
+        raise SystemExit(f"--leave {leavers} leaves no fetcher to measure among {count}")
+    return {index: chooser.uniform(0.2, 0.8) * bounds[index] for index in chooser.sample(range(count), leavers)}
+
+
+def distribution_row(
+    count: int, times: list[float | None], bounds: list[float], seed_copies: float, steal: float
+) -> dict[str, float]:
+    """One table row: the fetchers that stayed, their times against their own bounds."""
+    stayed = [(taken, bound) for taken, bound in zip(times, bounds, strict=True) if taken is not None]
+    return {
+        "fetchers": count,
+        "stayed": len(stayed),
+        "swarm_median_s": round(statistics.median(taken for taken, _ in stayed), 1),
+        "swarm_max_s": round(max(taken for taken, _ in stayed), 1),
+        "bound_s": round(max(bound for _, bound in stayed), 1),
+        # The slowest fetcher measured against its own link (with one rate for all: max time / (S/B)).
+        "swarm_max_over_bound": round(max(taken / bound for taken, bound in stayed), 2),
+        # How many copies of the model the seed host uploaded (1.0: every byte left the seed once).
+        "seed_copies": round(seed_copies, 2),
+        # Share of CPU time the hypervisor took from this VM during the swarm run.
+        "swarm_cpu_steal_percent": round(steal * 100),
+    }
+
+
+def prepare_content(work: Path, params: str) -> tuple[Path, Path, Path]:
+    """A generated Llama of `params` parameters published with `swarm seed --prepare-only` under work/:
+    (catalog, seed data folder, the folder of its chunk files)."""
+    model = work / "model"
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
+                        params, "--out", str(model), "--force"], check=True)  # fmt: skip
+    catalog, seed_data = work / "catalog", work / "seed-data"
+    environment = dict(os.environ, SWARM_HOME=str(work / "home"))
+    subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--catalog", str(catalog), "--data",
+                    str(seed_data), "--prepare-only", "--force", "--json"], check=True, env=environment,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return catalog, seed_data, seed_data / "models" / MODEL_NAME
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", default="1,2,4,8", help="fetch host counts to run (comma-separated)")
     parser.add_argument("--rate", default="100mbit", help="every host's link rate (tc syntax)")
+    parser.add_argument(
+        "--rates",
+        default=None,
+        help="fetch hosts' link rates, dealt out in turn (e.g. 10mbit,100mbit); the seed keeps --rate",
+    )
+    parser.add_argument(
+        "--leave", type=int, default=0, help="fetchers that stop at a random moment before they could have finished"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random choice of leavers and moments")
     parser.add_argument("--params", default="64M", help="model size for tools/make_model.py (64M ≈ 256 MB fp32)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -244,46 +319,36 @@ def main() -> None:
     counts = [int(item) for item in arguments.hosts.split(",")]
     work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-dist-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
-    if not (model / "config.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
-                        arguments.params, "--out", str(model), "--force"], check=True)  # fmt: skip
-    catalog, seed_data = work / "catalog", work / "seed-data"
-    environment = dict(os.environ, SWARM_HOME=str(work / "home"))
-    subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--catalog", str(catalog), "--data",
-                    str(seed_data), "--prepare-only", "--force", "--json"], check=True, env=environment,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    content = seed_data / "models" / MODEL_NAME
-    size = sum(path.stat().st_size for path in content.iterdir())
-    bound = size * 8 / rate_bits_per_second(arguments.rate)
+    catalog, seed_data, content = prepare_content(work, arguments.params)
+    size = sum(path.stat().st_size for path in content.iterdir() if path.is_file())
     rows = []
     for count in counts:
-        with netlab.Lab(count + 1, rate=arguments.rate) as lab:
+        rates = fetch_rates(arguments.rate, arguments.rates, count)
+        # Each fetcher's own bound S/B: the model over the slower of its link and the seed's.
+        bounds = [size * 8 / min(rate_bits_per_second(rate), rate_bits_per_second(arguments.rate)) for rate in rates]
+        leave = leaving(count, arguments.leave, bounds, random.Random(arguments.seed))
+        with netlab.Lab(count + 1, rate=arguments.rate, rates=[arguments.rate, *rates]) as lab:
             steal_before = cpu_steal()
-            swarm_times, from_seed = run_swarm(lab, work, catalog, seed_data, arguments.timeout)
-        row = {
-            "fetchers": count,
-            "swarm_median_s": round(statistics.median(swarm_times), 1),
-            "swarm_max_s": round(max(swarm_times), 1),
-            "bound_s": round(bound, 1),
-            "swarm_max_over_bound": round(max(swarm_times) / bound, 2),
-            # How many copies of the model the seed host uploaded (1.0: every byte left the seed once).
-            "seed_copies": round(from_seed / size, 2),
-            # Share of CPU time the hypervisor took from this VM during the swarm run.
-            "swarm_cpu_steal_percent": round(cpu_steal_share(steal_before, cpu_steal()) * 100),
-        }
+            swarm_times, from_seed = run_swarm(lab, work, catalog, seed_data, arguments.timeout, leave)
+        row = distribution_row(count, swarm_times, bounds, from_seed / size, cpu_steal_share(steal_before, cpu_steal()))
         if not arguments.skip_http:
-            with netlab.Lab(count + 1, rate=arguments.rate) as lab:
+            with netlab.Lab(count + 1, rate=arguments.rate, rates=[arguments.rate, *rates]) as lab:
                 http_times = run_http(lab, work, content, arguments.timeout)
             row["http_median_s"] = round(statistics.median(http_times), 1)
             row["http_max_s"] = round(max(http_times), 1)
-            row["http_max_over_swarm_max"] = round(max(http_times) / max(swarm_times), 2)
+            row["http_max_over_swarm_max"] = round(max(http_times) / row["swarm_max_s"], 2)
         rows.append(row)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if arguments.json:
         print(json.dumps({"model_bytes": size, "rate": arguments.rate, "rows": rows}))
         return
-    print(f"model {size / 1e6:.0f} MB, every link {arguments.rate}, bound S/B = {bound:.1f} s")
+    links = (
+        f"fetch links {arguments.rates} in turn, seed link {arguments.rate}"
+        if arguments.rates
+        else f"every link {arguments.rate}"
+    )
+    leavers = f", {arguments.leave} fetcher(s) leaving midway (not counted)" if arguments.leave else ""
+    print(f"model {size / 1e6:.0f} MB, {links}{leavers}; S/B = the model over a fetcher's own link")
     print(
         "| fetch hosts | swarm median s | swarm max s | HTTP median s | HTTP max s | swarm max / (S/B) "
         "| HTTP max / swarm max | copies uploaded by the seed | CPU steal % (swarm run) |"

@@ -51,10 +51,12 @@ class Host:
 @dataclass
 class Lab:
     """N hosts on switches (a bridge in a namespace of its own per subnet); each host's link shaped to `rate`
-    (None: not shaped). Host i sits on subnet i % subnets; with several subnets a router forwards between them."""
+    (None: not shaped), or host i's to `rates[i]` where given. Host i sits on subnet i % subnets; with several
+    subnets a router forwards between them."""
 
     host_count: int
     rate: str | None = "100mbit"
+    rates: Sequence[str | None] = ()
     subnet: str = "10.77.0"
     subnets: int = 1
     hosts: list[Host] = field(default_factory=list)
@@ -108,12 +110,17 @@ class Lab:
             _run(*host.command(["ip", "link", "set", inside, "up"]))
             if self.subnets > 1:
                 _run(*host.command(["ip", "route", "add", "default", "via", f"{self.prefix(subnet)}.254"]))
-            if self.rate is not None:
+            rate = self.rate_of(index)
+            if rate is not None:
                 # Shape both directions of the host's link: its egress, and the switch port's egress toward it.
                 shape = ["tc", "qdisc", "add", "dev"]
-                limits = ["root", "tbf", "rate", self.rate, "burst", "256kbit", "latency", "100ms"]
+                limits = ["root", "tbf", "rate", rate, "burst", "256kbit", "latency", "100ms"]
                 _run(*host.command([*shape, inside, *limits]))
                 _run("ip", "netns", "exec", self.switch_of(subnet), *shape, f"hp{index}{self.tag}"[:15], *limits)
+
+    def rate_of(self, index: int) -> str | None:
+        """The rate host `index`'s link is shaped to (None: not shaped)."""
+        return self.rates[index] if index < len(self.rates) else self.rate
 
     def _plug(self, namespace: str, subnet: int, inside_name: str, outside_name: str) -> str:
         """A veth pair from `namespace` to the subnet's bridge; returns the name of the end inside."""
