@@ -7,7 +7,12 @@ others finish, as peers do); (b) the seed host runs one
 HTTP server over the same chunk files and N hosts download them at once. Reports each completion time
 (median, max), the physical bound S/B and the ratios.
 
-Usage (root): python tools/bench_distribution.py [--hosts 1,2,4,8] [--rate 100mbit] [--params 64M]
+Mixed links (`--rates 10mbit,100mbit`, dealt out to the fetch hosts in turn) measure each fetcher against its own
+link; churn (`--leave K`) stops K fetchers at random moments before they could have finished, and the others'
+times are reported.
+
+Usage (root): python tools/bench_distribution.py [--hosts 1,2,4,8] [--rate 100mbit] [--rates R1,R2] [--leave K]
+[--params 64M]
 """
 
 from __future__ import annotations
@@ -331,6 +336,8 @@ def main() -> None:
             steal_before = cpu_steal()
             swarm_times, from_seed = run_swarm(lab, work, catalog, seed_data, arguments.timeout, leave)
         row = distribution_row(count, swarm_times, bounds, from_seed / size, cpu_steal_share(steal_before, cpu_steal()))
+        if leave:
+            row["left_at_s"] = sorted(round(moment, 1) for moment in leave.values())
         if not arguments.skip_http:
             with netlab.Lab(count + 1, rate=arguments.rate, rates=[arguments.rate, *rates]) as lab:
                 http_times = run_http(lab, work, content, arguments.timeout)
