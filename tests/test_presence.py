@@ -5,6 +5,7 @@ where only the bootstrap node's direct stores make what it announces findable.""
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -126,6 +127,33 @@ def test_the_bootstrap_node_answers_with_its_own_announcements_and_items(direct:
     else:
         # The control: without the direct store nothing is stored anywhere the other node can ask.
         assert found == [] and item is None
+
+
+def test_a_lookup_asked_once_ends_when_its_traversal_ends() -> None:
+    """get_peers(once=True) answers "nobody" as soon as libtorrent's lookup is over, not at its timeout; a key
+    that was announced is still found."""
+    bootstrap, other, presence = _two_nodes(direct=True)
+    announced = hashlib.sha1(b"swarm/test/once/announced").digest()
+    nobody = hashlib.sha1(b"swarm/test/once/nobody").digest()
+    try:
+        presence.announce(announced, 5556)
+        dht.wait_for_dht(bootstrap, 10)
+        presence.publish()
+        dht.wait_for_dht(other, 10)
+        started = time.monotonic()
+        missing = dht.get_peers(other, nobody, timeout=20.0, once=True)
+        took = time.monotonic() - started
+        found = dht.get_peers(other, announced, timeout=20.0, once=True)
+        waited = time.monotonic()
+        assert dht.get_peers(other, nobody, timeout=1.0) == []  # without `once`, the whole timeout
+        waited = time.monotonic() - waited
+    finally:
+        presence.close()
+        for node in (other, bootstrap):
+            node.session.pause()
+    assert missing == [] and took < 5.0, took
+    assert Address("127.0.0.1", 5556) in found
+    assert waited >= 1.0
 
 
 def test_a_silent_endpoint_is_given_up_at_once() -> None:

@@ -18,10 +18,11 @@ def announce_compute_peer(presence: Presence, manifest: Manifest, port: int) -> 
     presence.announce(compute_key(manifest), port)
 
 
-def find_compute_peers(node: TorrentNode, manifest: Manifest, timeout: float) -> list[Address]:
-    """Compute peers announced for the model; [] when none answered within timeout.
+def find_compute_peers(node: TorrentNode, manifest: Manifest, timeout: float, *, once: bool = False) -> list[Address]:
+    """Compute peers announced for the model; [] when none answered within timeout (with `once`: when the first
+    DHT lookup ended without any, for callers that want who serves now rather than to wait for one).
 
     SwarmError only when the DHT cannot be reached at all (no bootstrap node answers)."""
     deadline = time.monotonic() + timeout
     dht.wait_for_dht(node, timeout)
-    return dht.get_peers(node, compute_key(manifest), max(0.1, deadline - time.monotonic()))
+    return dht.get_peers(node, compute_key(manifest), max(0.1, deadline - time.monotonic()), once=once)

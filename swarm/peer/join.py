@@ -128,8 +128,9 @@ def swarm_coverage(manifest: Manifest, node: TorrentNode, settings: Settings) ->
     if not settings.bootstrap:
         return coverage
     try:
-        # The lookup ends when peers were found; a first peer finds nobody and waits the lookup's timeout.
-        found = find_compute_peers(node, manifest, timeout=_COVERAGE_LOOKUP_SECONDS)
+        # Who serves now: the lookup ends when peers were found or when it finished without any (a first peer
+        # waited the whole timeout for nobody before, 3.9 s of its start).
+        found = find_compute_peers(node, manifest, timeout=_COVERAGE_LOOKUP_SECONDS, once=True)
     except SwarmError as error:
         log.warning("cannot look up compute peers: %s", error)
         return coverage
@@ -295,6 +296,7 @@ def _prepare(
         }
     )
     fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
+    emit({"event": "loading", "model": manifest.name, "blocks": [plan.start, plan.end], "device": device})
     runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
     throughput = runner.benchmark()
     limits = AdmissionLimits(

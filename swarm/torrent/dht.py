@@ -33,6 +33,8 @@ REBOOTSTRAP_SECONDS = 1.0
 SETTLE_SECONDS = 1.0
 # How long wait_for_dht waits for the routing table to fill once a bootstrap node has answered.
 ROUTER_ONLY_GRACE = 2.0
+# Seconds a DHT found usable is taken as usable without looking again (see wait_for_dht).
+USABLE_MEMORY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ def nudge_bootstrap(node: TorrentNode) -> None:
 
 
 def wait_for_dht(node: TorrentNode, timeout: float) -> DhtCounters:
-    """Return once the DHT is usable; SwarmError naming the bootstrap nodes when nobody answers.
+    """Return once the DHT is usable; SwarmError naming the bootstrap nodes when nobody answers. Found usable
+    within the last USABLE_MEMORY_SECONDS, it is taken as usable still (a join's name lookup and coverage
+    lookup each waited the grace below: 1.8 s of a join's start).
 
     Usable: the routing table holds a node, or DHT messages came in and ROUTER_ONLY_GRACE seconds passed.
     The routing table alone is not enough: libtorrent treats nodes listed in dht_bootstrap_nodes as
@@ -131,6 +135,10 @@ def wait_for_dht(node: TorrentNode, timeout: float) -> DhtCounters:
     right after bootstrap find nothing or stall, hence the grace. The bootstrap nodes are pinged again
     every second, so one that starts later than us is found too.
     """
+    if node.dht_usable_at is not None and time.monotonic() - node.dht_usable_at < USABLE_MEMORY_SECONDS:
+        known = dht_counters(node, timeout=min(1.0, timeout))
+        if known is not None:
+            return known
     addresses = [address.pair for address in node.bootstrap]
     started = time.monotonic()
     deadline = started + timeout
@@ -145,10 +153,12 @@ def wait_for_dht(node: TorrentNode, timeout: float) -> DhtCounters:
                 last_ping = now
             counters = dht_counters(node, timeout=max(0.1, min(1.0, deadline - now)))
             if counters is not None and counters.nodes > 0:
+                node.dht_usable_at = time.monotonic()
                 return counters
             if counters is not None and counters.messages_in > 0:
                 answered_at = answered_at if answered_at is not None else time.monotonic()
                 if time.monotonic() - answered_at >= ROUTER_ONLY_GRACE or time.monotonic() >= deadline:
+                    node.dht_usable_at = time.monotonic()
                     return counters
         if time.monotonic() >= deadline:
             break
@@ -291,20 +301,33 @@ def announce(node: TorrentNode, key: bytes, port: int) -> None:
     node.session.dht_announce(lt.sha1_hash(key), port, 0)
 
 
-def get_peers(node: TorrentNode, keys: bytes | Sequence[bytes], timeout: float, settle: float = 0.3) -> list[Address]:
+def get_peers(
+    node: TorrentNode, keys: bytes | Sequence[bytes], timeout: float, settle: float = 0.3, *, once: bool = False
+) -> list[Address]:
     """Addresses announced under `keys` (one 20-byte key or several, looked up at once): asks again every
-    2 s until one is found or the deadline passes.
+    2 s until one is found or the deadline passes; with `once`, nothing found when the first lookup has ended
+    is the answer (libtorrent's DHT stats show no get_peers lookup running any more).
 
     Several replies come for one lookup; after the first peer arrives we keep listening `settle` seconds
     to gather the others. An empty list is an answer, not an error.
     """
     targets = [lt.sha1_hash(key) for key in ([keys] if isinstance(keys, bytes) else keys)]
     peers: dict[Address, None] = {}
+    # With `once`: whether DHT stats were asked for and not answered yet, showed a get_peers lookup running,
+    # then showed none. Seeing one run first keeps an answer to an earlier caller's request from ending this one.
+    stats_asked = seen_running = lookups_ended = False
 
     def listen(alert: lt.alert) -> None:
+        nonlocal stats_asked, seen_running, lookups_ended
         if isinstance(alert, lt.dht_get_peers_reply_alert) and alert.info_hash in targets:
             for pair in alert.peers():
                 peers[Address.of(pair)] = None
+        elif isinstance(alert, lt.dht_stats_alert):
+            stats_asked = False
+            if any(lookup.get("type") == "get_peers" for lookup in alert.active_requests):
+                seen_running = True
+            elif seen_running:
+                lookups_ended = True
 
     node.add_listener(listen)
     try:
@@ -317,10 +340,16 @@ def get_peers(node: TorrentNode, keys: bytes | Sequence[bytes], timeout: float, 
                 first_peer = now
             if first_peer is not None and now - first_peer >= settle:
                 break
+            if once and lookups_ended and not peers:
+                break
             if not peers and now - asked >= 2.0:
                 for target in targets:
                     node.session.dht_get_peers(target)
                 asked = now
+            if once and not stats_asked:
+                # Asked after the lookups started: libtorrent's network thread handles both in order.
+                node.session.post_dht_stats()
+                stats_asked = True
             node.pump(POLL_SECONDS)
     finally:
         node.remove_listener(listen)

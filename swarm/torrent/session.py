@@ -316,6 +316,9 @@ class TorrentNode:
         self.udp_endpoints: list[Address] = []
         # Nodes in the DHT routing tables, read every DHT_STATS_SECONDS while the DHT runs.
         self.dht_nodes = 0
+        # When swarm.torrent.dht.wait_for_dht last found the DHT usable (monotonic seconds), so that the lookups
+        # that follow one another at a peer's start do not each wait out its grace again.
+        self.dht_usable_at: float | None = None
         self._next_dht_stats = 0.0
         self._tracked: dict[str, _Tracked] = {}
         self._pending_saves: set[str] = set()

@@ -1,0 +1,139 @@
+"""Benchmark: how long `swarm join` takes to serve, and its peak RSS, against issue 15's goals.
+
+The README's path on 127.0.0.1: a publisher prepares a generated Llama, `swarm seedbox` seeds it, and
+`swarm join --model NAME --bootstrap SEEDBOX` (a fresh SWARM_HOME each run) finds it, fetches every chunk,
+loads it and serves. Each JSON line of the join is stamped when read: process start -> "fetching" (imports,
+DHT, model resolution), "fetching" -> "loading" (download), "loading" -> "serving" (weights loaded, throughput
+measured, socket bound). Goal: serving within download + load + 5 s. Peak RSS (VmHWM at "serving", no
+session open) against 1.2 x the weights it holds + its KV budget (--kv-memory) + 300 MB.
+
+Usage: python tools/bench_join.py [--params 250M] [--repeat 3] [--kv-memory 256MB] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SWARM = str(Path(sys.executable).with_name("swarm"))
+MODEL_NAME = "bench"
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def stamped_events(process: subprocess.Popen[str], until: str, timeout: float) -> dict[str, float]:
+    """Seconds since `process` started at which each JSON event arrived, up to the event `until`."""
+    started = time.monotonic()
+    stamps: dict[str, float] = {}
+    assert process.stdout is not None
+    for line in process.stdout:
+        try:
+            event = json.loads(line).get("event")
+        except ValueError:
+            continue
+        stamps.setdefault(str(event), time.monotonic() - started)
+        if event == until:
+            return stamps
+        if time.monotonic() - started > timeout:
+            break
+    raise RuntimeError(f"no {until!r} event (exit status {process.poll()})")
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/PID/status")
+
+
+def join_once(work: Path, bootstrap: str, kv_memory: str, timeout: float) -> dict[str, float]:
+    home = work / "joiner"
+    shutil.rmtree(home, ignore_errors=True)
+    environment = dict(os.environ, SWARM_HOME=str(home), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [SWARM, "join", "--model", MODEL_NAME, "--bootstrap", bootstrap, "--kv-memory", kv_memory, "--json",
+               "--listen", "127.0.0.1:0"]  # fmt: skip
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        stamps = stamped_events(process, "serving", timeout)
+        rss = peak_rss(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    weights = sum(path.stat().st_size for path in (home / "data" / "models" / MODEL_NAME).glob("*.safetensors"))
+    download = stamps["loading"] - stamps["fetching"]
+    load = stamps["serving"] - stamps["loading"]
+    return {
+        "serving_s": round(stamps["serving"], 2),
+        "to_fetching_s": round(stamps["fetching"], 2),
+        "download_s": round(download, 2),
+        "load_s": round(load, 2),
+        "beyond_download_and_load_s": round(stamps["serving"] - download - load, 2),
+        "peak_rss_mib": round(rss / MIB),
+        "weights_mib": round(weights / MIB),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="250M", help="model size for tools/make_model.py")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kv-memory", default="256MB", help="the joiner's KV budget (its --kv-memory)")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--json", action="store_true")
+    arguments = parser.parse_args()
+    work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-join-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "model"
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
+                        arguments.params, "--out", str(model), "--force"], check=True)  # fmt: skip
+    publisher = dict(os.environ, SWARM_HOME=str(work / "publisher"))
+    subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--prepare-only", "--force", "--json"],
+                   env=publisher, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    bootstrap = f"127.0.0.1:{free_port()}"
+    seedbox = subprocess.Popen([SWARM, "seedbox", "--listen", bootstrap, "--json"], env=publisher,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        stamped_events(seedbox, "seeding", arguments.timeout)
+        runs = [join_once(work, bootstrap, arguments.kv_memory, arguments.timeout) for _ in range(arguments.repeat)]
+    finally:
+        seedbox.terminate()
+        seedbox.wait(timeout=60)
+    row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    kv_mib = round(_byte_size(arguments.kv_memory) / MIB)
+    bound_mib = round(1.2 * row["weights_mib"] + kv_mib + 300)
+    if arguments.json:
+        print(json.dumps({"runs": runs, "median": row, "kv_budget_mib": kv_mib, "rss_bound_mib": bound_mib}))
+        return
+    print(f"model {row['weights_mib']:.0f} MiB of weights, KV budget {kv_mib} MiB, medians of {arguments.repeat}")
+    print("| start to fetching s | download s | load s | serving after s | beyond download + load s | peak RSS MiB "
+          "| RSS bound MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {row['to_fetching_s']} | {row['download_s']} | {row['load_s']} | {row['serving_s']} | "
+          f"{row['beyond_download_and_load_s']} | {row['peak_rss_mib']:.0f} | {bound_mib} |")  # fmt: skip
+
+
+def _byte_size(text: str) -> int:
+    from swarm.peer.selection import parse_byte_size
+
+    return parse_byte_size(text)
+
+
+if __name__ == "__main__":
+    main()
