@@ -283,13 +283,19 @@ def distribution_row(
     }
 
 
-def prepare_content(work: Path, params: str) -> tuple[Path, Path, Path]:
-    """A generated Llama of `params` parameters published with `swarm seed --prepare-only` under work/:
-    (catalog, seed data folder, the folder of its chunk files)."""
+def generated_llama(work: Path, params: str, *options: str) -> Path:
+    """work/model: a Llama of `params` parameters from tools/make_model.py (with `options`), made once."""
     model = work / "model"
     if not (model / "config.json").exists():
         subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
-                        params, "--out", str(model), "--force"], check=True)  # fmt: skip
+                        params, "--out", str(model), *options, "--force"], check=True)  # fmt: skip
+    return model
+
+
+def prepare_content(work: Path, params: str) -> tuple[Path, Path, Path]:
+    """A generated Llama of `params` parameters published with `swarm seed --prepare-only` under work/:
+    (catalog, seed data folder, the folder of its chunk files)."""
+    model = generated_llama(work, params)
     catalog, seed_data = work / "catalog", work / "seed-data"
     environment = dict(os.environ, SWARM_HOME=str(work / "home"))
     subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--catalog", str(catalog), "--data",

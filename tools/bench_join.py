@@ -24,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SWARM = str(Path(sys.executable).with_name("swarm"))
-MODEL_NAME = "bench"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_distribution import MODEL_NAME, SWARM, generated_llama, wait_for_line
+
+from swarm.peer.selection import parse_byte_size
+
 MIB = 1024 * 1024
 
 
@@ -37,21 +39,16 @@ def free_port() -> int:
 
 
 def stamped_events(process: subprocess.Popen[str], until: str, timeout: float) -> dict[str, float]:
-    """Seconds since `process` started at which each JSON event arrived, up to the event `until`."""
+    """Seconds since now at which each JSON event of `process` arrived, up to the event `until`."""
     started = time.monotonic()
     stamps: dict[str, float] = {}
-    assert process.stdout is not None
-    for line in process.stdout:
-        try:
-            event = json.loads(line).get("event")
-        except ValueError:
-            continue
-        stamps.setdefault(str(event), time.monotonic() - started)
-        if event == until:
-            return stamps
-        if time.monotonic() - started > timeout:
-            break
-    raise RuntimeError(f"no {until!r} event (exit status {process.poll()})")
+
+    def stamp(record: dict[str, object]) -> bool:
+        stamps.setdefault(str(record.get("event")), time.monotonic() - started)
+        return record.get("event") == until
+
+    wait_for_line(process, stamp, timeout)
+    return stamps
 
 
 def peak_rss(pid: int) -> int:
@@ -99,10 +96,7 @@ def main() -> None:
     arguments = parser.parse_args()
     work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-join-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
-    if not (model / "config.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params",
-                        arguments.params, "--out", str(model), "--force"], check=True)  # fmt: skip
+    model = generated_llama(work, arguments.params)
     publisher = dict(os.environ, SWARM_HOME=str(work / "publisher"))
     subprocess.run([SWARM, "seed", str(model), "--name", MODEL_NAME, "--prepare-only", "--force", "--json"],
                    env=publisher, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
@@ -116,7 +110,7 @@ def main() -> None:
         seedbox.terminate()
         seedbox.wait(timeout=60)
     row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    kv_mib = round(_byte_size(arguments.kv_memory) / MIB)
+    kv_mib = round(parse_byte_size(arguments.kv_memory) / MIB)
     bound_mib = round(1.2 * row["weights_mib"] + kv_mib + 300)
     if arguments.json:
         print(json.dumps({"runs": runs, "median": row, "kv_budget_mib": kv_mib, "rss_bound_mib": bound_mib}))
@@ -127,12 +121,6 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| {row['to_fetching_s']} | {row['download_s']} | {row['load_s']} | {row['serving_s']} | "
           f"{row['beyond_download_and_load_s']} | {row['peak_rss_mib']:.0f} | {bound_mib} |")  # fmt: skip
-
-
-def _byte_size(text: str) -> int:
-    from swarm.peer.selection import parse_byte_size
-
-    return parse_byte_size(text)
 
 
 if __name__ == "__main__":

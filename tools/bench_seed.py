@@ -16,6 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_distribution import generated_llama
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in a child process so its peak RSS is its own.
@@ -65,13 +68,7 @@ def main() -> None:
     arguments = parser.parse_args()
     work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-seed-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "model"
-    if not (model / "config.json").exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "make_model.py"), "--family", "llama", "--params", arguments.params,
-             "--out", str(model), "--max-shard-size", "10GB", "--force"],
-            check=True,
-        )  # fmt: skip
+    model = generated_llama(work, arguments.params, "--max-shard-size", "10GB")
     weights = sorted(model.glob("*.safetensors"))
     total = sum(path.stat().st_size for path in weights)
     largest = largest_tensor_bytes(weights)
