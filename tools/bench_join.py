@@ -4,8 +4,9 @@ The README's path on 127.0.0.1: a publisher prepares a generated Llama, `swarm s
 `swarm join --model NAME --bootstrap SEEDBOX` (a fresh SWARM_HOME each run) finds it, fetches every chunk,
 loads it and serves. Each JSON line of the join is stamped when read: process start -> "fetching" (imports,
 DHT, model resolution), "fetching" -> "loading" (download), "loading" -> "serving" (weights loaded, throughput
-measured, socket bound). Goal: serving within download + load + 5 s. Peak RSS (VmHWM at "serving", no
-session open) against 1.2 x the weights it holds + its KV budget (--kv-memory) + 300 MB.
+measured, socket bound). Goal: serving within download + load + 5 s. Peak RSS against 1.2 x the weights it
+holds + its KV budget (--kv-memory) + 300 MB: VmHWM at "serving" (no session open), then again once sessions
+holding the whole KV budget ran their prompts (each step's hidden states in, so the cache fills as in use).
 
 Usage: python tools/bench_join.py [--params 250M] [--repeat 3] [--kv-memory 256MB] [--work DIR]
 """
@@ -23,11 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_distribution import MODEL_NAME, SWARM, generated_llama, wait_for_line
 
+from swarm.client.session import ComputeClient, InferenceSession
 from swarm.peer.selection import parse_byte_size
+from swarm.wire import Hop, Kind
 
 MIB = 1024 * 1024
 
@@ -38,13 +44,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def stamped_events(process: subprocess.Popen[str], until: str, timeout: float) -> dict[str, float]:
-    """Seconds since now at which each JSON event of `process` arrived, up to the event `until`."""
+def stamped_events(
+    process: subprocess.Popen[str], until: str, timeout: float, records: dict[str, dict[str, Any]] | None = None
+) -> dict[str, float]:
+    """Seconds since now at which each JSON event of `process` arrived, up to the event `until` (the events
+    themselves into `records` when given)."""
     started = time.monotonic()
     stamps: dict[str, float] = {}
 
-    def stamp(record: dict[str, object]) -> bool:
+    def stamp(record: dict[str, Any]) -> bool:
         stamps.setdefault(str(record.get("event")), time.monotonic() - started)
+        if records is not None:
+            records.setdefault(str(record.get("event")), record)
         return record.get("event") == until
 
     wait_for_line(process, stamp, timeout)
@@ -58,6 +69,28 @@ def peak_rss(pid: int) -> int:
     raise RuntimeError("no VmHWM in /proc/PID/status")
 
 
+def fill_kv_budget(address: str, blocks: tuple[int, int]) -> int:
+    """Open sessions on the peer until its KV budget is taken and run a full-length prompt through each; the
+    tokens cached."""
+    with ComputeClient(timeout=300.0) as client:
+        info = client.ask(address, Kind.INFO).header.body
+        budget, length, hidden = info["max_cached_tokens"], info["max_length"], info["hidden_size"]
+        sessions: list[InferenceSession] = []
+        cached = 0
+        while cached < budget:
+            session = InferenceSession(client, [Hop(address, blocks)], min(length, budget - cached))
+            session.open()
+            sessions.append(session)
+            # Prompts in pieces of 256 tokens: the cache grows as in use, not one giant activation.
+            for start in range(0, session.max_length, 256):
+                end = min(start + 256, session.max_length)
+                session.step({"hidden": torch.randn(1, end - start, hidden)}, (start, end))
+            cached += session.max_length
+        for session in sessions:
+            session.close()
+    return cached
+
+
 def join_once(work: Path, bootstrap: str, kv_memory: str, timeout: float) -> dict[str, float]:
     home = work / "joiner"
     shutil.rmtree(home, ignore_errors=True)
@@ -65,9 +98,14 @@ def join_once(work: Path, bootstrap: str, kv_memory: str, timeout: float) -> dic
     command = [SWARM, "join", "--model", MODEL_NAME, "--bootstrap", bootstrap, "--kv-memory", kv_memory, "--json",
                "--listen", "127.0.0.1:0"]  # fmt: skip
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    records: dict[str, dict[str, Any]] = {}
     try:
-        stamps = stamped_events(process, "serving", timeout)
+        stamps = stamped_events(process, "serving", timeout, records)
         rss = peak_rss(process.pid)
+        serving = records["serving"]
+        blocks = serving["blocks"]
+        cached = fill_kv_budget(str(serving["address"]), (int(blocks[0]), int(blocks[1])))
+        filled_rss = peak_rss(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -81,6 +119,8 @@ def join_once(work: Path, bootstrap: str, kv_memory: str, timeout: float) -> dic
         "load_s": round(load, 2),
         "beyond_download_and_load_s": round(stamps["serving"] - download - load, 2),
         "peak_rss_mib": round(rss / MIB),
+        "cached_tokens": cached,
+        "filled_peak_rss_mib": round(filled_rss / MIB),
         "weights_mib": round(weights / MIB),
     }
 
@@ -117,10 +157,11 @@ def main() -> None:
         return
     print(f"model {row['weights_mib']:.0f} MiB of weights, KV budget {kv_mib} MiB, medians of {arguments.repeat}")
     print("| start to fetching s | download s | load s | serving after s | beyond download + load s | peak RSS MiB "
-          "| RSS bound MiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "| tokens cached | peak RSS, KV budget full, MiB | RSS bound MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {row['to_fetching_s']} | {row['download_s']} | {row['load_s']} | {row['serving_s']} | "
-          f"{row['beyond_download_and_load_s']} | {row['peak_rss_mib']:.0f} | {bound_mib} |")  # fmt: skip
+          f"{row['beyond_download_and_load_s']} | {row['peak_rss_mib']:.0f} | {row['cached_tokens']:.0f} | "
+          f"{row['filled_peak_rss_mib']:.0f} | {bound_mib} |")  # fmt: skip
 
 
 if __name__ == "__main__":

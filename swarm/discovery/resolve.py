@@ -183,11 +183,12 @@ def _lookup_name(
     # With nothing pinned or named, every claimant of the name is looked at: several keys are refused.
     claims_of = name if pinned is None and requested is None else None
     rejected: list[str] = []
+    follow = _publisher_slot_follower(name, slots)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        found = _get_records(node, slots, min(remaining, LOOKUP_ROUND_SECONDS), rejected, claims_of)
+        found = _get_records(node, slots, min(remaining, LOOKUP_ROUND_SECONDS), rejected, claims_of, follow)
         announced = found.get(name_slot(name))
         others = [record.publisher_key for slot, record in found.items() if slot.salt.startswith(b"publisher/")]
         pinned_found = pinned is not None and publisher_slot(pinned, name) in found
@@ -216,6 +217,28 @@ def _lookup_name(
         time.sleep(RETRY_PAUSE_SECONDS)
     detail = f"; ignored {len(rejected)} invalid record(s): {rejected[-1]}" if rejected else ""
     raise SwarmError(f"no record for {name} was found on the DHT within {settings.network_timeout:g} s{detail}")
+
+
+def _publisher_slot_follower(
+    name: str, slots: dict[dht.Slot, dict[str, Any]]
+) -> Callable[[dht.Slot, dht.MutableItem], list[dht.Slot]]:
+    """For get_mutable_items: when the name slot's record arrives, ask its publisher's own slot in the same
+    lookup (added to `slots`, so it is checked as a record of that publisher). That slot wins a tie, so it is
+    asked anyway once a key is chosen; asked here, its wait overlaps the name's (1 s of a join's start)."""
+    announced = name_slot(name)
+
+    def follow(slot: dht.Slot, item: dht.MutableItem) -> list[dht.Slot]:
+        if slot != announced:
+            return []
+        try:
+            key = check_record(item.value, **slots[slot]).publisher_key
+        except RecordRejected:
+            return []
+        own = publisher_slot(key, name)
+        slots.setdefault(own, {"name": name, "publisher_key": key})
+        return [own]
+
+    return follow
 
 
 def _lookup_magnet(
@@ -267,13 +290,15 @@ def _get_records(
     timeout: float,
     rejected: list[str],
     claims_of: str | None = None,
+    follow: Callable[[dht.Slot, dht.MutableItem], list[dht.Slot]] | None = None,
 ) -> dict[dht.Slot, NameRecord]:
     """One lookup of every slot; the records that verify and belong there (rejections noted, not raised).
 
     With `claims_of` (a name), the name's claims are read too, and the fingerprint slots of claimants not found
-    yet are looked up (and added to `slots`, so later rounds ask them at once)."""
+    yet are looked up (and added to `slots`, so later rounds ask them at once). `follow` adds slots to the
+    lookup as items arrive (it must add them to `slots` too)."""
     claims = [claims_slot(claims_of)] if claims_of else []
-    items = dht.get_mutable_items(node, [*slots, *claims], timeout)
+    items = dht.get_mutable_items(node, [*slots, *claims], timeout, follow=follow)
     claimed = decode_claims(item.value if claims and (item := items.pop(claims[0], None)) else None)
     found = _checked(items, slots, rejected)
     if claims_of:

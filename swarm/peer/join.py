@@ -2,7 +2,9 @@
 
 Threads: the main thread runs the compute loop (PeerServer.serve); one background thread owns the
 TorrentNode (libtorrent is not thread-safe here): it pumps alerts, re-announces the peer in the DHT and
-saves resume data. The node is handed to that thread only after the fetch, so it is never shared.
+saves resume data. The node is handed to that thread only after the fetch, so it is never shared. Until the
+blocks are loaded a third thread imports torch and transformers (swarm.peer.preload): this module imports
+them only where it computes, so a join looks the model up and fetches it meanwhile.
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ import logging
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
-import torch
 
-from swarm import signing, transport, wire
-from swarm.address import Address, parse_all
+from swarm import signing
+from swarm.address import parse_all
 from swarm.config import Settings
 from swarm.discovery.compute import announce_compute_peer, find_compute_peers
 from swarm.discovery.keeper import hold_name
@@ -30,17 +30,20 @@ from swarm.distribute import chunks_for_blocks, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest
 from swarm.peer.admission import AdmissionLimits, cache_token_budget, kv_bytes_per_token
-from swarm.peer.heal import Healer, Loader, dht_peer_finder
+from swarm.peer.allocator import unmap_large_blocks
 from swarm.peer.metrics import PeerMetrics, metrics_server
-from swarm.peer.replica import ReplicaRunner
-from swarm.peer.runner import SpanRunner, check_device, resolve_dtype
+from swarm.peer.precision import ITEM_SIZES, check_device, compute_dtype
+from swarm.peer.preload import start_preload
 from swarm.peer.selection import HostingPlan, coverage_from_spans, plan_hosting
-from swarm.peer.server import PeerIdentity, PeerServer
 from swarm.torrent.presence import Presence
 from swarm.torrent.session import TorrentNode
 
 if TYPE_CHECKING:
     from swarm.http_thread import ServerThread  # uvicorn is loaded only by peers that serve metrics
+    from swarm.peer.heal import Healer, Loader
+    from swarm.peer.replica import ReplicaRunner
+    from swarm.peer.runner import SpanRunner
+    from swarm.peer.server import PeerServer
 
 log = logging.getLogger("swarm.peer")
 
@@ -77,7 +80,7 @@ def bytes_per_block(manifest: Manifest, compute_itemsize: int) -> int:
     ]
     if not per_block:
         return 1
-    stored_itemsize = wire.DTYPES[manifest.dtype].itemsize if manifest.dtype in wire.DTYPES else 4
+    stored_itemsize = ITEM_SIZES.get(manifest.dtype, 4)
     return max(1, int(max(per_block) * compute_itemsize / stored_itemsize))
 
 
@@ -89,34 +92,6 @@ def _kv_bytes_per_token(manifest: Manifest, plan: HostingPlan, itemsize: int) ->
 def chunks_to_fetch(manifest: Manifest, plan: HostingPlan) -> list[Chunk]:
     """Meta plus the full chunk (replica) or every blocks chunk overlapping the span, with what they require."""
     return chunks_for_blocks(manifest, plan.start, plan.end)
-
-
-def query_infos(addresses: Sequence[Address], timeout: float) -> list[dict[str, Any]]:
-    """`info` bodies of the peers at `addresses` that answer within `timeout` seconds (others are skipped)."""
-    answers: list[dict[str, Any]] = []
-    with transport.Context() as context:
-        pending: list[Any] = []
-        for address in addresses:
-            try:
-                dealer = context.connect_dealer(address.tcp)
-                request = wire.Header(kind=wire.Kind.INFO, request_id=uuid.uuid4().hex[:16])
-                transport.send_frames(dealer, wire.encode(request))
-            except (transport.TransportError, wire.WireError) as error:
-                log.info("peer %s: %s", address, error)
-                continue
-            pending.append(dealer)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for dealer in transport.poll(pending, deadline - time.monotonic()):
-                pending.remove(dealer)
-                received = transport.recv_frames(dealer, 0)
-                try:
-                    header, _ = wire.decode(received[1]) if received is not None else (None, None)
-                except wire.WireError:
-                    continue
-                if header is not None and header.kind is wire.Kind.INFO:
-                    answers.append(header.body)
-    return answers
 
 
 def swarm_coverage(manifest: Manifest, node: TorrentNode, settings: Settings) -> list[int]:
@@ -134,13 +109,14 @@ def swarm_coverage(manifest: Manifest, node: TorrentNode, settings: Settings) ->
     except SwarmError as error:
         log.warning("cannot look up compute peers: %s", error)
         return coverage
-    spans: list[tuple[int, int]] = []
-    for info in query_infos(found, _INFO_TIMEOUT):
-        blocks = info.get("blocks")
-        if info.get("model") != manifest.name or not isinstance(blocks, list) or len(blocks) != 2:
-            continue
-        if all(isinstance(value, int) and not isinstance(value, bool) for value in blocks):
-            spans.append((blocks[0], blocks[1]))
+    # Imports torch, not transformers: Python's import lock waits for the preload thread if need be.
+    from swarm.client.routing import PeerInfo
+    from swarm.client.session import ComputeClient, query_peers
+
+    # A peer that left is still announced for a while: its refused connection fails at once (no 3 s wait).
+    with ComputeClient(timeout=_INFO_TIMEOUT) as client:
+        infos = query_peers(client, [address.tcp for address in found], _INFO_TIMEOUT)
+    spans = [info.blocks for info in infos.values() if isinstance(info, PeerInfo) and info.model == manifest.name]
     return coverage_from_spans(manifest.num_blocks, spans)
 
 
@@ -215,13 +191,15 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     """Everything `swarm join` does, until `stop` is set."""
     device = check_device(options.device)
     parse_all(options.peers, "--peer")
+    unmap_large_blocks()  # before torch allocates anything: the KV budget then bounds what caches keep resident
+    preload = start_preload()
     metrics = PeerMetrics()
     # Bound before anything is fetched: a taken metrics address fails at once, not after minutes of fetching.
     metrics_http = metrics_server(metrics, settings.metrics_listen)
     node: TorrentNode | None = None
     try:
         node = open_node(settings)
-        prepared = _prepare(options, settings, node, device, metrics, stop, emit)
+        prepared = _prepare(options, settings, node, device, metrics, stop, emit, preload)
     except BaseException:
         if node is not None:
             node.close()
@@ -233,6 +211,8 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     # From here on only the keeper's thread touches the node.
     keeper = TorrentKeeper(node, manifest, server.port, settings)
     if options.blocks is None and not server.runner.replica and settings.rebalance_interval > 0:
+        from swarm.peer.heal import Healer, dht_peer_finder  # imported by the preload, which _prepare waited for
+
         keeper.healer = Healer(
             manifest,
             server,
@@ -256,7 +236,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
 class _Prepared:
     manifest: Manifest
     torrent_data: bytes
-    dtype: torch.dtype
+    dtype: str
     server: PeerServer
 
 
@@ -268,12 +248,13 @@ def _prepare(
     metrics: PeerMetrics,
     stop: threading.Event,
     emit: Emit,
+    preload: threading.Thread,
 ) -> _Prepared:
     """Resolve the model, choose the blocks, fetch, verify and load them, and open the compute socket."""
     resolution = resolve_model(options.model, settings, node)
     manifest, torrent_data = resolution.manifest, resolution.torrent_data
-    dtype = resolve_dtype(options.dtype, manifest.dtype, device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    dtype = compute_dtype(options.dtype, manifest.dtype, device)
+    itemsize = ITEM_SIZES[dtype]
     coverage = [0] * manifest.num_blocks
     if options.blocks is None and manifest.num_blocks:
         coverage = swarm_coverage(manifest, node, settings)
@@ -297,8 +278,28 @@ def _prepare(
     )
     fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
     emit({"event": "loading", "model": manifest.name, "blocks": [plan.start, plan.end], "device": device})
+    # transformers' lazily loaded attributes are not safe to import from two threads at once: wait for the preload.
+    preload.join()
+    server = _start_compute(manifest, plan, chunks, options, settings, device, dtype, metrics)
+    return _Prepared(manifest, torrent_data, dtype, server)
+
+
+def _start_compute(
+    manifest: Manifest,
+    plan: HostingPlan,
+    chunks: list[Chunk],
+    options: JoinOptions,
+    settings: Settings,
+    device: str,
+    dtype: str,
+    metrics: PeerMetrics,
+) -> PeerServer:
+    """Load the blocks, measure them and open the compute socket."""
+    from swarm.peer.server import PeerIdentity, PeerServer
+
     runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
     throughput = runner.benchmark()
+    itemsize = ITEM_SIZES[dtype]
     limits = AdmissionLimits(
         max_sessions=settings.max_sessions,
         max_session_tokens=settings.max_session_tokens,
@@ -313,9 +314,9 @@ def _prepare(
         model=manifest.name,
         info_hash=manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1 or "",
         family=manifest.family,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype,
     )
-    server = PeerServer(
+    return PeerServer(
         runner,
         identity,
         settings.compute_listen,
@@ -329,7 +330,6 @@ def _prepare(
         max_step_batch=settings.max_step_batch,
         metrics=metrics,
     )
-    return _Prepared(manifest, torrent_data, dtype, server)
 
 
 def _serve(
@@ -366,7 +366,7 @@ def _span_loader(
     settings: Settings,
     stop: threading.Event,
     device: str,
-    dtype: torch.dtype,
+    dtype: str,
 ) -> Loader:
     """What a move to other blocks does before the switch: fetch and verify their chunks, load, measure."""
 
@@ -381,8 +381,13 @@ def _span_loader(
 
 
 def _load(
-    manifest: Manifest, plan: HostingPlan, chunks: list[Chunk], models_dir: Path, device: str, dtype: torch.dtype
+    manifest: Manifest, plan: HostingPlan, chunks: list[Chunk], models_dir: Path, device: str, dtype_name: str
 ) -> SpanRunner | ReplicaRunner:
+    from swarm.peer.replica import ReplicaRunner  # imported by the preload before anything is loaded
+    from swarm.peer.runner import SpanRunner
+    from swarm.wire import DTYPES
+
+    dtype = DTYPES[dtype_name]
     if plan.replica:
         meta = next(chunk for chunk in chunks if chunk.kind == "meta")
         full = next(chunk for chunk in chunks if chunk.kind == "full")

@@ -19,31 +19,9 @@ from swarm.manifest import Manifest
 from swarm.measure import benchmark, compute_clock
 from swarm.model.span import Span, load_tensors, make_positions
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokens of the startup benchmark: a short prompt, then repetitions of single-token steps as in generation.
 _BENCHMARK_PROMPT_TOKENS = 4
 _BENCHMARK_STEPS = 2
-
-
-def resolve_dtype(requested: str, manifest_dtype: str, device: str) -> torch.dtype:
-    """The compute dtype: `auto` keeps the checkpoint's float dtype, except half precision on a CPU."""
-    if requested not in DTYPE_CHOICES:
-        raise SwarmError(f"unknown dtype {requested!r}; choose from {', '.join(DTYPE_CHOICES)}")
-    if requested != "auto":
-        return _TORCH_DTYPES[requested]
-    # float16 matmuls on CPU are slow and partly unsupported; bfloat16 is fine there.
-    if manifest_dtype == "float16" and device == "cpu":
-        return torch.float32
-    return _TORCH_DTYPES.get(manifest_dtype, torch.float32)
-
-
-def check_device(device: str) -> str:
-    if device not in ("cpu", "cuda"):
-        raise SwarmError(f"unknown device {device!r}; choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SwarmError("--device cuda was asked for, but torch sees no CUDA device on this machine")
-    return device
 
 
 class SpanRunner:
