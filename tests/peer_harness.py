@@ -63,10 +63,12 @@ def peer_environment(base: Mapping[str, str], **settings: Any) -> dict[str, str]
     return environment
 
 
-def published_llama(make_model_tool: ModuleType, root: Path, name: str, seed: int) -> tuple[Path, dict[str, str]]:
-    """A generated 4-block Llama under `root`, published as `name` into the catalog of SWARM_HOME=root/home, and the
-    peer environment that uses that home."""
-    model_dir = make_model_tool.make_model("llama", root / "llama", layers=4, seed=seed, log=lambda _line: None)
+def published_llama(
+    make_model_tool: ModuleType, root: Path, name: str, seed: int, family: str = "llama"
+) -> tuple[Path, dict[str, str]]:
+    """A generated 4-block Llama (or another `family` of tools/make_model.py) under `root`, published as `name` into
+    the catalog of SWARM_HOME=root/home, and the peer environment that uses that home."""
+    model_dir = make_model_tool.make_model(family, root / family, layers=4, seed=seed, log=lambda _line: None)
     environment = peer_environment(os.environ, home=root / "home")
     subprocess.run(
         [SWARM, "seed", str(model_dir), "--name", name, "--prepare-only"], env=environment, check=True,

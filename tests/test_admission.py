@@ -13,6 +13,7 @@ from swarm.peer.admission import (
     admit_stateless,
     free_sessions,
     sessions_to_evict,
+    stateless_groups,
     take_token,
 )
 from swarm.peer.sessions import SESSION_EXISTS, UNUSED_SESSION_GRACE_SECONDS, SessionTable
@@ -175,3 +176,23 @@ def test_an_open_session_is_never_replaced_and_belongs_to_its_opener() -> None:
 def test_take_token(bucket: Bucket | None, now: float, allowed: bool, tokens_after: float) -> None:
     taken, after = take_token(bucket, now, per_minute=6, burst=3)
     assert (taken, after.tokens, after.updated) == (allowed, pytest.approx(tokens_after), now)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "max_tokens", "groups"),
+    [
+        ([], 100, []),
+        ([(1, 10)], 100, [[0]]),
+        ([(1, 10), (1, 20), (1, 30)], 100, [[0, 1, 2]]),  # 3 rows x 30 = 90
+        ([(1, 10), (1, 20), (1, 40)], 100, [[0, 1], [2]]),  # the third would pad all three to 40: 120
+        ([(2, 50), (1, 10)], 100, [[0], [1]]),  # 3 rows x 50 = 150
+        ([(1, 200), (1, 10), (1, 10)], 100, [[0], [1, 2]]),  # one over the cap alone runs alone
+        ([(4, 25), (1, 1)], 100, [[0], [1]]),
+        ([(1, 5)] * 4, 20, [[0, 1, 2, 3]]),
+        ([(1, 5)] * 5, 20, [[0, 1, 2, 3], [4]]),
+    ],
+)
+def test_stateless_requests_are_grouped_within_one_requests_cap(
+    shapes: list[tuple[int, int]], max_tokens: int, groups: list[list[int]]
+) -> None:
+    assert stateless_groups(shapes, max_tokens) == groups

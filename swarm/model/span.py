@@ -23,7 +23,7 @@ import torch
 from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PretrainedConfig
-from transformers.cache_utils import DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     WeightConverter,
@@ -41,6 +41,7 @@ from transformers.modeling_utils import LoadStateDictConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from swarm.errors import SwarmError
+from swarm.model import batched_cache
 from swarm.model.families import Family
 
 ConfigLike = Mapping[str, Any] | PretrainedConfig
@@ -373,36 +374,40 @@ class Span:
         self, hidden: Sequence[torch.Tensor], session_caches: Sequence[DynamicCache], lengths: Sequence[int]
     ) -> list[torch.Tensor]:
         """One new token for each of several sessions as one batched forward: ``hidden[i]`` (1, 1, hidden) at
-        position ``lengths[i]`` after what ``session_caches[i]`` holds. The caches' keys and values are gathered
-        into one batch, left-padded to the longest with the padding masked out, and each session's new entries are
-        appended to its own cache afterwards; outputs equal the sessions' own steps up to float rounding."""
-        longest = max(lengths)
-        batch = DynamicCache(config=self.config)
-        for index in range(self.start, self.end):
-            keys, values = [], []
-            for cache, length in zip(session_caches, lengths, strict=True):
-                key, value = _keys_values(cache, index)
-                keys.append(torch.nn.functional.pad(key, (0, 0, longest - length, 0)))
-                values.append(torch.nn.functional.pad(value, (0, 0, longest - length, 0)))
-            batch.update(torch.cat(keys), torch.cat(values), index)
-        mask = torch.zeros(len(lengths), longest + 1, dtype=torch.long, device=self.device)
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
-        positions = torch.tensor([[length] for length in lengths], device=self.device)
+        position ``lengths[i]`` after what ``session_caches[i]`` holds (swarm.model.batched_cache); outputs equal the
+        sessions' own steps up to float rounding."""
+        layers = range(self.start, self.end)
+        batch, mask, positions = batched_cache.gather(session_caches, lengths, layers, self.config, self.device)
         output = self.forward(torch.cat(list(hidden)), session_cache=batch, positions=positions, attention_mask=mask)
-        for index in range(self.start, self.end):
-            key, value = _keys_values(batch, index)
-            for row, cache in enumerate(session_caches):
-                cache.update(key[row : row + 1, :, -1:], value[row : row + 1, :, -1:], index)
+        batched_cache.scatter_last(batch, session_caches, layers)
         return [output[row : row + 1] for row in range(len(lengths))]
 
+    @torch.no_grad()
+    def encode_together(
+        self, hidden: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        """Several encoder requests as one forward: ``hidden[i]`` (batch_i, tokens_i, hidden) with its padding mask
+        (None: every token counts) are right-padded to the longest and masked (positions were embedded by the
+        client, so padding after the text moves nothing); each request's rows and tokens come back as its own
+        step gives them, up to float rounding."""
+        longest = max(int(item.shape[1]) for item in hidden)
+        rows, row_masks = [], []
+        for item, mask in zip(hidden, masks, strict=True):
+            padding = longest - int(item.shape[1])
+            rows.append(torch.nn.functional.pad(item.to(device=self.device, dtype=self.dtype), (0, 0, 0, padding)))
+            given = mask if mask is not None else torch.ones(item.shape[:2], dtype=torch.long)
+            row_masks.append(torch.nn.functional.pad(given.to(device=self.device, dtype=torch.long), (0, padding)))
+        output = self.forward(torch.cat(rows), attention_mask=torch.cat(row_masks))
+        results, offset = [], 0
+        for item in hidden:
+            batch, tokens = int(item.shape[0]), int(item.shape[1])
+            results.append(output[offset : offset + batch, :tokens])
+            offset += batch
+        return results
+
     def batchable(self, session_cache: DynamicCache | None) -> bool:
-        """Whether a session's cache can join a batched step: full-attention layers holding tokens (a sliding
-        window or a layer without keys yet keeps its own shape)."""
-        if session_cache is None or not self.layout.causal or self.start == self.end:
-            return False
-        layers = session_cache.layers[self.start : self.end]
-        return all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+        """Whether a session's cache can join a batched step over this span."""
+        return self.layout.causal and batched_cache.batchable(session_cache, range(self.start, self.end))
 
     def _masks(
         self,
@@ -476,13 +481,6 @@ class Span:
 
 # Other modules may know spans by this name.
 SpanModel = Span
-
-
-def _keys_values(cache: DynamicCache, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    layer = cache.layers[index]
-    if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
-        raise SwarmError(f"layer {index} of this cache holds no keys and values to batch")
-    return layer.keys, layer.values
 
 
 def _as_position_ids(positions: torch.Tensor, device: torch.device) -> torch.Tensor:

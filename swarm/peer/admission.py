@@ -131,6 +131,22 @@ def admit_stateless(limits: AdmissionLimits, batch: int, tokens: int) -> Admissi
     return ADMITTED
 
 
+def stateless_groups(shapes: Sequence[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """Stateless requests of (batch, tokens) each, in order, grouped into forwards whose padded size (rows x the
+    longest) stays within `max_tokens`: running them together costs no more memory than one request may. A request
+    that alone exceeds it (admitted under another cap) runs alone."""
+    groups: list[list[int]] = []
+    rows = longest = 0
+    for index, (batch, tokens) in enumerate(shapes):
+        if groups and (rows + batch) * max(longest, tokens) <= max_tokens:
+            groups[-1].append(index)
+            rows, longest = rows + batch, max(longest, tokens)
+        else:
+            groups.append([index])
+            rows, longest = batch, tokens
+    return groups
+
+
 def admit_batch(limits: AdmissionLimits, batch: int) -> Admission:
     """Admit a step or a stateless request over `batch` sequences."""
     if batch < 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers.utils import logging as transformers_logging
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
 from swarm.measure import benchmark, compute_clock
+from swarm.model import batched_cache
 from swarm.model.chunker import extract_meta_archive
 
 _BENCHMARK_PROMPT_TOKENS = 4
@@ -78,6 +80,28 @@ class ReplicaRunner:
             use_cache=True,
         )
         return output.logits[:, -1, :].float() if last_only else output.logits.float()
+
+    def batchable(self, cache: Any) -> bool:
+        return batched_cache.batchable(cache, range(len(cache.layers))) if cache is not None else False
+
+    @torch.no_grad()
+    def run_together(
+        self, input_ids: Sequence[torch.Tensor], caches: Sequence[Any], lengths: Sequence[int]
+    ) -> list[torch.Tensor]:
+        """One new token of each of several sessions in one batched forward (swarm.model.batched_cache): each
+        session's next-token logits [1, vocab] (float32), as its own step gives them up to float rounding."""
+        layers = range(len(caches[0].layers))
+        batch, mask, positions = batched_cache.gather(caches, lengths, layers, self.config, self.device)
+        output = self.model(
+            input_ids=torch.cat(list(input_ids)).to(self.device),
+            position_ids=positions,
+            attention_mask=mask,
+            cache=batch,
+            use_cache=True,
+        )
+        batched_cache.scatter_last(batch, caches, layers)
+        logits = output.logits[:, -1, :].float()
+        return [logits[row : row + 1] for row in range(len(lengths))]
 
     def cached_length(self, cache: Any) -> int:
         return int(cache.get_seq_length()) if cache is not None else 0

@@ -81,6 +81,12 @@ class SpanRunner:
         """One new token of each of several sessions through `blocks` in one batched forward (Span.forward_together)."""
         return self._view(blocks).forward_together(hidden, caches, lengths)
 
+    def encode_together(
+        self, blocks: tuple[int, int], hidden: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]
+    ) -> list[torch.Tensor]:
+        """Several encoder requests through `blocks` in one forward (Span.encode_together)."""
+        return self._view(blocks).encode_together(hidden, masks)
+
     def batchable(self, blocks: tuple[int, int], cache: Any) -> bool:
         return self._view(blocks).batchable(cache)
 

@@ -38,6 +38,7 @@ from swarm.peer.admission import (
     admit_batch,
     admit_stateless,
     free_sessions,
+    stateless_groups,
     take_token,
 )
 from swarm.peer.metrics import MALFORMED, PeerMetrics, PeerState
@@ -337,8 +338,11 @@ class PeerServer:
         self, sender: bytes | None, header: Header, tensors: dict[str, torch.Tensor], source: str | None = None
     ) -> None:
         # A second message for a session whose step waits in this burst: that step runs first, as it came first.
-        if self._deferred and any(job.header.session_id == header.session_id for job, _ in self._deferred):
-            deferred, self._deferred = self._deferred, []
+        # (Stateless requests have no session, so they never wait on each other.)
+        deferred = self._deferred
+        session_id = header.session_id
+        if deferred and session_id is not None and any(job.header.session_id == session_id for job, _ in deferred):
+            self._deferred = []
             self._run_together(deferred)
         if not header.route:
             raise PeerError(ErrorCode.BAD_ROUTE, f"{header.kind.value} needs a route whose first hop is this peer")
@@ -461,7 +465,7 @@ class PeerServer:
     def _step_job(self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]) -> _StepJob:
         """A step's checked inputs, ready to run (nothing is run or changed yet)."""
         if not self.runner.causal:
-            return _StepJob(header, blocks, None, tensors, 0, 0, 0)
+            return self._encoder_job(header, blocks, tensors)
         session = self._session_for_step(header, blocks)
         if header.positions is None:
             raise PeerError(ErrorCode.BAD_HEADER, "a step needs the positions [start, end) of its new tokens")
@@ -491,7 +495,7 @@ class PeerServer:
     def _run_job(self, job: _StepJob) -> dict[str, torch.Tensor]:
         """Run one step alone."""
         if not self.runner.causal:
-            return self._encoder_step(job.header, job.blocks, job.tensors)
+            return self._encoder_step(job)
         session, inputs, start, end = job.session, job.tensors["inputs"], job.start, job.end
         if session is not None and start < job.cached:
             _roll_back(session, job.cached - start)
@@ -520,12 +524,17 @@ class PeerServer:
 
     def _joins_batch(self, job: _StepJob) -> bool:
         """Whether a step may wait for the others that arrived with it: one new token of one sequence of a session
-        on a span whose cache can be batched, nothing to take back."""
+        whose cache can be batched (a span's or a replica's), nothing to take back, only the last position asked."""
+        if not self.runner.causal:  # an encoder's request: whole sequences, stateless
+            return job.end > 0
         session = job.session
-        if session is None or not isinstance(self.runner, SpanRunner) or job.start != job.cached:
+        if session is None or job.start != job.cached or job.header.body.get("all_positions") is True:
             return False
-        inputs = job.tensors["inputs"]
-        return tuple(inputs.shape[:2]) == (1, 1) and self.runner.batchable(job.blocks, session.cache)
+        if tuple(job.tensors["inputs"].shape[:2]) != (1, 1):
+            return False
+        if isinstance(self.runner, ReplicaRunner):
+            return self.runner.batchable(session.cache)
+        return self.runner.batchable(job.blocks, session.cache)
 
     def _handle_burst(self, first: tuple[bytes | None, list[Any]]) -> None:
         """Handle the message and those already waiting behind it (up to max_step_batch), running their decode steps
@@ -549,19 +558,33 @@ class PeerServer:
         groups: dict[tuple[int, int], list[tuple[_StepJob, bytes | None]]] = {}
         for job, sender in jobs:
             groups.setdefault(job.blocks, []).append((job, sender))
-        for blocks, group in groups.items():
+        for blocks, group in self._split_stateless(groups):
             if len(group) == 1:
                 job, sender = group[0]
                 self._guarded(job.header, sender, partial(self._run_and_deliver, job, sender))
                 continue
             outputs = self._guarded_batch(blocks, [job for job, _ in group])
+            # A replica answers with next-token logits, a span with hidden states (as their steps alone do).
+            name = "logits" if isinstance(self.runner, ReplicaRunner) else "hidden"
             for (job, sender), output in zip(group, outputs, strict=True):
                 if output is None:
                     self._send_error(job.header, sender, INTERNAL, "the batched step failed")
                 else:
-                    self._guarded(
-                        job.header, sender, partial(self._deliver, job.header, sender, {"hidden": output}, {})
-                    )
+                    self._guarded(job.header, sender, partial(self._deliver, job.header, sender, {name: output}, {}))
+
+    def _split_stateless(
+        self, groups: dict[tuple[int, int], list[tuple[_StepJob, bytes | None]]]
+    ) -> list[tuple[tuple[int, int], list[tuple[_StepJob, bytes | None]]]]:
+        """Encoder requests on the same blocks in forwards no larger than one request may be (stateless_groups);
+        decode steps (one token each, their caches bounded by the KV budget) as they are."""
+        if self.runner.causal:
+            return list(groups.items())
+        split = []
+        for blocks, group in groups.items():
+            shapes = [tuple(job.tensors["inputs"].shape[:2]) for job, _ in group]
+            for indices in stateless_groups([(int(b), int(t)) for b, t in shapes], self.limits.max_session_tokens):
+                split.append((blocks, [group[index] for index in indices]))
+        return split
 
     def _run_and_deliver(self, job: _StepJob, sender: bytes | None) -> None:
         self._deliver(job.header, sender, self._run_job(job), {})
@@ -570,14 +593,16 @@ class PeerServer:
         """Outputs of the jobs' batched step; all None when it failed (their sessions are closed: their caches may
         be half updated)."""
         runner = self.runner
-        if not isinstance(runner, SpanRunner):
-            return [None] * len(jobs)
         started = time.perf_counter()
         try:
             caches = [job.session.cache if job.session is not None else None for job in jobs]
-            outputs = runner.run_together(
-                blocks, [job.tensors["inputs"] for job in jobs], caches, [j.start for j in jobs]
-            )
+            inputs, lengths = [job.tensors["inputs"] for job in jobs], [job.start for job in jobs]
+            if isinstance(runner, ReplicaRunner):
+                outputs = runner.run_together(inputs, caches, lengths)
+            elif not runner.causal:
+                outputs = runner.encode_together(blocks, inputs, [job.tensors.get("attention_mask") for job in jobs])
+            else:
+                outputs = runner.run_together(blocks, inputs, caches, lengths)
         except Exception:
             log.exception("internal error in a batched step")
             for job in jobs:
@@ -627,16 +652,16 @@ class PeerServer:
         if session is not None and batch != session.batch:
             raise PeerError(ErrorCode.BAD_TENSOR, f"the session was opened for batch {session.batch}, not {batch}")
 
-    def _encoder_step(
-        self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def _encoder_job(self, header: Header, blocks: tuple[int, int], tensors: dict[str, torch.Tensor]) -> _StepJob:
+        """An encoder step's checked inputs: "inputs" (hidden states of whole sequences) and "attention_mask" when
+        given; its positions are [0, tokens)."""
         if header.session_id is not None:
             raise PeerError(ErrorCode.BAD_HEADER, "this model is an encoder: steps carry no session_id")
         hidden = _checked_tensor(tensors, "hidden", _FLOAT_DTYPES, rank=3, last_dim=self.runner.hidden_size)
         admission = admit_stateless(self.limits, int(hidden.shape[0]), int(hidden.shape[1]))
         if not admission.admitted:
             raise PeerError(admission.code, admission.reason)
-        mask = None
+        checked = {"inputs": hidden}
         if "attention_mask" in tensors:
             mask = _checked_tensor(tensors, "attention_mask", {torch.int64}, rank=2)
             if tuple(mask.shape) != tuple(hidden.shape[:2]):
@@ -646,11 +671,16 @@ class PeerServer:
                 )
             if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 1):
                 raise PeerError(ErrorCode.BAD_TENSOR, "attention_mask must hold only 0 and 1")
+            checked["attention_mask"] = mask
+        return _StepJob(header, blocks, None, checked, 0, int(hidden.shape[1]), 0)
+
+    def _encoder_step(self, job: _StepJob) -> dict[str, torch.Tensor]:
         if not isinstance(self.runner, SpanRunner):  # encoders are never replicas; keeps the types honest
             raise PeerError(INTERNAL, "an encoder step reached a replica")
         started = time.perf_counter()
-        output = self.runner.run(blocks, hidden, None, None, attention_mask=mask)
-        self.metrics.step_ran(int(hidden.shape[0]) * int(hidden.shape[1]), time.perf_counter() - started)
+        mask = job.tensors.get("attention_mask")
+        output = self.runner.run(job.blocks, job.tensors["inputs"], None, None, attention_mask=mask)
+        self._ran(job, time.perf_counter() - started)
         return {"hidden": output}
 
     # ----- replies -----
