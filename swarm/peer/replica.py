@@ -81,15 +81,17 @@ class ReplicaRunner:
         )
         return output.logits[:, -1, :].float() if last_only else output.logits.float()
 
-    def batchable(self, cache: Any) -> bool:
+    def batchable(self, blocks: tuple[int, int], cache: Any) -> bool:
+        # A replica runs every layer whatever `blocks` the route names (as in `covers`).
         return batched_cache.batchable(cache, range(len(cache.layers))) if cache is not None else False
 
     @torch.no_grad()
     def run_together(
-        self, input_ids: Sequence[torch.Tensor], caches: Sequence[Any], lengths: Sequence[int]
+        self, blocks: tuple[int, int], input_ids: Sequence[torch.Tensor], caches: Sequence[Any], lengths: Sequence[int]
     ) -> list[torch.Tensor]:
-        """One new token of each of several sessions in one batched forward (swarm.model.batched_cache): each
-        session's next-token logits [1, vocab] (float32), as its own step gives them up to float rounding."""
+        """One new token of each of several sessions in one batched forward over the whole model
+        (swarm.model.batched_cache; `blocks` as in `covers`): each session's next-token logits [1, vocab] (float32),
+        as its own step gives them up to float rounding."""
         layers = range(len(caches[0].layers))
         batch, mask, positions = batched_cache.gather(caches, lengths, layers, self.config, self.device)
         output = self.model(

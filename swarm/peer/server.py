@@ -530,11 +530,7 @@ class PeerServer:
         session = job.session
         if session is None or job.start != job.cached or job.header.body.get("all_positions") is True:
             return False
-        if tuple(job.tensors["inputs"].shape[:2]) != (1, 1):
-            return False
-        if isinstance(self.runner, ReplicaRunner):
-            return self.runner.batchable(session.cache)
-        return self.runner.batchable(job.blocks, session.cache)
+        return tuple(job.tensors["inputs"].shape[:2]) == (1, 1) and self.runner.batchable(job.blocks, session.cache)
 
     def _handle_burst(self, first: tuple[bytes | None, list[Any]]) -> None:
         """Handle the message and those already waiting behind it (up to max_step_batch), running their decode steps
@@ -565,7 +561,7 @@ class PeerServer:
                 continue
             outputs = self._guarded_batch(blocks, [job for job, _ in group])
             # A replica answers with next-token logits, a span with hidden states (as their steps alone do).
-            name = "logits" if isinstance(self.runner, ReplicaRunner) else "hidden"
+            name = "logits" if self.runner.replica else "hidden"
             for (job, sender), output in zip(group, outputs, strict=True):
                 if output is None:
                     self._send_error(job.header, sender, INTERNAL, "the batched step failed")
@@ -597,9 +593,7 @@ class PeerServer:
         try:
             caches = [job.session.cache if job.session is not None else None for job in jobs]
             inputs, lengths = [job.tensors["inputs"] for job in jobs], [job.start for job in jobs]
-            if isinstance(runner, ReplicaRunner):
-                outputs = runner.run_together(inputs, caches, lengths)
-            elif not runner.causal:
+            if isinstance(runner, SpanRunner) and not runner.causal:
                 outputs = runner.encode_together(blocks, inputs, [job.tensors.get("attention_mask") for job in jobs])
             else:
                 outputs = runner.run_together(blocks, inputs, caches, lengths)
