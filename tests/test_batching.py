@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -95,26 +95,35 @@ def batching(address: str) -> dict[str, int]:
         client.close()
 
 
+def all_at_once(count: int, work: Callable[[int], Any], timeout: float) -> list[Any]:
+    """`work(index)` for every index in `count` threads released together; each result, or the exception it
+    raised (reported by the caller, with the request it belongs to)."""
+    results: list[Any] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = work(index)
+        except BaseException as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return results
+
+
 def test_concurrent_sessions_are_batched_and_get_their_own_tokens(chain: dict[str, Any]) -> None:
     addresses = [peer.address for peer in chain["peers"]]
     with SwarmClient.connect("batched", Settings(home=chain["home"]), addresses) as client:
         alone = [client.generate(prompt, NEW_TOKENS, SamplingParams()).generation.token_ids for prompt in PROMPTS]
         assert all(batching(address)["largest"] == 1 for address in addresses)  # one session at a time: no batch
-        results: list[RunResult | BaseException | None] = [None] * len(PROMPTS)
-        barrier = threading.Barrier(len(PROMPTS))
-
-        def run(index: int) -> None:
-            barrier.wait()
-            try:
-                results[index] = client.generate(PROMPTS[index], NEW_TOKENS, SamplingParams())
-            except BaseException as error:  # reported below, with the session it belongs to
-                results[index] = error
-
-        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(PROMPTS))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=300)
+        results = all_at_once(
+            len(PROMPTS), lambda index: client.generate(PROMPTS[index], NEW_TOKENS, SamplingParams()), 300
+        )
     together = []
     for index, result in enumerate(results):
         assert isinstance(result, RunResult), f"session {index} failed: {result!r}"
@@ -150,21 +159,7 @@ def test_concurrent_encoder_requests_are_batched_and_get_their_own_embeddings(en
         assert all(batching(address)["largest"] == 1 for address in addresses)
         # Requests start together but may still reach the first peer one by one: a few rounds make a batch sure.
         for _round in range(5):
-            together: list[Any] = [None] * len(TEXTS)
-            barrier = threading.Barrier(len(TEXTS))
-
-            def run(index: int, slots: list[Any] = together, start: threading.Barrier = barrier) -> None:
-                start.wait()
-                try:
-                    slots[index] = client.embed(TEXTS[index]).embedding
-                except BaseException as error:  # reported below, with the request it belongs to
-                    slots[index] = error
-
-            threads = [threading.Thread(target=run, args=(index,)) for index in range(len(TEXTS))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=120)
+            together = all_at_once(len(TEXTS), lambda index: client.embed(TEXTS[index]).embedding, 120)
             for index, embedding in enumerate(together):
                 assert isinstance(embedding, list), f"request {index} failed: {embedding!r}"
                 torch.testing.assert_close(torch.tensor(embedding), torch.tensor(alone[index]), atol=1e-5, rtol=1e-5)
