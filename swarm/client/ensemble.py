@@ -232,7 +232,8 @@ class _EnsembleSteps:
         generators = vote_generators(seed, len(self.steps))
 
         def choose(_mean: torch.Tensor, params: SamplingParams, _generator: torch.Generator) -> torch.Tensor:
-            assert self.stacked is not None, "a vote before any step"
+            if self.stacked is None:  # the generation loop steps before it chooses; this is a bug, not input
+                raise RuntimeError("an ensemble vote was asked for before any step")
             return vote_tokens(self.stacked, params, generators)
 
         return choose
