@@ -10,6 +10,10 @@ tokens/s (all generated tokens over the wall time of the whole set) and each ses
 (its latency), against one session alone on the same chain. Every session's tokens must equal the ones it gets
 alone.
 
+Then, in this process, what one peer's batched decode step costs: the first peer's blocks loaded as that peer
+loads them, --sessions sessions of ~30 cached tokens each stepping one token together (Span.forward_together),
+CPU time of this thread, median of 10 steps: the cost per batch size that bounds per-session latency.
+
 Usage: python tools/bench_batching.py [--params 100M] [--sessions 1,4,8,16] [--new-tokens 32] [--repeat 3]
                                       [--work DIR]
 """
@@ -62,6 +66,37 @@ def run_set(client: Any, prompts: list[list[int]], tokens: int) -> tuple[float, 
     return len(prompts) * tokens / wall, latency, [result.generation.token_ids for result in results]
 
 
+def step_costs(settings: Any, layers: int, counts: list[int]) -> dict[int, float]:
+    """Seconds of this thread's CPU per batched decode step of the first peer's blocks, per session count."""
+    import torch
+
+    from swarm.catalog import manifest_path
+    from swarm.distribute import chunks_for_blocks
+    from swarm.manifest import load_manifest
+    from swarm.peer.runner import SpanRunner
+
+    manifest = load_manifest(manifest_path(settings.catalog, "bench"))
+    blocks = (0, layers // 2)
+    chosen = chunks_for_blocks(manifest, blocks[0], blocks[1])  # as the joining peer picks them
+    files = [settings.models_dir() / chunk.file for chunk in chosen if chunk.kind == "blocks"]
+    runner = SpanRunner(manifest, blocks[0], blocks[1], files, "cpu", torch.float32)
+    costs = {}
+    for count in counts:
+        lengths = [30 + index for index in range(count)]
+        caches = [runner.new_cache() for _ in lengths]
+        for cache, length in zip(caches, lengths, strict=True):
+            runner.run(blocks, torch.randn(1, length, runner.hidden_size), cache, (0, length))
+        seconds = []
+        for _ in range(12):  # the first two warm up
+            hidden = [torch.randn(1, 1, runner.hidden_size) for _ in lengths]
+            started = time.thread_time()
+            runner.run_together(blocks, hidden, caches, lengths)
+            seconds.append(time.thread_time() - started)
+            lengths = [length + 1 for length in lengths]
+        costs[count] = statistics.median(seconds[2:])
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="100M", help="model size for tools/make_model.py (default 100M)")
@@ -112,11 +147,16 @@ def main() -> None:
         for client in clients.values():
             client.close()
         stop_peers(peers)
-    report(args, counts, setups, cells, identical)
+    report(args, counts, setups, cells, identical, step_costs(settings, layers, counts))
 
 
 def report(
-    args: argparse.Namespace, counts: list[int], setups: dict[str, str], cells: dict[Any, Cell], same: bool
+    args: argparse.Namespace,
+    counts: list[int],
+    setups: dict[str, str],
+    cells: dict[Any, Cell],
+    same: bool,
+    costs: dict[int, float],
 ) -> None:
     print(
         f"\nLlama {args.params}, a chain of 2 peers on 127.0.0.1, {args.new_tokens} new tokens per session (EOS banned), "
@@ -133,6 +173,9 @@ def report(
             rate, latency = statistics.median(cell.rates), statistics.median(cell.latencies)
             print(f"| {name} | {count} | {rate:.1f} | {rate / base_rate:.2f} | {1000 * latency:.1f} | "
                   f"{latency / base_latency:.2f} |")  # fmt: skip
+    print("\n| sessions in one batched step | first peer's step ms (CPU) | vs 1 session |\n|---:|---:|---:|")
+    for count, seconds in costs.items():
+        print(f"| {count} | {1000 * seconds:.1f} | {seconds / costs[counts[0]]:.2f} |")
     print(f"\nEvery session's tokens equal its tokens alone, on both chains: {'yes' if same else 'NO'}")
     if not same:
         sys.exit(1)
