@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from swarm.client.generate import SamplingParams
     from swarm.client.run import SwarmClient
     from swarm.publish import Published
+    from swarm.tasks.pipeline_run import PipelineResult
 
 BOOTSTRAP_HELP = "Any running swarm node's BitTorrent/DHT address HOST:PORT (repeatable); one is enough."
 TRACKER_HELP = "BitTorrent tracker announce URL to use as well (repeatable)."
@@ -70,6 +72,14 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
 DRAFT_HELP = (
     "A small local model (Hugging Face directory) sharing the model's tokenizer: it drafts tokens that the swarm "
     "checks several at a time (speculative decoding; the same output)."
+)
+TASK_HELP = (
+    "The transformers task the model is for (text-classification, automatic-speech-recognition, text-to-audio, ...); "
+    "default: the one its architecture names, else text generation. An unknown name lists them."
+)
+INPUT_HELP = (
+    "Input of a task model (speech recognition, image classification, text to speech, ...): a file (WAV, FLAC, PNG, "
+    "JPEG, ...) or, for text tasks, the text itself."
 )
 SECRET_HELP = (
     "File holding a private swarm's secret: only its members connect, compute traffic is encrypted, and BitTorrent "
@@ -126,10 +136,18 @@ def stop_event() -> threading.Event:
 )  # fmt: skip
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option("--force", is_flag=True, help="Replace a catalog entry of the same name with other content.")
+@click.option("--task", help=TASK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_context
 def seed(
-    ctx: click.Context, model: str, name: str, prepare_only: bool, force: bool, as_json: bool, **flags: Any
+    ctx: click.Context,
+    model: str,
+    name: str,
+    prepare_only: bool,
+    force: bool,
+    task: str | None,
+    as_json: bool,
+    **flags: Any,
 ) -> None:
     """Split MODEL (a model directory or a cached hub id) into chunks, sign, make the torrent, seed."""
     from swarm.progress import SilentProgress
@@ -137,12 +155,12 @@ def seed(
 
     settings = settings_from(ctx, **flags)
     if as_json:
-        published = publish(model, name, settings, force=force, progress=SilentProgress())
+        published = publish(model, name, settings, force=force, progress=SilentProgress(), task=task)
     else:
         from swarm.bars import BarProgress
 
         with BarProgress() as bars:
-            published = publish(model, name, settings, force=force, progress=bars)
+            published = publish(model, name, settings, force=force, progress=bars, task=task)
     manifest = published.manifest
     if as_json:
         click.echo(
@@ -153,6 +171,7 @@ def seed(
                     "torrent": str(published.torrent_path),
                     "magnet": manifest.torrent.magnet,
                     "chunks": len(manifest.chunks),
+                    "task": manifest.task,
                     "bytes": published.total_bytes,
                     "seconds": round(published.seconds, 3),
                 }
@@ -424,10 +443,13 @@ def join(
             click.echo(f"{event['model']}: hosting blocks {event['blocks'][0]}:{event['blocks'][1]}")
         elif event["event"] == "serving":
             what = "a full replica" if event["replica"] else f"blocks {event['blocks'][0]}:{event['blocks'][1]}"
+            speed = f"{event['throughput']:.1f} tokens/s"
+            if event["task"]:
+                what, speed = f"the task {event['task']}", "whole inputs"
             metrics = f", metrics on {event['metrics']}" if event["metrics"] else ""
             click.echo(
                 f"serving {what} of {event['model']} on {event['address']}, BitTorrent and DHT on port "
-                f"{event['torrent_port']}{metrics} ({event['throughput']:.1f} tokens/s); Ctrl-C stops"
+                f"{event['torrent_port']}{metrics} ({speed}); Ctrl-C stops"
             )
         elif event["event"] == "moving":
             click.echo(f"moving to blocks {event['blocks'][0]}:{event['blocks'][1]}: the swarm needs them more")
@@ -504,6 +526,12 @@ ENSEMBLE_HELP = (
 @click.option("--swarm-secret", "swarm_secret", type=click.Path(dir_okay=False), help=SECRET_HELP)
 @click.option("--prompt", help="Text to continue (causal language models).")
 @click.option("--embed", "embed_text", help="Text to embed (encoder models such as BERT).")
+@click.option("--input", "task_input", help=INPUT_HELP)
+@click.option("--task", help="The task --input is for; checked against the model's (default: the model's own).")
+@click.option(
+    "--param", "task_params", multiple=True, help="A task's parameter NAME=VALUE (repeatable; labels: a,b,c)."
+)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Where a task's file goes.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), help="Most tokens to generate (default 64).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0 is greedy.")
 @click.option(
@@ -548,13 +576,21 @@ def run(
     route_text: str | None,
     torrent_peers: tuple[str, ...],
     as_json: bool,
+    task_input: str | None,
+    task: str | None,
+    task_params: tuple[str, ...],
+    out_file: Path | None,
     **flags: Any,
 ) -> None:
-    """Run MODEL on the swarm: stream a continuation of --prompt, or print the embedding of --embed. With
-    --model A,B,... and --ensemble, several models that share a tokenizer run together, each on its own peers."""
-    if (prompt is None) == (embed_text is None):
-        raise SwarmError("give exactly one of --prompt TEXT or --embed TEXT")
+    """Run MODEL on the swarm: stream a continuation of --prompt, print the embedding of --embed, or run the
+    model's task (speech recognition, image classification, ...) on --input. With --model A,B,... and --ensemble,
+    several models that share a tokenizer run together, each on its own peers."""
+    if sum(given is not None for given in (prompt, embed_text, task_input)) != 1:
+        raise SwarmError("give exactly one of --prompt TEXT, --embed TEXT or --input FILE|TEXT")
     settings = settings_from(ctx, **flags)
+    if task_input is not None:
+        run_task(settings, model, route_text, TaskRequest(task_input, task, task_params, out_file), as_json)
+        return
     if settings.draft is not None and (ensemble is not None or embed_text is not None):
         raise SwarmError("--draft speeds up generating with one model: not with --ensemble or --embed")
     client, params = open_run_client(
@@ -590,6 +626,130 @@ def run(
             f"[dim]{len(timings.token_ids)} tokens via {len(result.route)} hop(s); prefill "
             f"{timings.prefill_seconds:.3f} s" + (f", {rate:.1f} tokens/s[/dim]" if rate else "[/dim]")
         )
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What `swarm run --input` asks of a task model."""
+
+    input: str
+    task: str | None
+    params: tuple[str, ...]
+    out: Path | None
+
+
+def run_task(settings: Settings, model: str, route_text: str | None, request: TaskRequest, as_json: bool) -> None:
+    """`swarm run --input`: the model's task on a file (or text) at one of its peers; JSON out, and a file to --out."""
+    from swarm.client.resolve import Resolver, parse_route
+    from swarm.tasks.catalog import parse_params
+    from swarm.tasks.client import TaskClient, check_task
+
+    resolver = Resolver(settings)
+    try:
+        manifest, _ = resolver.manifest(model)
+        spec = check_task(manifest, request.task)
+        params = parse_params(spec, request.params)
+        if spec.output != "json" and request.out is None:
+            raise SwarmError(f"{spec.name} makes a{'n image' if spec.output == 'image' else ' sound'}: give --out FILE")
+        data = task_input_bytes(request.input, spec.input)
+        route = parse_route(route_text) if route_text else []
+        client = TaskClient(manifest, settings)
+        with client:
+            client.find_peers(route or resolver.compute_addresses(manifest), pinned=bool(route))
+            result = client.run(data, params)
+    finally:
+        resolver.close()
+    if request.out is not None and result.file is not None:
+        request.out.write_bytes(result.file)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(json.dumps(result.output, indent=1, ensure_ascii=False))
+    saved = f"; {result.file_type} written to {request.out}" if request.out is not None and result.file else ""
+    terminal(stderr=True).print(f"[dim]{spec.name} at {result.peer} in {result.seconds:.3f} s{saved}[/dim]")
+
+
+def task_input_bytes(value: str, media: str) -> bytes:
+    """--input's bytes: the file it names, or (for text tasks) the text itself."""
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_bytes()
+    except OSError as error:
+        raise SwarmError(f"cannot read --input {value}: {error}") from None
+    if media != "text":
+        raise SwarmError(f"--input {value}: no such file (this task takes {media} files)")
+    return value.encode("utf-8")
+
+
+@main.command()
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--input", "pipeline_input", required=True, help="The pipeline's input: a file, or text.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Where a file output goes.")
+@click.option("--peer", "torrent_peers", multiple=True, help="BitTorrent peer HOST:PORT to fetch chunks from.")
+@click.option("--bootstrap", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--catalog", "catalog_dir", type=click.Path(path_type=Path), help="Catalog directory.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory for chunk files.")
+@click.option("--timeout", "request_timeout", type=click.FloatRange(min=0.1), help="Seconds to wait for each reply.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: every step's output and seconds.")
+@click.pass_context
+def pipeline(
+    ctx: click.Context,
+    definition: Path,
+    pipeline_input: str,
+    out_file: Path | None,
+    torrent_peers: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Run the pipeline of models DEFINITION (YAML: steps, each a model and its input made from earlier outputs;
+    see docs/design.md) on --input: independent steps at once, each where its model is served."""
+    import yaml
+
+    from swarm.tasks.pipeline import parse_pipeline
+    from swarm.tasks.pipeline_run import close_clients, connect_clients, run_pipeline
+
+    try:
+        spec = parse_pipeline(yaml.safe_load(definition.read_text()), str(definition))
+    except (OSError, yaml.YAMLError) as error:
+        raise SwarmError(f"cannot read the pipeline {definition}: {error}") from None
+    settings = settings_from(ctx, **flags)
+    data = task_input_bytes(pipeline_input, "text")
+    from transformers.utils import logging as transformers_logging
+
+    # Loading a language model's local parts would print progress bars around the output.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    streamed: list[str] = []
+
+    def stream(piece: str) -> None:
+        streamed.append(piece)
+        click.echo(piece, nl=False)
+
+    clients = connect_clients(settings, spec, torrent_peers)
+    try:
+        result = run_pipeline(spec, clients, data, on_text=None if as_json else stream)
+    finally:
+        close_clients(clients)
+    write_pipeline_output(result, out_file)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return
+    final = result.final
+    if not streamed and final.file is None:
+        click.echo(final.text if final.text is not None else json.dumps(final.output), nl=False)
+    times = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in result.seconds.items())
+    saved = f"; {final.file_type} written to {out_file}" if final.file is not None else ""
+    terminal(stderr=True).print(f"\n[dim]{result.name}: {times}{saved}[/dim]")
+
+
+def write_pipeline_output(result: PipelineResult, out_file: Path | None) -> None:
+    """The output step's file (or text) to --out; a file output needs --out."""
+    final = result.final
+    if final.file is not None and out_file is None:
+        raise SwarmError(f"the pipeline's output ({result.output_step}) is a {final.file_type} file: give --out FILE")
+    if out_file is not None:
+        out_file.write_bytes(final.file if final.file is not None else (final.text or "").encode("utf-8"))
 
 
 @main.command()

@@ -67,6 +67,8 @@ class Manifest:
     created: str
     format_version: int = MANIFEST_FORMAT
     signature: str | None = None
+    # The transformers task a replica runs (swarm.tasks.catalog); None for text generation and encoder spans.
+    task: str | None = None
     # Fields written by a newer swarm: kept verbatim so the signature still covers them.
     unknown: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +87,9 @@ class Manifest:
             publisher_key=self.publisher_key,
             created=self.created,
         )
+        if self.task is not None:
+            # Only when set: manifests without a task keep the bytes (and signatures) they always had.
+            record["task"] = self.task
         if with_signature and self.signature is not None:
             record["signature"] = self.signature
         return record
@@ -171,7 +176,7 @@ def manifest_from_dict(record: Any, origin: str = "manifest") -> Manifest:
         )
     known = {
         "format_version", "name", "family", "architecture", "config", "dtype", "num_blocks",
-        "torrent", "chunks", "publisher_key", "created", "signature",
+        "torrent", "chunks", "publisher_key", "created", "signature", "task",
     }  # fmt: skip
     return Manifest(
         format_version=version,
@@ -192,6 +197,7 @@ def manifest_from_dict(record: Any, origin: str = "manifest") -> Manifest:
         publisher_key=check.text(record, "publisher_key"),
         created=check.text(record, "created"),
         signature=check.optional_text(record, "signature"),
+        task=check.optional_text(record, "task"),
         unknown={key: value for key, value in record.items() if key not in known},
     )
 

@@ -23,6 +23,7 @@ from swarm.model.families import family_for
 from swarm.model.safetensors_stream import TensorEntry, read_entries
 from swarm.model.source import locate_model, read_source
 from swarm.progress import ProgressSink, SilentProgress
+from swarm.tasks.catalog import task_for
 from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
 
 
@@ -46,7 +47,10 @@ def publish(
     settings: Settings,
     force: bool = False,
     progress: ProgressSink | None = None,
+    task: str | None = None,
 ) -> Published:
+    """Publish the model at `reference` as `name`; `task` (swarm.tasks.catalog) overrides the one its architecture
+    implies. A model with a task is one `full` chunk: its peers run it whole, as a transformers task."""
     started = time.perf_counter()
     progress = progress or SilentProgress()
     check_name(name)
@@ -58,7 +62,8 @@ def publish(
     entries: list[TensorEntry] = []
     for weight_file in source.weight_files:
         entries.extend(read_entries(weight_file)[0])
-    family = family_for(source.config)
+    task = task_for(source.config, task)
+    family = None if task is not None else family_for(source.config)
     planned = plan_chunks(entries, source.config, family, settings.blocks_per_chunk, source.meta_files)
 
     catalog = settings.catalog
@@ -119,6 +124,7 @@ def publish(
             chunks=tuple(chunks),
             publisher_key=signing.public_key_hex(key),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            task=task,
         ).signed(key)
         if existing_manifest.exists() and not force and not _same_content(existing_manifest, manifest):
             raise SwarmError(

@@ -98,6 +98,9 @@ class Kind(StrEnum):
     ERROR = "error"
     PING = "ping"
     PONG = "pong"
+    # A whole input (bytes frame "input") for a peer that runs a transformers task (swarm.tasks); its result
+    # carries the output JSON (bytes frame "output") and perhaps a file (frame "file").
+    TASK = "task"
 
 
 _KIND_VALUES = frozenset(kind.value for kind in Kind)
@@ -132,6 +135,8 @@ DTYPES: Mapping[str, torch.dtype] = {
     "int64": torch.int64,
     "int32": torch.int32,
     "bool": torch.bool,
+    # Raw bytes: a task's files and JSON travel as rank-1 uint8 frames.
+    "uint8": torch.uint8,
 }
 _DTYPE_NAMES: Mapping[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 

@@ -465,6 +465,7 @@ def test_protocol_constants() -> None:
         "error",
         "ping",
         "pong",
+        "task",
     }
 
 

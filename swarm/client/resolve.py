@@ -38,6 +38,8 @@ def is_causal(manifest: Manifest) -> bool:
 
 def check_run_mode(manifest: Manifest, embed: bool) -> None:
     """--embed needs an encoder, --prompt a causal language model: say which one to use instead."""
+    if manifest.task is not None:
+        raise SwarmError(f"{manifest.name} is published for the task {manifest.task}: give it --input FILE|TEXT")
     if embed and is_causal(manifest):
         raise SwarmError(f"{manifest.name} is a causal language model: use --prompt instead of --embed")
     if not embed and not is_causal(manifest):

@@ -96,6 +96,8 @@ class PeerInfo:
     peer_id: str = ""
     # In a private swarm, the key the peer connects with (Z85): its results must come over a connection of that key.
     member_key: str = ""
+    # The transformers task the peer runs its model as ("" for text generation and encoder spans).
+    task: str = ""
 
     @property
     def span_length(self) -> int:
@@ -158,6 +160,7 @@ class PeerInfo:
             moving_to=moving_to,
             peer_id=text("peer_id")[:MAX_VERSION_CHARS],
             member_key=text("member_key")[:MAX_KEY_CHARS],
+            task=text("task")[:MAX_VERSION_CHARS],
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterable
@@ -167,3 +168,11 @@ def extract_meta_archive(archive_path: Path, destination: Path) -> list[Path]:
     except tarfile.TarError as error:
         raise SwarmError(f"{archive_path} is not a valid meta archive: {error}") from error
     return written
+
+
+def assemble_model_dir(meta_path: Path, full_path: Path, directory: Path) -> Path:
+    """A model directory transformers' from_pretrained reads: the meta files, plus the full chunk linked under the
+    weights' usual name (not copied)."""
+    extract_meta_archive(meta_path, directory)
+    os.symlink(full_path.resolve(), directory / "model.safetensors")
+    return directory

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from swarm.peer.replica import ReplicaRunner
     from swarm.peer.runner import SpanRunner
     from swarm.peer.server import PeerServer
+    from swarm.tasks.runner import TaskRunner
 
 log = logging.getLogger("swarm.peer")
 
@@ -346,6 +347,7 @@ def _serve(
                 "model": server.identity.model,
                 "blocks": [server.runner.start, server.runner.end],
                 "replica": server.runner.replica,
+                "task": server.info_body()["task"],
                 "dtype": server.identity.dtype,
                 "throughput": server.throughput,
                 "torrent_port": torrent_port,
@@ -370,11 +372,11 @@ def _span_loader(
 ) -> Loader:
     """What a move to other blocks does before the switch: fetch and verify their chunks, load, measure."""
 
-    def load(blocks: tuple[int, int]) -> tuple[SpanRunner | ReplicaRunner, float]:
+    def load(blocks: tuple[int, int]) -> tuple[SpanRunner, float]:
         plan = HostingPlan(*blocks)
         chunks = chunks_to_fetch(manifest, plan)
         fetch_verified(manifest, torrent_data, chunks, node, options, settings, stop)
-        runner = _load(manifest, plan, chunks, settings.models_dir(), device, dtype)
+        runner = _load_span(manifest, plan, chunks, settings.models_dir(), device, dtype)
         return runner, round(runner.benchmark(), 3)
 
     return load
@@ -382,15 +384,27 @@ def _span_loader(
 
 def _load(
     manifest: Manifest, plan: HostingPlan, chunks: list[Chunk], models_dir: Path, device: str, dtype_name: str
-) -> SpanRunner | ReplicaRunner:
+) -> SpanRunner | ReplicaRunner | TaskRunner:
     from swarm.peer.replica import ReplicaRunner  # imported by the preload before anything is loaded
-    from swarm.peer.runner import SpanRunner
     from swarm.wire import DTYPES
 
     dtype = DTYPES[dtype_name]
     if plan.replica:
         meta = next(chunk for chunk in chunks if chunk.kind == "meta")
         full = next(chunk for chunk in chunks if chunk.kind == "full")
+        if manifest.task is not None:
+            from swarm.tasks.runner import TaskRunner
+
+            return TaskRunner(manifest, models_dir / meta.file, models_dir / full.file, device, dtype)
         return ReplicaRunner(manifest, models_dir / meta.file, models_dir / full.file, device, dtype)
+    return _load_span(manifest, plan, chunks, models_dir, device, dtype_name)
+
+
+def _load_span(
+    manifest: Manifest, plan: HostingPlan, chunks: list[Chunk], models_dir: Path, device: str, dtype_name: str
+) -> SpanRunner:
+    from swarm.peer.runner import SpanRunner
+    from swarm.wire import DTYPES
+
     paths = [models_dir / chunk.file for chunk in chunks if chunk.kind == "blocks"]
-    return SpanRunner(manifest, plan.start, plan.end, paths, device, dtype)
+    return SpanRunner(manifest, plan.start, plan.end, paths, device, DTYPES[dtype_name])

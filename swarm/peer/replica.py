@@ -5,7 +5,6 @@ Such a peer is the entire route: a step carries token ids and returns the next-t
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from swarm.errors import SwarmError
 from swarm.manifest import Manifest
 from swarm.measure import benchmark, compute_clock
 from swarm.model import batched_cache
-from swarm.model.chunker import extract_meta_archive
+from swarm.model.chunker import assemble_model_dir
 
 _BENCHMARK_PROMPT_TOKENS = 4
 _BENCHMARK_STEPS = 2
@@ -45,9 +44,7 @@ class ReplicaRunner:
         transformers_logging.disable_progress_bar()
         # from_pretrained wants a model directory: the meta files plus the weights under their usual name.
         with tempfile.TemporaryDirectory(prefix="swarm-replica-") as folder:
-            directory = Path(folder)
-            extract_meta_archive(meta_path, directory)
-            os.symlink(full_path.resolve(), directory / "model.safetensors")
+            directory = assemble_model_dir(meta_path, full_path, Path(folder))
             try:
                 model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map={"": str(device)})
             except (OSError, ValueError, KeyError) as error:

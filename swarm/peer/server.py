@@ -45,6 +45,8 @@ from swarm.peer.metrics import MALFORMED, PeerMetrics, PeerState
 from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
 from swarm.peer.sessions import Session, SessionTable
+from swarm.tasks.protocol import BAD_INPUT, request_input, result_message
+from swarm.tasks.runner import TaskRunner
 from swarm.wire import ErrorCode, Header, Kind, WireError
 
 log = logging.getLogger("swarm.peer")
@@ -62,7 +64,7 @@ NOT_OWNER = "not_owner"
 # What a session's secret may look like (the client makes it: random hex, in practice).
 _SECRET_RE = re.compile(r"[A-Za-z0-9]{16,64}")
 
-_ROUTED_KINDS = frozenset({Kind.OPEN_SESSION, Kind.STEP, Kind.CLOSE_SESSION})
+_ROUTED_KINDS = frozenset({Kind.OPEN_SESSION, Kind.STEP, Kind.CLOSE_SESSION, Kind.TASK})
 _FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 # Ports tried after a taken fixed listen port.
 BIND_RETRIES = 10
@@ -75,7 +77,7 @@ _WAITING_POLL_SECONDS = 0.005
 # Seconds without an answered heartbeat after which a connection to another peer or a client counts as lost.
 DEFAULT_LIVENESS_SECONDS = 2.0
 
-Runner = SpanRunner | ReplicaRunner
+Runner = SpanRunner | ReplicaRunner | TaskRunner
 
 
 class PeerError(Exception):
@@ -355,8 +357,13 @@ class PeerServer:
                 f"route[0] asks for blocks [{hop.blocks[0]}, {hop.blocks[1]}), this peer hosts "
                 f"[{self.runner.start}, {self.runner.end})",
             )
-        if self.runner.replica and len(header.route) > 1 and header.kind is Kind.STEP:
-            raise PeerError(ErrorCode.BAD_ROUTE, "a full replica returns logits: it must be the last hop")
+        if self.runner.replica and len(header.route) > 1 and header.kind in (Kind.STEP, Kind.TASK):
+            raise PeerError(ErrorCode.BAD_ROUTE, "a full replica returns its outputs: it must be the last hop")
+        if (header.kind is Kind.TASK) != isinstance(self.runner, TaskRunner):
+            raise PeerError(ErrorCode.BAD_KIND, self._kind_mismatch(header.kind))
+        if header.kind is Kind.TASK:
+            self._deliver(header, sender, *self._task(header, tensors))
+            return
         outputs: dict[str, torch.Tensor] = {}
         body: dict[str, Any] = {}
         if header.kind is not Kind.CLOSE_SESSION:
@@ -446,7 +453,7 @@ class PeerServer:
             raise PeerError(BUSY, f"this peer is moving to blocks {start}:{end}; ask another one")
         self._limit_new_sessions(source)
         session, admission = self.sessions.open(
-            header.session_id, blocks, max_length, batch, secret, self.runner.new_cache
+            header.session_id, blocks, max_length, batch, secret, self._model().new_cache
         )
         if session is None:
             raise PeerError(admission.code, admission.reason)
@@ -499,13 +506,14 @@ class PeerServer:
         session, inputs, start, end = job.session, job.tensors["inputs"], job.start, job.end
         if session is not None and start < job.cached:
             _roll_back(session, job.cached - start)
-        cache = session.cache if session is not None else self.runner.new_cache()
+        runner = self._model()
+        cache = session.cache if session is not None else runner.new_cache()
         started = time.perf_counter()
-        if isinstance(self.runner, ReplicaRunner):
+        if isinstance(runner, ReplicaRunner):
             every_position = job.header.body.get("all_positions") is True
-            output = {"logits": self.runner.run_tokens(inputs, cache, (start, end), last_only=not every_position)}
+            output = {"logits": runner.run_tokens(inputs, cache, (start, end), last_only=not every_position)}
         else:
-            output = {"hidden": self.runner.run(job.blocks, inputs, cache, (start, end))}
+            output = {"hidden": runner.run(job.blocks, inputs, cache, (start, end))}
         elapsed = time.perf_counter() - started
         self._ran(job, elapsed)
         if int(inputs.shape[0]) == 1 and end - start == 1:
@@ -520,6 +528,34 @@ class PeerServer:
             job.session.next_step += 1
             self.sessions.touch(job.session)
 
+    def _model(self) -> SpanRunner | ReplicaRunner:
+        """The runner of steps and sessions (`_routed` refuses them on a task's peer before they get here)."""
+        if isinstance(self.runner, TaskRunner):
+            raise PeerError(ErrorCode.BAD_KIND, self._kind_mismatch(Kind.STEP))
+        return self.runner
+
+    def _kind_mismatch(self, kind: Kind) -> str:
+        if isinstance(self.runner, TaskRunner):
+            return f"this peer runs {self.identity.model} as the task {self.runner.spec.name}: send task requests"
+        served = "language model" if self.runner.causal else "encoder"
+        return f"this peer serves {self.identity.model} as a {served}: it runs no {kind.value} requests"
+
+    def _task(self, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Run a task request: its outputs and body, or a bad_input error naming what does not fit."""
+        if not isinstance(self.runner, TaskRunner):  # checked by the caller; keeps the types honest
+            raise PeerError(INTERNAL, "a task request reached a runner without a task")
+        try:
+            task, data, params = request_input(header.body, tensors)
+            if task != self.runner.spec.name:
+                raise SwarmError(f"this peer runs {self.identity.model} as {self.runner.spec.name}, not {task}")
+            started = time.perf_counter()
+            output = self.runner.run(data, params)
+        except SwarmError as error:
+            raise PeerError(BAD_INPUT, str(error)) from None
+        self.metrics.step_ran(1, time.perf_counter() - started)
+        body, outputs = result_message(task, output.result, output.file, output.file_type, output.tensors)
+        return outputs, body
+
     # ----- steps of several sessions as one batch -----
 
     def _joins_batch(self, job: _StepJob) -> bool:
@@ -530,7 +566,7 @@ class PeerServer:
         session = job.session
         if session is None or job.start != job.cached or job.header.body.get("all_positions") is True:
             return False
-        return tuple(job.tensors["inputs"].shape[:2]) == (1, 1) and self.runner.batchable(job.blocks, session.cache)
+        return tuple(job.tensors["inputs"].shape[:2]) == (1, 1) and self._model().batchable(job.blocks, session.cache)
 
     def _handle_burst(self, first: tuple[bytes | None, list[Any]]) -> None:
         """Handle the message and those already waiting behind it (up to max_step_batch), running their decode steps
@@ -588,7 +624,7 @@ class PeerServer:
     def _guarded_batch(self, blocks: tuple[int, int], jobs: list[_StepJob]) -> list[torch.Tensor | None]:
         """Outputs of the jobs' batched step; all None when it failed (their sessions are closed: their caches may
         be half updated)."""
-        runner = self.runner
+        runner = self._model()
         started = time.perf_counter()
         try:
             caches = [job.session.cache if job.session is not None else None for job in jobs]
@@ -699,6 +735,7 @@ class PeerServer:
             # Cache tokens (batch counted) all sessions may reserve together (the token cap, or --kv-memory's).
             "max_cached_tokens": self.limits.max_total_tokens,
             "causal": self.runner.causal,
+            "task": self.runner.spec.name if isinstance(self.runner, TaskRunner) else None,
             "software": f"swarm/{swarm.__version__}",
             "moving_to": list(self.planned_blocks) if self.planned_blocks else None,
             "peer_id": self.peer_id,
