@@ -704,15 +704,10 @@ def pipeline(
 ) -> None:
     """Run the pipeline of models DEFINITION (YAML: steps, each a model and its input made from earlier outputs;
     see docs/design.md) on --input: independent steps at once, each where its model is served."""
-    import yaml
-
-    from swarm.tasks.pipeline import parse_pipeline
+    from swarm.tasks.pipeline import read_pipeline
     from swarm.tasks.pipeline_run import close_clients, connect_clients, run_pipeline
 
-    try:
-        spec = parse_pipeline(yaml.safe_load(definition.read_text()), str(definition))
-    except (OSError, yaml.YAMLError) as error:
-        raise SwarmError(f"cannot read the pipeline {definition}: {error}") from None
+    spec = read_pipeline(definition)
     settings = settings_from(ctx, **flags)
     data = task_input_bytes(pipeline_input, "text")
     from transformers.utils import logging as transformers_logging
@@ -753,7 +748,11 @@ def write_pipeline_output(result: PipelineResult, out_file: Path | None) -> None
 
 
 @main.command()
-@click.option("--model", "model_list", required=True, help="Model(s) to serve: NAME or NAME,NAME,... (each by name).")
+@click.option("--model", "model_list", default="", help="Model(s) to serve: NAME or NAME,NAME,... (each by name).")
+@click.option(
+    "--pipeline", "pipeline_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A pipeline of models (YAML, as swarm pipeline takes) to serve at /v1/pipelines/NAME (repeatable).",
+)  # fmt: skip
 @click.option("--listen", "serve_listen", help="HTTP address HOST:PORT (default 127.0.0.1:8000; port 0 picks one).")
 @click.option("--api-key", help="Key clients must send as 'Authorization: Bearer KEY' (also SWARM_API_KEY).")
 @click.option("--route", "route_text", help="Pinned peers HOST:PORT[,HOST:PORT...] (one model only).")
@@ -786,15 +785,17 @@ def serve(
     route_text: str | None,
     torrent_peers: tuple[str, ...],
     ensemble: str | None,
+    pipeline_files: tuple[Path, ...],
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Serve models of the swarm over an OpenAI-compatible HTTP API, with a chat page at / and /metrics."""
+    """Serve models of the swarm over an OpenAI-compatible HTTP API (chat, completions, embeddings, speech to
+    text, text to speech, any task at /v1/tasks/TASK, pipelines), with a chat page at / and /metrics."""
     from swarm.client.resolve import parse_route
 
     references = [name.strip() for name in model_list.split(",") if name.strip()]
-    if not references:
-        raise SwarmError("--model names no model: give NAME or NAME,NAME,...")
+    if not references and not pipeline_files:
+        raise SwarmError("--model names no model: give NAME or NAME,NAME,... (or --pipeline FILE)")
     if ensemble is not None and len(references) < 2:
         raise SwarmError(f"--ensemble {ensemble} needs several models: give --model A,B,...")
     route = parse_route(route_text) if route_text else []
@@ -812,17 +813,18 @@ def serve(
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    served, watched = connect_models(settings, references, route, torrent_peers, ensemble)
+    registry, watched = connect_models(settings, references, route, torrent_peers, ensemble, pipeline_files)
 
     def announce(event: dict[str, Any]) -> None:
         if as_json:
             click.echo(json.dumps(event), nl=True)
             sys.stdout.flush()
             return
-        names = ", ".join(f"{model['id']} ({model['peers']} peers)" for model in event["models"])
-        click.echo(f"serving {names} at {event['address']}/v1; chat page at {event['address']}/")
+        names = [f"{model['id']} ({model['peers']} peers)" for model in event["models"]]
+        names += [f"the pipeline {name}" for name in event["pipelines"]]
+        click.echo(f"serving {', '.join(names)} at {event['address']}/v1; chat page at {event['address']}/")
 
-    serve_until_stopped(settings, served, watched, announce)
+    serve_until_stopped(settings, registry, watched, announce)
 
 
 @main.command()

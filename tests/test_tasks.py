@@ -6,6 +6,7 @@ error, and the peer goes on serving."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -25,6 +26,9 @@ from PIL import Image
 from swarm.tasks.runner import TASK_SEED
 from tests.conftest import SWARM, load_tool
 from tests.peer_harness import PeerProcess, peer_environment, start_peers
+from tests.test_dht import LineProcess
+from tests.test_interop import free_port
+from tests.test_user_path import wait_line
 
 SENTENCE = "Beautiful is better than ugly. Explicit is better than implicit."
 RATE = 16_000
@@ -86,18 +90,26 @@ def task_swarm(tmp_path_factory: pytest.TempPathFactory, make_model_tool: Module
     directories["llm"] = make_model_tool.make_model("llama", root / "models" / "llm", layers=2, seed=4, log=print)
     subprocess.run([SWARM, "seed", str(directories["llm"]), "--name", "llm", "--prepare-only"], env=environment,
                    check=True, capture_output=True)  # fmt: skip
-    commands = [["--model", model_name(task)] for task in MODELS] + [["--model", "llm"]]
-    peers = start_peers(commands, environment, root / "logs")
+    # A seedbox anchors discovery, as the README has it: the peers join through it.
+    bootstrap = f"127.0.0.1:{free_port()}"
+    seedbox = LineProcess([SWARM, "seedbox", "--listen", bootstrap], environment)
+    peers: list[PeerProcess] = []
     try:
+        for _ in range(len(MODELS) + 1):
+            wait_line(seedbox, "seeding ", timeout=120, refuse=("refused", "not findable"))
+        commands = [["--model", model_name(task), "--bootstrap", bootstrap] for task in [*MODELS, "llm"]]
+        peers = start_peers(commands, environment, root / "logs")
         yield {
             "dirs": directories,
             "peers": dict(zip([*MODELS, "llm"], peers, strict=True)),
             "environment": environment,
             "root": root,
+            "bootstrap": bootstrap,
         }
     finally:
         for peer in peers:
             peer.stop()
+        seedbox.stop()
 
 
 def inputs(root: Path) -> dict[str, Path]:
@@ -390,3 +402,75 @@ def test_a_pipeline_step_whose_input_does_not_fit_fails_naming_the_step(task_swa
         f"error: step 'look' ({model_name('image-classification')}) failed: {model_name('image-classification')} "
         "(image-classification) takes image, the input is audio/wav"
     ]
+
+
+def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_swarm: dict[str, Any]) -> None:
+    """`swarm run --input` and `swarm serve` knowing only the seedbox, as the README shows them; OpenAI's client
+    transcribes and speaks, and /v1/tasks and /v1/pipelines answer as `swarm run` and `swarm pipeline` do."""
+    files, bootstrap, environment = inputs(task_swarm["root"]), task_swarm["bootstrap"], task_swarm["environment"]
+    classifier = model_name("text-classification")
+    command = [SWARM, "run", "--model", classifier, "--input", SENTENCE, "--bootstrap", bootstrap]
+    ran = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    local = local_answer(CASES["text-classification"], task_swarm["dirs"]["text-classification"], files["text"])
+    assert_close(json.loads(ran.stdout), plain(local)[:1])  # the pipeline's default: the top label
+
+    asr, tts = model_name("automatic-speech-recognition"), model_name("text-to-audio")
+    definition = task_swarm["root"] / "served.yaml"
+    definition.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts))
+    port = free_port()
+    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier}", "--pipeline", str(definition),
+                          "--bootstrap", bootstrap, "--listen", f"127.0.0.1:{port}"], environment)  # fmt: skip
+    try:
+        assert wait_line(server, "serving ", timeout=120).startswith(f"serving {asr} (1 peers), {tts} (1 peers)")
+        check_served(f"http://127.0.0.1:{port}/v1", task_swarm, files)
+    finally:
+        server.stop()
+
+
+PIPELINE_BY_DHT = """
+name: spoken-summary
+steps:
+  - id: heard
+    model: {asr}
+  - id: summary
+    model: llm
+    input: "Summarize: {{heard}}"
+    params: {{max_new_tokens: 8}}
+  - id: spoken
+    model: {tts}
+    input: "Said {{summary}}"
+"""
+
+
+def check_served(base: str, task_swarm: dict[str, Any], files: dict[str, Path]) -> None:
+    import base64
+
+    import httpx
+    import openai
+
+    directories = task_swarm["dirs"]
+    api = openai.OpenAI(base_url=base, api_key="none", max_retries=0, timeout=120)
+    with files["audio"].open("rb") as audio:
+        heard = api.audio.transcriptions.create(model=model_name("automatic-speech-recognition"), file=audio)
+    local_heard = local_answer(CASES["automatic-speech-recognition"], directories["automatic-speech-recognition"],
+                               files["audio"])  # fmt: skip
+    assert heard.text == local_heard["text"]
+    spoken = api.audio.speech.create(model=model_name("text-to-audio"), input=SENTENCE, voice="alloy",
+                                     response_format="wav")  # fmt: skip
+    samples, rate = soundfile.read(io.BytesIO(spoken.read()), dtype="float32")
+    expected = local_answer(CASES["text-to-audio"], directories["text-to-audio"], files["text"])
+    assert rate == expected["sampling_rate"] and samples.shape == expected["audio"].reshape(-1).shape
+    classified = httpx.post(f"{base}/tasks/text-classification", timeout=120, json={
+        "model": model_name("text-classification"), "input": SENTENCE, "params": {"top_k": 3}})  # fmt: skip
+    assert classified.status_code == 200, classified.text
+    local = local_answer(CASES["text-classification"], directories["text-classification"], files["text"])
+    assert_close(classified.json()["output"], plain(local))
+    wrong = httpx.post(f"{base}/tasks/image-classification", timeout=120, json={
+        "model": model_name("text-classification"), "input": SENTENCE})  # fmt: skip
+    assert wrong.status_code == 400 and "runs text-classification, not image-classification" in wrong.text
+    encoded = base64.b64encode(files["audio"].read_bytes()).decode()
+    piped = httpx.post(f"{base}/pipelines/spoken-summary", timeout=300, json={"input_base64": encoded})
+    assert piped.status_code == 200, piped.text
+    assert list(piped.json()["steps"]) == ["heard", "summary", "spoken"]
+    assert base64.b64decode(piped.json()["file_base64"]) == local_pipeline_bytes(directories, files["audio"])

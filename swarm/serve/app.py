@@ -31,6 +31,7 @@ from swarm.serve.logprobs import chat_logprobs, completion_logprobs
 from swarm.serve.metrics import ServeMetrics
 from swarm.serve.models import ModelRegistry, ServedModel, sampling_params
 from swarm.serve.schema import ChatRequest, CompletionRequest, EmbeddingRequest, Sampling
+from swarm.serve.tasks import add_task_routes
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,11 @@ def make_app(models: ModelRegistry, settings: Settings, metrics: ServeMetrics, e
         ids = await _run(executor, model.client.encode_chat, request.chat())
         specs = [_spec(model, ids, request.token_limit, request, choice) for choice in range(request.n)]
         return await _answer(model, specs, len(ids), request, _chat_maker(request.model), admission, metrics, executor)
+
+    async def in_worker(function: Callable[..., Any], *arguments: Any) -> Any:
+        return await _run(executor, function, *arguments)
+
+    add_task_routes(app, models, in_worker, authorized)
 
     @app.post("/v1/embeddings", dependencies=[authorized])
     async def embeddings(request: EmbeddingRequest) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -19,7 +20,18 @@ from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.serve.app import make_app
 from swarm.serve.metrics import ServeMetrics
-from swarm.serve.models import ModelRegistry, PeerWatch, ServedModel, connect_model
+from swarm.serve.models import (
+    ModelRegistry,
+    PeerWatch,
+    ServedModel,
+    ServedPipeline,
+    ServedTask,
+    WatchedClient,
+    connect_model,
+)
+from swarm.tasks.client import TaskClient
+from swarm.tasks.pipeline import read_pipeline
+from swarm.tasks.pipeline_run import connect_clients
 
 # Seconds open streams get to finish when the server is told to stop; then they are cut (their sessions close).
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -47,24 +59,37 @@ def connect_models(
     route: Sequence[str],
     torrent_peers: Sequence[str],
     ensemble: str | None = None,
-) -> tuple[list[ServedModel], list[tuple[SwarmClient, Resolver]]]:
-    """A served model per reference (or one ensemble of them all, named A+B+...), and the (client, resolver)
-    pairs whose peers the DHT is asked about later."""
-    clients: list[SwarmClient] = []
-    watched: list[tuple[SwarmClient, Resolver]] = []
+    pipeline_files: Sequence[Path] = (),
+) -> tuple[ModelRegistry, list[tuple[WatchedClient, Resolver]]]:
+    """The models served: one per reference (a task model's own kind; or one ensemble of them all, named A+B+...)
+    and the pipelines of `pipeline_files`; and the (client, resolver) pairs whose peers the DHT is asked about
+    later."""
+    clients: list[SwarmClient | TaskClient] = []
+    watched: list[tuple[WatchedClient, Resolver]] = []
+    pipelines: dict[str, ServedPipeline] = {}
     try:
         for reference in references:
             client, resolver = connect_model(settings, reference, route, torrent_peers, shared_route=bool(ensemble))
             clients.append(client)
             if resolver is not None:
                 watched.append((client, resolver))
+        for path in pipeline_files:
+            spec = read_pipeline(path)
+            pipelines[spec.name] = ServedPipeline(spec, connect_clients(settings, spec, torrent_peers))
+        tasks = [ServedTask(client.manifest.name, client) for client in clients if isinstance(client, TaskClient)]
+        models = [client for client in clients if isinstance(client, SwarmClient)]
         if ensemble is None:
-            return [ServedModel(client.name, client, swarm_clients=[client]) for client in clients], watched
-        together = EnsembleClient(clients, ensemble)
-        return [ServedModel(together.name, together, swarm_clients=clients)], watched
+            served = [ServedModel(client.name, client, swarm_clients=[client]) for client in models]
+            return ModelRegistry(served, tasks, pipelines), watched
+        if tasks:
+            raise SwarmError(f"{tasks[0].name} runs the task {tasks[0].client.spec.name}: it joins no ensemble")
+        together = EnsembleClient(models, ensemble)
+        return ModelRegistry([ServedModel(together.name, together, swarm_clients=models)], (), pipelines), watched
     except BaseException:
         for client in clients:
             client.close()
+        for pipeline in pipelines.values():
+            pipeline.close()
         for _, resolver in watched:
             resolver.close()
         raise
@@ -72,8 +97,8 @@ def connect_models(
 
 def serve_until_stopped(
     settings: Settings,
-    served: Sequence[ServedModel],
-    watched: Sequence[tuple[SwarmClient, Resolver]],
+    registry: ModelRegistry,
+    watched: Sequence[tuple[WatchedClient, Resolver]],
     announce: Callable[[dict[str, Any]], None],
 ) -> None:
     """Answer HTTP requests until SIGINT/SIGTERM; then let open streams end (briefly) and close every client."""
@@ -82,7 +107,7 @@ def serve_until_stopped(
     shown_host = f"[{host}]" if ":" in host else host
     executor = ThreadPoolExecutor(max_workers=settings.serve_max_generations + 8, thread_name_prefix="generation")
     metrics = ServeMetrics()
-    app = make_app(ModelRegistry(served), settings, metrics, executor)
+    app = make_app(registry, settings, metrics, executor)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
     )
@@ -92,7 +117,8 @@ def serve_until_stopped(
         {
             "event": "serving",
             "address": f"http://{shown_host}:{port}",
-            "models": [{"id": model.name, "peers": model.peer_count()} for model in served],
+            "models": [{"id": model.name, "peers": model.peer_count()} for model in registry],
+            "pipelines": sorted(registry.pipelines),
         }
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -101,6 +127,5 @@ def serve_until_stopped(
     finally:
         watch.stop()
         executor.shutdown(wait=True, cancel_futures=True)
-        for model in served:
-            model.client.close()
+        registry.close()
         listener.close()

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from swarm import transport
-from swarm.client.routing import PeerInfo, candidates_for_model
+from swarm.client.routing import PeerInfo, UncoveredError, candidates_for_model
 from swarm.client.session import ComputeClient, PeerFailure, query_peers
 from swarm.config import Settings
 from swarm.errors import SwarmError
@@ -83,7 +83,9 @@ class TaskClient:
             raise SwarmError(f"{self.manifest.name} ({self.spec.name}) takes {self.spec.input}, the input is {found}")
         with self._lock:
             turn, peers = next(self._turns), list(self.peers)
-        failures = []
+        if not peers:
+            raise UncoveredError(f"no peer runs {self.manifest.name} ({self.spec.name}) yet")
+        failures: list[PeerFailure] = []
         with self.endpoint() as endpoint:
             for offset in range(len(peers)):
                 peer = peers[(turn + offset) % len(peers)]
@@ -93,10 +95,11 @@ class TaskClient:
                 except PeerFailure as failure:
                     if failure.code == BAD_INPUT:
                         raise SwarmError(f"{self.spec.name} refused the input: {failure}") from None
-                    failures.append(str(failure))
+                    failures.append(failure)
                     continue
                 return read_result(reply.header, reply.tensors, peer.address, reply.seconds)
-        raise SwarmError(f"every peer running {self.manifest.name} failed: " + "; ".join(failures))
+        reasons = "; ".join(str(failure) for failure in failures)
+        raise SwarmError(f"every peer running {self.manifest.name} failed: {reasons}") from failures[-1]
 
     def close(self) -> None:
         self.context.close(linger_ms=0)

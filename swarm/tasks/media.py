@@ -130,3 +130,27 @@ def png_bytes(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# libsndfile's container and codec for each speech format OpenAI's API names (pcm: raw 16-bit little-endian).
+_AUDIO_FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
+    "pcm": ("RAW", "PCM_16"),
+}
+
+
+def encode_audio(samples: np.ndarray, sampling_rate: int, audio_format: str) -> bytes:
+    """`samples` as a file of `audio_format` (wav, flac, mp3, opus or pcm), encoded by libsndfile."""
+    import soundfile
+
+    if audio_format == "wav":
+        return wav_bytes(samples, sampling_rate)
+    container, subtype = _AUDIO_FORMATS[audio_format]
+    buffer = io.BytesIO()
+    clipped = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    options = {"endian": "LITTLE"} if container == "RAW" else {}
+    soundfile.write(buffer, clipped, int(sampling_rate), format=container, subtype=subtype, **options)
+    return buffer.getvalue()

@@ -26,6 +26,7 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swarm.errors import SwarmError
@@ -71,6 +72,17 @@ class StepOutput:
     text: str | None = None
     file: bytes | None = None
     file_type: str | None = None
+
+
+def read_pipeline(path: Path) -> PipelineSpec:
+    """The pipeline a YAML file defines (checked as `parse_pipeline` does)."""
+    import yaml
+
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SwarmError(f"cannot read the pipeline {path}: {error}") from None
+    return parse_pipeline(record, str(path))
 
 
 def parse_pipeline(record: object, origin: str = "pipeline") -> PipelineSpec:

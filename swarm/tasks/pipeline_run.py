@@ -99,7 +99,8 @@ def run_pipeline(
                 try:
                     outputs[step_id], seconds[step_id] = future.result()
                 except SwarmError as error:
-                    raise SwarmError(f"step {step_id!r} ({spec.step(step_id).model}) failed: {error}") from None
+                    # From the error: a failing peer stays a failure of the swarm (a 5xx in swarm serve).
+                    raise SwarmError(f"step {step_id!r} ({spec.step(step_id).model}) failed: {error}") from error
     return PipelineResult(spec.name, spec.output, outputs, seconds)
 
 
