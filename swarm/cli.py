@@ -865,11 +865,15 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
         click.echo(json.dumps(document))
         return
     for model in document["models"]:
-        click.echo(f"{model['name']}@{model['fingerprint']}: {model['summary']}; {len(model['seeders'])} seeder(s)")
+        kind = f"task {model['task']}, " if model["task"] else ""
+        kind += f"{model['num_blocks']} blocks in spans" if model["served_as"] == "spans" else "whole replicas"
+        seeders = f"{len(model['seeders'])} seeder(s)"
+        click.echo(f"{model['name']}@{model['fingerprint']} ({kind}): {model['summary']}; {seeders}")
         for peer in model["peers"]:
             blocks = "whole model" if peer["replica"] else f"blocks {peer['blocks'][0]}:{peer['blocks'][1]}"
+            speed = f"task {peer['task']}" if peer["task"] else f"{peer['throughput']:.1f} tokens/s"
             click.echo(
-                f"  {peer['address']}  {blocks}  {peer['throughput']:.1f} tokens/s  "
+                f"  {peer['address']}  {blocks}  {speed}  "
                 f"sessions {peer['sessions']}/{peer['max_sessions']}  version {peer['version'] or '?'}"
             )
         for address in model["silent_peers"]:

@@ -45,6 +45,9 @@ def model_view(survey: ModelSurvey) -> dict[str, Any]:
         "fingerprint": manifest.fingerprint,
         "info_hash": manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1,
         "num_blocks": manifest.num_blocks,
+        "task": manifest.task,
+        # Models of a family with block adapters are split into spans across peers; others run whole on each peer.
+        "served_as": "spans" if manifest.num_blocks else "replicas",
         "seeders": sorted(str(seeder) for seeder in survey.seeders),
         "peers": [_peer_view(peer) for peer in sorted(survey.peers, key=lambda peer: (peer.blocks, peer.address))],
         "silent_peers": sorted(survey.silent),
@@ -60,6 +63,7 @@ def _peer_view(peer: PeerInfo) -> dict[str, Any]:
         "address": peer.address,
         "blocks": list(peer.blocks),
         "replica": peer.replica,
+        "task": peer.task or None,
         "throughput": round(peer.throughput, 3),
         "sessions": max(peer.max_sessions - peer.free_sessions, 0),
         "max_sessions": peer.max_sessions,

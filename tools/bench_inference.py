@@ -119,12 +119,13 @@ def parse_cpus(text: str) -> set[int]:
 
 
 def start_peer(
-    blocks: str, environment: dict[str, str], log: Path, prefix: tuple[str, ...] = ()
+    blocks: str | None, environment: dict[str, str], log: Path, prefix: tuple[str, ...] = (), model: str = "bench"
 ) -> tuple[subprocess.Popen[str], str]:
-    """A `swarm join` process serving `blocks` (run after `prefix`, e.g. `ip netns exec NS`), and its compute
-    address once it says it is serving."""
+    """A `swarm join` process serving `blocks` of `model` (None: what it chooses; run after `prefix`, e.g. `ip netns
+    exec NS`), and its compute address once it says it is serving."""
+    chosen = ["--blocks", blocks] if blocks is not None else []
     process = subprocess.Popen(
-        [*prefix, SWARM, "join", "--model", "bench", "--blocks", blocks, *LOOPBACK_LISTEN, "--json"],
+        [*prefix, SWARM, "join", "--model", model, *chosen, *LOOPBACK_LISTEN, "--json"],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),

@@ -48,6 +48,10 @@ class TaskClient:
         self.context = transport.Context()
         self._turns = itertools.count(random.randrange(1 << 16) if spread_seed is None else spread_seed)
         self._lock = threading.Lock()
+        # One endpoint per thread, kept between requests: a new one costs a connection each way (the peer connects
+        # back to its reply socket), which is most of a small task's time on the wire.
+        self._local = threading.local()
+        self._endpoints: list[ComputeClient] = []
 
     def endpoint(self) -> ComputeClient:
         return ComputeClient(
@@ -57,6 +61,17 @@ class TaskClient:
             liveness_timeout=self.settings.liveness_timeout,
             member_keys={peer.address: peer.member_key for peer in self.peers if peer.member_key},
         )
+
+    def _thread_endpoint(self) -> ComputeClient:
+        """This thread's endpoint (a new one when the peers changed: member keys come with them)."""
+        endpoint: ComputeClient | None = getattr(self._local, "endpoint", None)
+        peers = getattr(self._local, "peers", None)
+        if endpoint is None or peers is not self.peers:
+            endpoint = self.endpoint()
+            self._local.endpoint, self._local.peers = endpoint, self.peers
+            with self._lock:
+                self._endpoints.append(endpoint)
+        return endpoint
 
     def find_peers(self, addresses: Sequence[str], pinned: bool) -> None:
         """Ask `addresses` for their info; keep those that run this model's task (a pinned one that does not is an
@@ -86,22 +101,26 @@ class TaskClient:
         if not peers:
             raise UncoveredError(f"no peer runs {self.manifest.name} ({self.spec.name}) yet")
         failures: list[PeerFailure] = []
-        with self.endpoint() as endpoint:
-            for offset in range(len(peers)):
-                peer = peers[(turn + offset) % len(peers)]
-                header, tensors = task_request(uuid.uuid4().hex, self.spec, data, found, checked)
-                try:
-                    reply = endpoint.request([Hop(peer.address, WHOLE_MODEL)], header, tensors)
-                except PeerFailure as failure:
-                    if failure.code == BAD_INPUT:
-                        raise SwarmError(f"{self.spec.name} refused the input: {failure}") from None
-                    failures.append(failure)
-                    continue
-                return read_result(reply.header, reply.tensors, peer.address, reply.seconds)
+        endpoint = self._thread_endpoint()
+        for offset in range(len(peers)):
+            peer = peers[(turn + offset) % len(peers)]
+            header, tensors = task_request(uuid.uuid4().hex, self.spec, data, found, checked)
+            try:
+                reply = endpoint.request([Hop(peer.address, WHOLE_MODEL)], header, tensors)
+            except PeerFailure as failure:
+                if failure.code == BAD_INPUT:
+                    raise SwarmError(f"{self.spec.name} refused the input: {failure}") from None
+                failures.append(failure)
+                continue
+            return read_result(reply.header, reply.tensors, peer.address, reply.seconds)
         reasons = "; ".join(str(failure) for failure in failures)
         raise SwarmError(f"every peer running {self.manifest.name} failed: {reasons}") from failures[-1]
 
     def close(self) -> None:
+        with self._lock:
+            endpoints, self._endpoints = self._endpoints, []
+        for endpoint in endpoints:
+            endpoint.close()
         self.context.close(linger_ms=0)
 
     def __enter__(self) -> TaskClient:
