@@ -245,7 +245,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tasks-"))
     rows = latency_rows(work, args.requests)
     runs = replica_rows(work, args)
-    print("| task | local pipeline (ms) | swarm, 1 replica (ms) | added (ms) | bytes sent / received |")
+    print(
+        "| task | local pipeline (ms) | swarm, 1 replica (ms) | added (ms) | input bytes / file and tensor bytes back |"
+    )
     print("|---|---|---|---|---|")
     for task, local, swarm, sent, received in rows:
         print(f"| {task} | {local * 1e3:.2f} | {swarm * 1e3:.2f} | {(swarm - local) * 1e3:.2f} | {sent} / {received} |")
