@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -18,13 +19,22 @@ from swarm.config import TORRENT_FORMATS, Settings
 from swarm.discovery.bundle import write_name_record
 from swarm.errors import SwarmError
 from swarm.manifest import Chunk, Manifest, TorrentInfo, file_sha256, load_manifest
-from swarm.model.chunker import PlannedChunk, dominant_dtype, plan_chunks, write_planned_chunk
-from swarm.model.families import family_for
+from swarm.model.chunker import (
+    PlannedChunk,
+    dominant_dtype,
+    plan_chunks,
+    plan_component_chunks,
+    write_planned_chunk,
+)
+from swarm.model.families import Family, family_for
 from swarm.model.safetensors_stream import TensorEntry, read_entries
-from swarm.model.source import locate_model, read_source
+from swarm.model.source import ModelSource, locate_model, read_source
 from swarm.progress import ProgressSink, SilentProgress
 from swarm.tasks.catalog import task_for
 from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
+
+# A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
+SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def publish(
         entries.extend(read_entries(weight_file)[0])
     task = task_for(source.config, task)
     family = None if task is not None else family_for(source.config)
-    planned = plan_chunks(entries, source.config, family, settings.blocks_per_chunk, source.meta_files)
+    planned = _plan(source, entries, family, settings.blocks_per_chunk)
 
     catalog = settings.catalog
     _check_writable(catalog)
@@ -110,7 +120,7 @@ def publish(
         manifest = Manifest(
             name=name,
             family=family.name if family else None,
-            architecture=(source.config.get("architectures") or [None])[0],
+            architecture=(source.config.get("architectures") or [source.config.get("_class_name")])[0],
             config=source.config,
             dtype=dominant_dtype(entries),
             num_blocks=family.layer_count(source.config) if family else 0,
@@ -150,6 +160,22 @@ def publish(
         torrent_data=made.data,
         seconds=time.perf_counter() - started,
     )
+
+
+def _plan(
+    source: ModelSource, entries: list[TensorEntry], family: Family | None, blocks_per_chunk: int
+) -> list[PlannedChunk]:
+    """The chunks: a transformers model's by its family (or one full chunk); a diffusers pipeline's one full chunk
+    per component, read back from where the component keeps its weights (one file, even when it was sharded)."""
+    if not source.components:
+        return plan_chunks(entries, source.config, family, blocks_per_chunk, source.meta_files, source.directory)
+    by_component: dict[str, list[TensorEntry]] = {name: [] for name in source.components}
+    names: dict[str, str] = {}
+    for weight_file in source.weight_files:
+        component = weight_file.parent.name
+        by_component[component].extend(read_entries(weight_file)[0])
+        names[component] = SHARD_SUFFIX.sub(".safetensors", weight_file.name)
+    return plan_component_chunks(by_component, source.meta_files, source.directory, names)
 
 
 def _write_chunks(planned: list[PlannedChunk], directory: Path, progress: ProgressSink) -> dict[str, Future[str]]:

@@ -144,7 +144,7 @@ def comparable(value: Any) -> Any:
 
 
 # Tasks whose transformers pipelines are gone in transformers 5: swarm runs their models through generate.
-GENERATE_TASKS = ("summarization", "translation", "image-to-text")
+GENERATE_TASKS = ("summarization", "translation", "image-to-text", "text-to-image")
 PIPELINE_TASKS = tuple(task for task in tool.TASKS if task not in GENERATE_TASKS)
 
 
@@ -163,6 +163,20 @@ def test_encoder_decoder_models_generate_offline_and_repeat(tmp_path: Path, task
         assert 1 < output.shape[1] <= tool.MAX_NEW_TOKENS + 1
         texts.append(tokenizer.decode(output[0], skip_special_tokens=True))
     assert texts[0] == texts[1]
+
+
+def test_a_text_to_image_pipeline_draws_offline_and_repeats(tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    model_dir = tool.make_task_model("text-to-image", tmp_path / "sd")
+    assert (model_dir / "model_index.json").is_file() and (model_dir / "unet" / "config.json").is_file()
+    images = []
+    for _ in range(2):
+        pipe = DiffusionPipeline.from_pretrained(model_dir)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        images.append(pipe("a cat", num_inference_steps=2, height=16, width=16, generator=generator).images[0])
+    assert images[0].size == (16, 16) and images[0].tobytes() == images[1].tobytes()
 
 
 @pytest.mark.parametrize("task", PIPELINE_TASKS)
@@ -188,11 +202,11 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
         first = tool.make_task_model(task, tmp_path / f"{task}-first", seed=7)
         again = tool.make_task_model(task, tmp_path / f"{task}-again", seed=7)
         other = tool.make_task_model(task, tmp_path / f"{task}-other", seed=8)
-        names = sorted(path.name for path in first.iterdir())
-        assert names == sorted(path.name for path in again.iterdir()), task
+        names = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+        assert names == sorted(path.relative_to(again) for path in again.rglob("*") if path.is_file()), task
         for name in names:
             assert (first / name).read_bytes() == (again / name).read_bytes(), (task, name)
-        weights = "model.safetensors"
+        weights = "unet/diffusion_pytorch_model.safetensors" if task == "text-to-image" else "model.safetensors"
         assert (first / weights).read_bytes() != (other / weights).read_bytes(), task
 
 

@@ -4,6 +4,8 @@ task takes, what a file is, how a pipeline's steps are ordered and fed."""
 from __future__ import annotations
 
 import io
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import soundfile
 from PIL import Image
 
 from swarm.errors import SwarmError
+from swarm.model.chunker import extract_meta_archive, write_meta_archive
 from swarm.tasks import media
 from swarm.tasks.catalog import TASKS, checked_params, parse_params, task_for, task_named
 from swarm.tasks.pipeline import StepOutput, needed_steps, output_text, parse_pipeline, stages, step_input
@@ -219,3 +222,29 @@ def test_bad_pipelines_are_refused_before_running(record: Any, expected: str) ->
 )
 def test_the_text_of_a_task_output(output: Any, expected: str | None) -> None:
     assert output_text(output) == expected
+
+
+def test_a_meta_archive_keeps_component_folders_and_refuses_hostile_paths(tmp_path: Path) -> None:
+    """A diffusers pipeline's meta chunk holds files one folder deep; extraction refuses any other path."""
+    source = tmp_path / "source"
+    (source / "unet").mkdir(parents=True)
+    (source / "model_index.json").write_text("{}")
+    (source / "unet" / "config.json").write_text('{"a": 1}')
+    archive = tmp_path / "meta.tar"
+    files = (source / "model_index.json", source / "unet" / "config.json")
+    write_meta_archive(archive, files, source, (("swarm-components.json", b"{}"),))
+    written = extract_meta_archive(archive, tmp_path / "out")
+    assert sorted(path.relative_to(tmp_path / "out").as_posix() for path in written) == [
+        "model_index.json",
+        "swarm-components.json",
+        "unet/config.json",
+    ]
+    assert (tmp_path / "out" / "unet" / "config.json").read_text() == '{"a": 1}'
+    for hostile in ("../escape", "/etc/passwd", "a/b/c", ".hidden", "unet/.hidden", "a//b"):
+        bad = tmp_path / "bad.tar"
+        with tarfile.open(bad, "w") as tar:
+            info = tarfile.TarInfo(hostile)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        with pytest.raises(SwarmError, match="not a plain file"):
+            extract_meta_archive(bad, tmp_path / "hostile")

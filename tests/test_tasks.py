@@ -65,6 +65,12 @@ CASES = {
     "image-to-text": Case("image-to-text", "image"),
     "summarization": Case("summarization", "text"),
     "translation": Case("translation", "text", seed_flags=("--task", "translation")),
+    "text-to-image": Case(
+        "text-to-image",
+        "text",
+        params=("num_inference_steps=2", "height=16", "width=16"),
+        local_kwargs=(("num_inference_steps", 2), ("height", 16), ("width", 16)),
+    ),
 }
 # One model and peer per task (the 8 kHz case uses the speech model).
 MODELS = sorted({case.task for case in CASES.values()})
@@ -153,6 +159,11 @@ def local_answer(case: Case, model_dir: Path, input_file: Path) -> Any:
 
     if case.task in ("summarization", "translation", "image-to-text"):
         return local_generated(case.task, model_dir, input_file)
+    if case.task == "text-to-image":
+        from diffusers import DiffusionPipeline
+
+        draw = DiffusionPipeline.from_pretrained(model_dir)
+        return draw(SENTENCE, generator=torch.Generator().manual_seed(TASK_SEED), **dict(case.local_kwargs)).images[0]
     pipe = pipeline(case.task, model=str(model_dir))
     kwargs = dict(case.local_kwargs)
     if case.input == "text":
@@ -193,6 +204,10 @@ def compare(task: str, swarm: dict[str, Any], out: Path, local: Any) -> None:
         assert swarm["file_type"] == "image/png"
         got = np.asarray(Image.open(out), dtype=np.int16)
         assert np.abs(got - np.asarray(local["depth"], dtype=np.int16)).max() <= 1
+    elif task == "text-to-image":
+        assert swarm["file_type"] == "image/png" and swarm["output"] == {"width": 16, "height": 16, "seed": 0}
+        got = np.asarray(Image.open(out), dtype=np.int16)
+        assert np.abs(got - np.asarray(local, dtype=np.int16)).max() <= 2
     elif task == "text-to-audio":
         samples, rate = soundfile.read(out, dtype="float32")
         assert swarm["file_type"] == "audio/wav" and rate == local["sampling_rate"]
@@ -424,7 +439,8 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     definition = task_swarm["root"] / "served.yaml"
     definition.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts))
     port = free_port()
-    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier}", "--pipeline", str(definition),
+    painter = model_name("text-to-image")
+    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition),
                           "--bootstrap", bootstrap, "--listen", f"127.0.0.1:{port}"], environment)  # fmt: skip
     try:
         assert wait_line(server, "serving ", timeout=120).startswith(f"serving {asr} (1 peers), {tts} (1 peers)")
@@ -474,6 +490,13 @@ def check_served(base: str, task_swarm: dict[str, Any], files: dict[str, Path]) 
     wrong = httpx.post(f"{base}/tasks/image-classification", timeout=120, json={
         "model": model_name("text-classification"), "input": SENTENCE})  # fmt: skip
     assert wrong.status_code == 400 and "runs text-classification, not image-classification" in wrong.text
+    painted = api.images.generate(model=model_name("text-to-image"), prompt=SENTENCE, size="16x16")
+    from diffusers import DiffusionPipeline
+
+    draw = DiffusionPipeline.from_pretrained(directories["text-to-image"])
+    local_image = draw(SENTENCE, height=16, width=16, generator=torch.Generator().manual_seed(0)).images[0]
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(painted.data[0].b64_json or ""))), dtype=np.int16)
+    assert np.abs(got - np.asarray(local_image, dtype=np.int16)).max() <= 2
     encoded = base64.b64encode(files["audio"].read_bytes()).decode()
     piped = httpx.post(f"{base}/pipelines/spoken-summary", timeout=300, json={"input_base64": encoded})
     assert piped.status_code == 200, piped.text

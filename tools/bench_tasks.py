@@ -99,7 +99,7 @@ def local_call(task: str, model_dir: Path, data: bytes, params: dict[str, Any]) 
 
     spec = task_named(task)
     value = decode_input(data, spec.input, task)
-    if spec.generates:
+    if spec.engine == "generate":
         return local_generate(spec.input, model_dir, value)
     pipe = pipeline(task, model=str(model_dir))
     if task == "feature-extraction":

@@ -426,11 +426,49 @@ _BUILDERS: dict[str, Callable[[], Built]] = {
     "automatic-speech-recognition": _build_speech_recognition,
     "text-to-audio": _build_text_to_audio,
 }
-TASKS: tuple[str, ...] = tuple(_BUILDERS)
+# text-to-image is a diffusers pipeline (a folder per component), made by _diffusion_pipeline.
+TASKS: tuple[str, ...] = (*_BUILDERS, "text-to-image")
+
+
+def _diffusion_pipeline() -> Any:
+    """A Stable Diffusion pipeline (diffusers): a CLIP text encoder and a character CLIP tokenizer, a UNet, a VAE
+    and a DDIM scheduler, all tiny; 16x16 images take a few milliseconds a step."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    letters = list(string.ascii_lowercase)
+    symbols = [*letters, *(letter + "</w>" for letter in letters), "<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        vocab = _write_char_vocab(Path(folder), symbols)
+        merges = Path(folder) / "merges.txt"
+        merges.write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=16)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(symbols), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, max_position_embeddings=16, bos_token_id=len(symbols) - 2,
+        eos_token_id=len(symbols) - 1, pad_token_id=len(symbols) - 1,
+    ))  # fmt: skip
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN, norm_num_groups=8, attention_head_dim=4,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16,
+    )  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    return StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).to(torch.float32)  # fmt: skip
 
 
 def describe(task: str) -> str:
     """One line saying what ``task`` builds (the builder's docstring)."""
+    if task == "text-to-image":
+        return "StableDiffusionPipeline: " + (_diffusion_pipeline.__doc__ or "").strip().splitlines()[0]
     builder = _BUILDERS[task]
     function = builder.func if isinstance(builder, functools.partial) else builder
     summary = (function.__doc__ or "").strip().splitlines()[0]
@@ -447,10 +485,14 @@ def make_task_model(task: str, out_dir: Path, seed: int = 0, *, force: bool = Fa
     """
     if task in REPLACED_TASKS:
         raise MakeModelError(f"transformers 5 removed the {task!r} pipeline; make {REPLACED_TASKS[task]!r} instead")
-    if task not in _BUILDERS:
+    if task not in TASKS:
         raise MakeModelError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     out_path = Path(out_dir)
     with staged_output_dir(out_path, force) as staging:
+        if task == "text-to-image":
+            with _seeded(seed):
+                _diffusion_pipeline().save_pretrained(staging)
+            return out_path
         with _seeded(seed):
             model, processor = _BUILDERS[task]()
         # Models must be float32 whatever torch's default dtype is; Module.to keeps the type checker calm.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from collections import Counter
@@ -16,6 +17,10 @@ from swarm.model.families import Family
 from swarm.model.safetensors_stream import TensorEntry, write_chunk
 
 META_FILE = "meta.tar"
+# In a diffusers pipeline's meta chunk: where each component's full chunk goes in the model directory.
+COMPONENTS_FILE = "swarm-components.json"
+# Where a transformers model's single full chunk goes in its model directory.
+TRANSFORMERS_WEIGHTS = "model.safetensors"
 # Transformers refuses safetensors files whose metadata does not declare the PyTorch format.
 CHUNK_METADATA = {"format": "pt"}
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -29,8 +34,30 @@ class PlannedChunk:
     blocks: tuple[int, int] | None = None
     entries: tuple[TensorEntry, ...] = ()
     requires: tuple[str, ...] = ()
-    # Meta chunks carry files instead of tensors.
+    # Meta chunks carry files instead of tensors: named by their path below `meta_root` (by their own name without
+    # one), plus generated files (name, bytes).
     meta_files: tuple[Path, ...] = field(default=())
+    meta_root: Path | None = None
+    meta_extra: tuple[tuple[str, bytes], ...] = ()
+
+
+def plan_component_chunks(
+    components: dict[str, list[TensorEntry]],
+    meta_files: tuple[Path, ...],
+    meta_root: Path,
+    weight_names: dict[str, str],
+) -> list[PlannedChunk]:
+    """A diffusers pipeline: meta (every component's configs, and where each weights file goes) and one full chunk
+    per component with weights, named `full-COMPONENT`. `weight_names`: each component's weights file name."""
+    placement = {f"full-{name}": f"{name}/{weight_names[name]}" for name in sorted(components)}
+    extra = ((COMPONENTS_FILE, json.dumps(placement, sort_keys=True).encode()),)
+    chunks = [PlannedChunk("meta", "meta", META_FILE, meta_files=meta_files, meta_root=meta_root, meta_extra=extra)]
+    for name in sorted(components):
+        entries = sorted(components[name], key=lambda entry: entry.name)
+        if len({entry.name for entry in entries}) != len(entries):
+            raise SwarmError(f"component {name} has a tensor in more than one weight file")
+        chunks.append(PlannedChunk(f"full-{name}", "full", f"full-{name}.safetensors", entries=tuple(entries)))
+    return chunks
 
 
 def blocks_chunk_id(start: int, end: int) -> str:
@@ -43,6 +70,7 @@ def plan_chunks(
     family: Family | None,
     blocks_per_chunk: int,
     meta_files: tuple[Path, ...] = (),
+    meta_root: Path | None = None,
 ) -> list[PlannedChunk]:
     """Assign every tensor to exactly one chunk: meta, embed, blocks ranges, head; or one full chunk."""
     if blocks_per_chunk < 1:
@@ -54,7 +82,7 @@ def plan_chunks(
             raise SwarmError(f"tensor {entry.name} appears in more than one weight file")
         seen.add(entry.name)
     ordered = sorted(entries, key=lambda entry: entry.name)
-    meta = PlannedChunk(id="meta", kind="meta", file_name=META_FILE, meta_files=meta_files)
+    meta = PlannedChunk(id="meta", kind="meta", file_name=META_FILE, meta_files=meta_files, meta_root=meta_root)
     if family is None:
         return [
             meta,
@@ -131,22 +159,26 @@ def dominant_dtype(entries: Iterable[TensorEntry]) -> str:
 def write_planned_chunk(chunk: PlannedChunk, directory: Path) -> Path:
     path = directory / chunk.file_name
     if chunk.kind == "meta":
-        write_meta_archive(path, chunk.meta_files)
+        write_meta_archive(path, chunk.meta_files, chunk.meta_root, chunk.meta_extra)
     else:
         write_chunk(path, list(chunk.entries), CHUNK_METADATA)
     return path
 
 
-def write_meta_archive(path: Path, files: tuple[Path, ...]) -> None:
-    """A tar of the small files (config, tokenizer, generation), byte-identical for the same inputs."""
+def write_meta_archive(
+    path: Path, files: tuple[Path, ...], root: Path | None = None, extra: tuple[tuple[str, bytes], ...] = ()
+) -> None:
+    """A tar of the small files (config, tokenizer, generation), byte-identical for the same inputs. Files are named
+    by their path below `root` (a diffusers component's config: `unet/config.json`), else by their own name."""
+    named = {file.relative_to(root).as_posix() if root else file.name: file.read_bytes() for file in files}
+    named.update(extra)
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
-        for file in sorted(files, key=lambda item: item.name):
-            data = file.read_bytes()
-            info = tarfile.TarInfo(name=file.name)
-            info.size = len(data)
+        for name in sorted(named):
+            info = tarfile.TarInfo(name=name)
+            info.size = len(named[name])
             info.mode = 0o644
             info.mtime = 0
-            archive.addfile(info, io.BytesIO(data))
+            archive.addfile(info, io.BytesIO(named[name]))
 
 
 def extract_meta_archive(archive_path: Path, destination: Path) -> list[Path]:
@@ -156,13 +188,13 @@ def extract_meta_archive(archive_path: Path, destination: Path) -> list[Path]:
     try:
         with tarfile.open(archive_path, "r") as archive:
             for member in archive.getmembers():
-                name = Path(member.name).name
-                if not member.isfile() or name != member.name or name.startswith("."):
+                if not member.isfile() or not _plain_path(member.name):
                     raise SwarmError(f"{archive_path} holds an entry that is not a plain file: {member.name!r}")
                 source = archive.extractfile(member)
                 if source is None:
                     raise SwarmError(f"{archive_path}: cannot read {member.name}")
-                target = destination / name
+                target = destination / member.name
+                target.parent.mkdir(exist_ok=True)
                 target.write_bytes(source.read())
                 written.append(target)
     except tarfile.TarError as error:
@@ -170,9 +202,30 @@ def extract_meta_archive(archive_path: Path, destination: Path) -> list[Path]:
     return written
 
 
-def assemble_model_dir(meta_path: Path, full_path: Path, directory: Path) -> Path:
-    """A model directory transformers' from_pretrained reads: the meta files, plus the full chunk linked under the
-    weights' usual name (not copied)."""
-    extract_meta_archive(meta_path, directory)
-    os.symlink(full_path.resolve(), directory / "model.safetensors")
+def _plain_path(name: str) -> bool:
+    """A file name, or a folder and a file name (a diffusers component's file), none of them hidden or special: what
+    a hostile archive cannot use to write outside its destination."""
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(part and not part.startswith(".") and "\\" not in part for part in parts)
+
+
+def assemble_model_dir(meta_path: Path, full_paths: dict[str, Path], directory: Path) -> Path:
+    """A model directory from_pretrained reads: the meta files, plus the full chunks linked (not copied) where the
+    model reads its weights: `model.safetensors`, or for a diffusers pipeline each component's own file."""
+    extracted = extract_meta_archive(meta_path, directory)
+    placement_file = directory / COMPONENTS_FILE
+    if placement_file not in extracted:
+        (full_path,) = full_paths.values()
+        os.symlink(full_path.resolve(), directory / TRANSFORMERS_WEIGHTS)
+        return directory
+    try:
+        placement = json.loads(placement_file.read_text())
+    except ValueError as error:
+        raise SwarmError(f"{meta_path}: {COMPONENTS_FILE} is not JSON: {error}") from None
+    for chunk_id, path in full_paths.items():
+        target = placement.get(chunk_id) if isinstance(placement, dict) else None
+        if not isinstance(target, str) or not _plain_path(target):
+            raise SwarmError(f"{meta_path}: {COMPONENTS_FILE} places chunk {chunk_id} nowhere usable")
+        (directory / target).parent.mkdir(exist_ok=True)
+        os.symlink(path.resolve(), directory / target)
     return directory

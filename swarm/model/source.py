@@ -11,6 +11,8 @@ from swarm.errors import SwarmError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# A diffusers pipeline's directory: this file at the top, one folder per component.
+DIFFUSERS_INDEX = "model_index.json"
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,11 @@ class ModelSource:
     directory: Path
     config: dict[str, Any]
     weight_files: tuple[Path, ...]
-    # Small files that travel in the meta chunk: config, tokenizer, generation config, license.
+    # Small files that travel in the meta chunk: config, tokenizer, generation config, license (in a diffusers
+    # pipeline's component folders too; the meta chunk keeps their paths relative to `directory`).
     meta_files: tuple[Path, ...]
+    # A diffusers pipeline's components that hold weights (their folders' names); empty for a transformers model.
+    components: tuple[str, ...] = ()
 
 
 def locate_model(reference: str) -> Path:
@@ -50,15 +55,9 @@ def _from_hf_cache(repo_id: str) -> Path | None:
 
 def read_source(directory: Path) -> ModelSource:
     """Check a model directory and list its weight and meta files; clear errors for what is missing."""
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise SwarmError(f"{directory} has no config.json: not a Hugging Face model directory")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise SwarmError(f"{config_path} is not valid JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise SwarmError(f"{config_path} does not hold a JSON object")
+    if not (directory / "config.json").is_file() and (directory / DIFFUSERS_INDEX).is_file():
+        return _read_diffusers(directory)
+    config = _json_object(directory / "config.json", "not a Hugging Face model directory")
     weights = _safetensors_files(directory)
     if not weights:
         legacy = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
@@ -69,17 +68,52 @@ def read_source(directory: Path) -> ModelSource:
                 f"AutoModel.from_pretrained('{directory}').save_pretrained('{directory}-safetensors')\""
             )
         raise SwarmError(f"{directory} has no weights (*.safetensors)")
-    meta = tuple(
+    return ModelSource(directory=directory, config=config, weight_files=weights, meta_files=_meta_files(directory))
+
+
+def _json_object(path: Path, missing: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SwarmError(f"{path.parent} has no {path.name}: {missing}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SwarmError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise SwarmError(f"{path} does not hold a JSON object")
+    return config
+
+
+def _meta_files(directory: Path) -> tuple[Path, ...]:
+    return tuple(
         sorted(
             path
             for path in directory.iterdir()
             if path.is_file()
             and not path.name.startswith(".")
             and path.suffix not in WEIGHT_SUFFIXES
-            and path.name != SAFETENSORS_INDEX
+            and not path.name.endswith(".safetensors.index.json")
         )
     )
-    return ModelSource(directory=directory, config=config, weight_files=weights, meta_files=meta)
+
+
+def _read_diffusers(directory: Path) -> ModelSource:
+    """A diffusers pipeline: model_index.json names its components, each a folder; those with safetensors weights
+    (without a variant such as .fp16 in the name) are the components whose weights are published."""
+    index = _json_object(directory / DIFFUSERS_INDEX, "not a diffusers pipeline")
+    folders = sorted(name for name, value in index.items() if not name.startswith("_") and isinstance(value, list))
+    components, weights, meta = [], [], list(_meta_files(directory))
+    for name in folders:
+        folder = directory / name
+        if not folder.is_dir():
+            continue
+        meta.extend(_meta_files(folder))
+        files = sorted(path for path in folder.glob("*.safetensors") if path.name.count(".") == 1)
+        if files:
+            components.append(name)
+            weights.extend(files)
+    if not components:
+        raise SwarmError(f"{directory}: no component of the pipeline has safetensors weights")
+    return ModelSource(directory, index, tuple(weights), tuple(meta), tuple(components))
 
 
 def _safetensors_files(directory: Path) -> tuple[Path, ...]:

@@ -394,12 +394,12 @@ def _load(
     dtype = DTYPES[dtype_name]
     if plan.replica:
         meta = next(chunk for chunk in chunks if chunk.kind == "meta")
-        full = next(chunk for chunk in chunks if chunk.kind == "full")
+        full = {chunk.id: models_dir / chunk.file for chunk in chunks if chunk.kind == "full"}
         if manifest.task is not None:
             from swarm.tasks.runner import TaskRunner
 
-            return TaskRunner(manifest, models_dir / meta.file, models_dir / full.file, device, dtype)
-        return ReplicaRunner(manifest, models_dir / meta.file, models_dir / full.file, device, dtype)
+            return TaskRunner(manifest, models_dir / meta.file, full, device, dtype)
+        return ReplicaRunner(manifest, models_dir / meta.file, next(iter(full.values())), device, dtype)
     return _load_span(manifest, plan, chunks, models_dir, device, dtype_name)
 
 

@@ -44,7 +44,7 @@ class ReplicaRunner:
         transformers_logging.disable_progress_bar()
         # from_pretrained wants a model directory: the meta files plus the weights under their usual name.
         with tempfile.TemporaryDirectory(prefix="swarm-replica-") as folder:
-            directory = assemble_model_dir(meta_path, full_path, Path(folder))
+            directory = assemble_model_dir(meta_path, {"full": full_path}, Path(folder))
             try:
                 model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, device_map={"": str(device)})
             except (OSError, ValueError, KeyError) as error:

@@ -1,5 +1,5 @@
-"""The HTTP face of task models and pipelines: OpenAI's /v1/audio/transcriptions and /v1/audio/speech, and for
-everything else /v1/tasks/{task} and /v1/pipelines/{name}.
+"""The HTTP face of task models and pipelines: OpenAI's /v1/audio/transcriptions, /v1/audio/speech and
+/v1/images/generations, and for everything else /v1/tasks/{task} and /v1/pipelines/{name}.
 
 Files come as multipart uploads (OpenAI's shape) or base64 in JSON; files go back as the body (speech) or base64 in
 JSON. Requests run in worker threads; a bad input is a 400 naming what is wrong, a failing swarm a 5xx.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,19 @@ class SpeechRequest(BaseModel):
     instructions: str | None = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
+
+
+class ImageRequest(BaseModel):
+    """OpenAI's /v1/images/generations body: `n` images of `size` ("WIDTHxHEIGHT"), as base64 PNG. Image i is drawn
+    from seed `seed` + i (not OpenAI's: repeatable images)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    n: int = Field(1, ge=1, le=8)
+    size: str | None = Field(None, pattern=r"^[0-9]{1,4}x[0-9]{1,4}$")
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    seed: int = Field(0, ge=0, le=2**31 - 8)
 
 
 class TaskRequest(BaseModel):
@@ -91,6 +105,22 @@ def add_task_routes(app: FastAPI, models: ModelRegistry, in_worker: InWorker, au
         audio = media.read_audio(result.file or b"")
         encoded = media.encode_audio(audio.samples, audio.sampling_rate, request.response_format)
         return Response(encoded, media_type=SPEECH_TYPES[request.response_format])
+
+    @app.post("/v1/images/generations", dependencies=[authorized])
+    async def images(request: ImageRequest) -> dict[str, Any]:
+        served = _task_model(models, request.model, "text-to-image")
+        if request.response_format == "url":
+            raise bad_request("this server answers images as b64_json only", "response_format")
+        params: dict[str, Any] = {}
+        if request.size is not None:
+            width, height = (int(side) for side in request.size.split("x"))
+            params.update(width=width, height=height)
+        drawn = [
+            await in_worker(served.client.run, request.prompt.encode("utf-8"), params | {"seed": request.seed + index})
+            for index in range(request.n)
+        ]
+        data = [{"b64_json": base64.b64encode(result.file or b"").decode("ascii")} for result in drawn]
+        return {"created": int(time.time()), "data": data}
 
     @app.post("/v1/tasks/{task}", dependencies=[authorized])
     async def task(task: str, http: Request) -> dict[str, Any]:

@@ -33,14 +33,14 @@ class Param:
 @dataclass(frozen=True)
 class TaskSpec:
     """`input`: what the caller sends; `output`: "json" only, or a file (audio/image bytes) beside the JSON;
-    `generates`: run through `generate` rather than a transformers pipeline (tasks whose pipelines transformers 5
-    removed: encoder-decoder text generation and image captioning)."""
+    `engine`: what runs it: the transformers pipeline of the task, the model's `generate` (tasks whose pipelines
+    transformers 5 removed: encoder-decoder text generation and image captioning), or a diffusers pipeline."""
 
     name: str
     input: Media
     output: Literal["json", "audio", "image"] = "json"
     params: Mapping[str, Param] = field(default_factory=dict)
-    generates: bool = False
+    engine: Literal["pipeline", "generate", "diffusers"] = "pipeline"
 
 
 _TOP_K = Param("int", 1, 1000)
@@ -67,9 +67,23 @@ _SPECS = (
     TaskSpec("object-detection", "image", params={"threshold": Param("float", 0.0, 1.0)}),
     TaskSpec("automatic-speech-recognition", "audio"),
     TaskSpec("text-to-audio", "text", output="audio"),
-    TaskSpec("image-to-text", "image", params={"max_new_tokens": _NEW_TOKENS}, generates=True),
-    TaskSpec("summarization", "text", params={"max_new_tokens": _NEW_TOKENS}, generates=True),
-    TaskSpec("translation", "text", params={"max_new_tokens": _NEW_TOKENS}, generates=True),
+    TaskSpec("image-to-text", "image", params={"max_new_tokens": _NEW_TOKENS}, engine="generate"),
+    TaskSpec("summarization", "text", params={"max_new_tokens": _NEW_TOKENS}, engine="generate"),
+    TaskSpec("translation", "text", params={"max_new_tokens": _NEW_TOKENS}, engine="generate"),
+    TaskSpec(
+        "text-to-image",
+        "text",
+        output="image",
+        params={
+            "num_inference_steps": Param("int", 1, 200),
+            "guidance_scale": Param("float", 0.0, 50.0),
+            "height": Param("int", 8, 2048),
+            "width": Param("int", 8, 2048),
+            "negative_prompt": Param("text", 1, 2000),
+            "seed": Param("int", 0, 2**31 - 1),
+        },
+        engine="diffusers",
+    ),
 )
 TASKS: Mapping[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 ALIASES = {
@@ -116,6 +130,9 @@ def task_for(config: Mapping[str, Any], requested: str | None) -> str | None:
     a text generator or an encoder without a head (the span-served kinds)."""
     if requested is not None:
         return task_named(requested).name
+    if "_diffusers_version" in config:
+        # A diffusers pipeline's model_index.json: the text-to-image pipelines are the ones swarm runs.
+        return "text-to-image"
     architectures = config.get("architectures")
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
     if not isinstance(architecture, str):

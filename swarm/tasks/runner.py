@@ -48,7 +48,7 @@ class TaskRunner:
         self,
         manifest: Manifest,
         meta_path: Path,
-        full_path: Path,
+        full_paths: dict[str, Path],
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -57,7 +57,7 @@ class TaskRunner:
         transformers_logging.disable_progress_bar()
         # Processors may read their files after loading: the directory lives as long as the runner.
         self._folder = tempfile.TemporaryDirectory(prefix="swarm-task-")
-        directory = assemble_model_dir(meta_path, full_path, Path(self._folder.name))
+        directory = assemble_model_dir(meta_path, full_paths, Path(self._folder.name))
         try:
             self._load(directory, dtype)
         except (OSError, ValueError, KeyError, ImportError) as error:
@@ -73,7 +73,10 @@ class TaskRunner:
         )
 
         self.pipeline: Any = None
-        if not self.spec.generates:
+        if self.spec.engine == "diffusers":
+            self.pipeline = load_diffusion(directory, dtype, self.device)
+            return
+        if self.spec.engine == "pipeline":
             self.pipeline = pipeline(self.spec.name, model=str(directory), device=self.device, dtype=dtype)  # type: ignore[call-overload]
             return
         model_class = AutoModelForImageTextToText if self.spec.input == "image" else AutoModelForSeq2SeqLM
@@ -96,7 +99,9 @@ class TaskRunner:
         if self.spec.input == "audio":
             value = self._at_model_rate(value)
         torch.manual_seed(TASK_SEED)
-        if self.spec.generates:
+        if self.spec.engine == "diffusers":
+            return self._draw(value, checked)
+        if self.spec.engine == "generate":
             return TaskOutput(self._generate(value, checked))
         if self.spec.name == "feature-extraction":
             features = self.pipeline(value, return_tensors=True)
@@ -113,6 +118,15 @@ class TaskRunner:
 
         return {"raw": soxr.resample(audio["raw"], audio["sampling_rate"], wanted), "sampling_rate": wanted}
 
+    def _draw(self, prompt: str, params: dict[str, Any]) -> TaskOutput:
+        """A diffusers pipeline's image of `prompt`, its noise drawn from `seed` (TASK_SEED unless given)."""
+        seed = params.pop("seed", TASK_SEED)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        image = self.pipeline(prompt=prompt, generator=generator, **params).images[0]
+        return TaskOutput(
+            {"width": image.width, "height": image.height, "seed": seed}, media.png_bytes(image), media.PNG
+        )
+
     def _generate(self, value: Any, params: dict[str, Any]) -> dict[str, Any]:
         if self.image_processor is not None:
             inputs = self.image_processor(images=value, return_tensors="pt")
@@ -123,6 +137,20 @@ class TaskRunner:
         text = self.tokenizer.decode(output[0], skip_special_tokens=True)
         key = {"summarization": "summary_text", "translation": "translation_text"}.get(self.spec.name, "generated_text")
         return {key: text}
+
+
+def load_diffusion(directory: Path, dtype: torch.dtype, device: torch.device) -> Any:
+    """A diffusers pipeline from `directory` (its class named in model_index.json); diffusers is optional."""
+    try:
+        from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        raise SwarmError("text-to-image needs diffusers: pip install 'swarm[diffusers]'") from None
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    pipeline = DiffusionPipeline.from_pretrained(directory, torch_dtype=dtype).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def task_output(task: str, output: Any) -> TaskOutput:
