@@ -372,28 +372,35 @@ def test_a_pipeline_of_speech_recognition_a_language_model_and_speech(task_swarm
 
 def local_pipeline_bytes(directories: dict[str, Path], audio_file: Path) -> bytes:
     """The three steps run here with transformers, one thread (as a peer runs), the sound written as a peer does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    from transformers import pipeline
 
     from swarm.tasks.media import wav_bytes
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        samples, rate = soundfile.read(audio_file, dtype="float32")
-        heard = pipeline("automatic-speech-recognition", model=str(directories["automatic-speech-recognition"]))(
-            {"raw": samples, "sampling_rate": rate}
-        )["text"]
-        tokenizer = AutoTokenizer.from_pretrained(directories["llm"])
-        model = AutoModelForCausalLM.from_pretrained(directories["llm"]).eval()
-        prompt = torch.tensor([tokenizer(f"Summarize: {heard}")["input_ids"]])
-        generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8)
-        summary = tokenizer.decode(generated[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
+        summary = local_summary(directories, audio_file)
         speak = pipeline("text-to-audio", model=str(directories["text-to-audio"]))
         torch.manual_seed(TASK_SEED)  # as the peer seeds each request
         spoken = speak(f"Said {summary}")
     finally:
         torch.set_num_threads(threads)
     return wav_bytes(spoken["audio"], spoken["sampling_rate"])
+
+
+def local_summary(directories: dict[str, Path], audio_file: Path) -> str:
+    """The first two steps run here: the transcription, and the language model's greedy 8 tokens after it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    samples, rate = soundfile.read(audio_file, dtype="float32")
+    heard = pipeline("automatic-speech-recognition", model=str(directories["automatic-speech-recognition"]))(
+        {"raw": samples, "sampling_rate": rate}
+    )["text"]
+    tokenizer = AutoTokenizer.from_pretrained(directories["llm"])
+    model = AutoModelForCausalLM.from_pretrained(directories["llm"]).eval()
+    prompt = torch.tensor([tokenizer(f"Summarize: {heard}")["input_ids"]])
+    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=8)
+    return str(tokenizer.decode(generated[0, prompt.shape[1] :].tolist(), skip_special_tokens=True))
 
 
 def test_a_pipeline_step_whose_input_does_not_fit_fails_naming_the_step(task_swarm: dict[str, Any]) -> None:
@@ -436,11 +443,13 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     assert "whole model  task text-classification" in shown.stdout, shown.stdout
 
     asr, tts = model_name("automatic-speech-recognition"), model_name("text-to-audio")
-    definition = task_swarm["root"] / "served.yaml"
+    definition, summary_only = task_swarm["root"] / "served.yaml", task_swarm["root"] / "summary.yaml"
     definition.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts))
+    summary_only.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "heard-summary")
+                            + "output: summary\n")  # fmt: skip
     port = free_port()
     painter = model_name("text-to-image")
-    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition),
+    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition), "--pipeline", str(summary_only),
                           "--bootstrap", bootstrap, "--listen", f"127.0.0.1:{port}"], environment)  # fmt: skip
     try:
         assert wait_line(server, "serving ", timeout=120).startswith(f"serving {asr} (1 peers), {tts} (1 peers)")
@@ -502,3 +511,20 @@ def check_served(base: str, task_swarm: dict[str, Any], files: dict[str, Path]) 
     assert piped.status_code == 200, piped.text
     assert list(piped.json()["steps"]) == ["heard", "summary", "spoken"]
     assert base64.b64decode(piped.json()["file_base64"]) == local_pipeline_bytes(directories, files["audio"])
+    check_streamed_pipeline(base, encoded, local_summary(directories, files["audio"]))
+
+
+def check_streamed_pipeline(base: str, encoded: str, summary: str) -> None:
+    """A pipeline ending in a language model, streamed: each step as it ends, the text as it comes, the result."""
+    import httpx
+
+    body = {"input_base64": encoded, "stream": True}
+    with httpx.stream("POST", f"{base}/pipelines/heard-summary", json=body, timeout=300) as response:
+        assert response.status_code == 200
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    events = [json.loads(line) for line in lines[:-1]]
+    kinds = [(event["object"], event.get("step")) for event in events if event["object"] != "pipeline.text"]
+    assert kinds == [("pipeline.step", "heard"), ("pipeline.step", "summary"), ("pipeline.result", None)]
+    pieces = [event["text"] for event in events if event["object"] == "pipeline.text"]
+    assert len(pieces) > 1 and "".join(pieces) == events[-1]["text"] == summary

@@ -11,7 +11,7 @@ Throughput: a larger text classifier (BERT, --hidden, --layers) served by one pe
 send requests of --tokens tokens for --seconds; requests per second with two replicas over one.
 
 Usage: python tools/bench_tasks.py [--requests 30] [--clients 4] [--seconds 8] [--hidden 256] [--layers 6]
-                                   [--tokens 128] [--work DIR]
+                                   [--tokens 128] [--tasks T1,T2] [--skip-replicas] [--work DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ TASKS = [
     ("image-to-text", "image", (), {}),
     ("summarization", "text", (), {}),
     ("translation", "text", ("--task", "translation"), {}),
+    ("text-to-image", "text", (), {"num_inference_steps": 4, "height": 32, "width": 32}),
 ]
 SENTENCE = "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex."
 
@@ -101,6 +102,12 @@ def local_call(task: str, model_dir: Path, data: bytes, params: dict[str, Any]) 
     value = decode_input(data, spec.input, task)
     if spec.engine == "generate":
         return local_generate(spec.input, model_dir, value)
+    if spec.engine == "diffusers":
+        from diffusers import DiffusionPipeline
+
+        draw = DiffusionPipeline.from_pretrained(model_dir)
+        draw.set_progress_bar_config(disable=True)
+        return lambda: draw(value, generator=torch.Generator().manual_seed(TASK_SEED), **params).images[0]
     pipe = pipeline(task, model=str(model_dir))
     if task == "feature-extraction":
         return lambda: pipe(value, return_tensors=True)
@@ -123,12 +130,14 @@ def local_generate(media: str, model_dir: Path, value: Any) -> Callable[[], str]
     return lambda: tokenizer.decode(model.generate(**tokenizer(value, return_tensors="pt", truncation=True))[0])
 
 
-def latency_rows(work: Path, requests: int) -> list[tuple[str, float, float, int, int]]:
+def latency_rows(work: Path, requests: int, only: set[str] | None) -> list[tuple[str, float, float, int, int]]:
     from tools.make_task_model import make_task_model
 
     home, data = work / "home", inputs()
     rows = []
     for task, kind, flags, params in TASKS:
+        if only is not None and task not in only:
+            continue
         model_dir = work / "models" / task
         if not (model_dir / "config.json").is_file():
             make_task_model(task, model_dir, seed=0, force=True)
@@ -233,6 +242,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6, help="layers of the throughput run's classifier")
     parser.add_argument("--tokens", type=int, default=128, help="words in each throughput request")
     parser.add_argument("--work", type=Path, help="working directory (kept)")
+    parser.add_argument("--tasks", help="only these tasks' latency, comma-separated (default: every task)")
+    parser.add_argument("--skip-replicas", action="store_true", help="leave out the two-replicas throughput run")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -243,14 +254,16 @@ def main() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tasks-"))
-    rows = latency_rows(work, args.requests)
-    runs = replica_rows(work, args)
+    rows = latency_rows(work, args.requests, set(args.tasks.split(",")) if args.tasks else None)
+    runs = () if args.skip_replicas else replica_rows(work, args)
     print(
         "| task | local pipeline (ms) | swarm, 1 replica (ms) | added (ms) | input bytes / file and tensor bytes back |"
     )
     print("|---|---|---|---|---|")
     for task, local, swarm, sent, received in rows:
         print(f"| {task} | {local * 1e3:.2f} | {swarm * 1e3:.2f} | {(swarm - local) * 1e3:.2f} | {sent} / {received} |")
+    if not runs:
+        return
     print(f"\nthroughput, BERT {args.hidden}x{args.layers}, {args.tokens}-word requests, {args.clients} clients:\n")
     print("| replicas | requests/s | peers' CPU ms / request | client's CPU ms / request |")
     print("|---|---|---|---|")

@@ -7,24 +7,27 @@ JSON. Requests run in worker threads; a bad input is a 400 naming what is wrong,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.params import Depends
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
 
 from swarm.errors import SwarmError
 from swarm.serve.errors import ApiError, bad_request
-from swarm.serve.models import ModelRegistry, ServedTask
+from swarm.serve.models import ModelRegistry, ServedPipeline, ServedTask
 from swarm.tasks import media
 from swarm.tasks.catalog import MAX_INPUT_BYTES, MAX_TEXT_CHARS, task_named
-from swarm.tasks.pipeline_run import run_pipeline
+from swarm.tasks.pipeline import StepOutput
+from swarm.tasks.pipeline_run import PipelineResult, run_pipeline
 from swarm.tasks.protocol import TaskResult
 
 InWorker = Callable[..., Awaitable[Any]]
@@ -65,6 +68,8 @@ class TaskRequest(BaseModel):
     input: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     input_base64: str | None = Field(None, max_length=MAX_INPUT_BYTES * 4 // 3 + 4)
     params: dict[str, Any] = Field(default_factory=dict)
+    # Pipelines only: answer as server-sent events (each step as it ends, a language model's text as it comes).
+    stream: bool = False
 
     def data(self) -> bytes:
         if (self.input is None) == (self.input_base64 is None):
@@ -129,16 +134,49 @@ def add_task_routes(app: FastAPI, models: ModelRegistry, in_worker: InWorker, au
         result: TaskResult = await in_worker(served.client.run, request.data(), request.params)
         return {"object": "task.result", "model": served.name} | _result_record(result)
 
-    @app.post("/v1/pipelines/{name}", dependencies=[authorized])
-    async def pipeline(name: str, http: Request) -> dict[str, Any]:
+    @app.post("/v1/pipelines/{name}", dependencies=[authorized], response_model=None)
+    async def pipeline(name: str, http: Request) -> dict[str, Any] | EventSourceResponse:
         served = models.pipeline(name)
         request = await _task_body(http)
-        result = await in_worker(run_pipeline, served.spec, served.clients, request.data())
-        final = result.final
-        steps = {step: {"text": output.text, "file_type": output.file_type, "seconds": round(result.seconds[step], 4)}
-                 for step, output in result.outputs.items()}  # fmt: skip
-        record = {"object": "pipeline.result", "pipeline": name, "output": final.output, "text": final.text}
-        return record | _file_record(final.file, final.file_type) | {"steps": steps}
+        if request.stream:
+            return EventSourceResponse(_pipeline_events(name, served, request.data(), in_worker))
+        return _pipeline_record(name, await in_worker(run_pipeline, served.spec, served.clients, request.data()))
+
+
+async def _pipeline_events(
+    name: str, served: ServedPipeline, data: bytes, in_worker: InWorker
+) -> AsyncIterator[dict[str, str]]:
+    """A pipeline's run as server-sent events: `pipeline.step` as each step ends, `pipeline.text` for each piece of a
+    language model's output step, then `pipeline.result` (or an error in OpenAI's shape) and [DONE]."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue[dict[str, Any] | None]()
+
+    def put(event: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    def on_step(step: str, output: StepOutput, seconds: float) -> None:
+        put({"object": "pipeline.step", "step": step, "text": output.text, "file_type": output.file_type,
+             "seconds": round(seconds, 4)})  # fmt: skip
+
+    def on_text(piece: str) -> None:
+        put({"object": "pipeline.text", "step": served.spec.output, "text": piece})
+
+    running = asyncio.ensure_future(in_worker(run_pipeline, served.spec, served.clients, data, on_text, on_step))
+    running.add_done_callback(lambda _: queue.put_nowait(None))
+    while (event := await queue.get()) is not None:
+        yield {"data": json.dumps(event)}
+    try:
+        yield {"data": json.dumps(_pipeline_record(name, running.result()))}
+    except ApiError as error:
+        yield {"data": json.dumps(error.body())}
+    yield {"data": "[DONE]"}
+
+
+def _pipeline_record(name: str, result: PipelineResult) -> dict[str, Any]:
+    final = result.final
+    steps = {step: {"text": output.text, "file_type": output.file_type, "seconds": round(result.seconds[step], 4)}
+             for step, output in result.outputs.items()}  # fmt: skip
+    record = {"object": "pipeline.result", "pipeline": name, "output": final.output, "text": final.text}
+    return record | _file_record(final.file, final.file_type) | {"steps": steps}
 
 
 def _task_model(models: ModelRegistry, name: str, task: str) -> ServedTask:

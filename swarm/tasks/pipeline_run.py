@@ -79,10 +79,14 @@ def close_clients(clients: Mapping[str, StepClient]) -> None:
 
 
 def run_pipeline(
-    spec: PipelineSpec, clients: Mapping[str, Any], data: bytes, on_text: Callable[[str], None] | None = None
+    spec: PipelineSpec,
+    clients: Mapping[str, Any],
+    data: bytes,
+    on_text: Callable[[str], None] | None = None,
+    on_step: Callable[[str, StepOutput, float], None] | None = None,
 ) -> PipelineResult:
     """Every step the output needs, stage by stage; `on_text` streams the output step's text when a language model
-    makes it."""
+    makes it, `on_step` hears of each step as it ends (its output and seconds)."""
     needed = needed_steps(spec)
     outputs: dict[str, StepOutput] = {}
     seconds: dict[str, float] = {}
@@ -98,6 +102,8 @@ def run_pipeline(
             for step_id, future in running.items():
                 try:
                     outputs[step_id], seconds[step_id] = future.result()
+                    if on_step is not None:
+                        on_step(step_id, outputs[step_id], seconds[step_id])
                 except SwarmError as error:
                     # From the error: a failing peer stays a failure of the swarm (a 5xx in swarm serve).
                     raise SwarmError(f"step {step_id!r} ({spec.step(step_id).model}) failed: {error}") from error
