@@ -14,7 +14,7 @@ import uvicorn
 
 from swarm.address import Address
 from swarm.client.ensemble import EnsembleClient
-from swarm.client.resolve import Resolver
+from swarm.client.resolve import Resolver, parse_route
 from swarm.client.run import SwarmClient
 from swarm.config import Settings
 from swarm.errors import SwarmError
@@ -30,8 +30,8 @@ from swarm.serve.models import (
     connect_model,
 )
 from swarm.tasks.client import TaskClient
-from swarm.tasks.pipeline import read_pipeline
-from swarm.tasks.pipeline_run import connect_clients
+from swarm.tasks.pipeline import read_pipeline, step_models
+from swarm.tasks.pipeline_run import close_clients
 
 # Seconds open streams get to finish when the server is told to stop; then they are cut (their sessions close).
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -74,8 +74,8 @@ def connect_models(
             if resolver is not None:
                 watched.append((client, resolver))
         for path in pipeline_files:
-            spec = read_pipeline(path)
-            pipelines[spec.name] = ServedPipeline(spec, connect_clients(settings, spec, torrent_peers))
+            pipeline = connect_pipeline(settings, path, torrent_peers, watched)
+            pipelines[pipeline.spec.name] = pipeline
         tasks = [ServedTask(client.manifest.name, client) for client in clients if isinstance(client, TaskClient)]
         models = [client for client in clients if isinstance(client, SwarmClient)]
         if ensemble is None:
@@ -93,6 +93,28 @@ def connect_models(
         for _, resolver in watched:
             resolver.close()
         raise
+
+
+def connect_pipeline(
+    settings: Settings, path: Path, torrent_peers: Sequence[str], watched: list[tuple[WatchedClient, Resolver]]
+) -> ServedPipeline:
+    """The pipeline `path` defines, with a client per model its steps run, connected as served models are (a model
+    whose peers are not up yet is served once they are; those not pinned are looked for again: added to
+    `watched`)."""
+    spec = read_pipeline(path)
+    clients: dict[str, Any] = {}
+    try:
+        for model, route_text in step_models(spec).items():
+            client, resolver = connect_model(
+                settings, model, parse_route(route_text) if route_text else [], torrent_peers
+            )
+            clients[model] = client
+            if resolver is not None:
+                watched.append((client, resolver))
+    except BaseException:
+        close_clients(clients)
+        raise
+    return ServedPipeline(spec, clients)
 
 
 def serve_until_stopped(

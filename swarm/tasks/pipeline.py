@@ -176,6 +176,11 @@ def needed_steps(spec: PipelineSpec) -> set[str]:
     return needed
 
 
+def step_models(spec: PipelineSpec) -> dict[str, str]:
+    """The models the needed steps run, each with the route its steps pin ("" for none: the DHT's peers)."""
+    return {spec.step(step_id).model: spec.step(step_id).route for step_id in sorted(needed_steps(spec))}
+
+
 def step_input(step: Step, pipeline_input: bytes, outputs: Mapping[str, StepOutput]) -> bytes:
     """The bytes a step runs on: the pipeline's input, an earlier step's file or text, or a template filled in.
     An output that has no text where text is asked for is an error naming both steps."""

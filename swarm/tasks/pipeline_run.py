@@ -14,7 +14,16 @@ from swarm.client.resolve import Resolver
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.tasks.client import TaskClient
-from swarm.tasks.pipeline import PipelineSpec, Step, StepOutput, needed_steps, output_text, stages, step_input
+from swarm.tasks.pipeline import (
+    PipelineSpec,
+    Step,
+    StepOutput,
+    needed_steps,
+    output_text,
+    stages,
+    step_input,
+    step_models,
+)
 
 # New tokens of a language-model step that sets no max_new_tokens.
 DEFAULT_NEW_TOKENS = 64
@@ -56,8 +65,7 @@ def connect_clients(settings: Settings, spec: PipelineSpec, torrent_peers: Seque
     clients: dict[str, Any] = {}
     resolver = Resolver(settings, torrent_peers)
     try:
-        routes = {spec.step(step_id).model: spec.step(step_id).route for step_id in sorted(needed_steps(spec))}
-        for model, route_text in routes.items():
+        for model, route_text in step_models(spec).items():
             manifest, torrent_data = resolver.manifest(model)
             route = parse_route(route_text) if route_text else []
             if manifest.task is None:
