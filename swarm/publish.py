@@ -69,12 +69,11 @@ def publish(
     if settings.piece_length:
         check_piece_length(settings.piece_length, settings.torrent_format)
     source = read_source(locate_model(reference))
-    entries: list[TensorEntry] = []
-    for weight_file in source.weight_files:
-        entries.extend(read_entries(weight_file)[0])
+    by_file = {weight_file: read_entries(weight_file)[0] for weight_file in source.weight_files}
+    entries = [entry for found in by_file.values() for entry in found]
     task = task_for(source.config, task)
     family = None if task is not None else family_for(source.config)
-    planned = _plan(source, entries, family, settings.blocks_per_chunk)
+    planned = _plan(source, by_file, family, settings.blocks_per_chunk)
 
     catalog = settings.catalog
     _check_writable(catalog)
@@ -163,17 +162,18 @@ def publish(
 
 
 def _plan(
-    source: ModelSource, entries: list[TensorEntry], family: Family | None, blocks_per_chunk: int
+    source: ModelSource, by_file: dict[Path, list[TensorEntry]], family: Family | None, blocks_per_chunk: int
 ) -> list[PlannedChunk]:
     """The chunks: a transformers model's by its family (or one full chunk); a diffusers pipeline's one full chunk
     per component, read back from where the component keeps its weights (one file, even when it was sharded)."""
     if not source.components:
+        entries = [entry for found in by_file.values() for entry in found]
         return plan_chunks(entries, source.config, family, blocks_per_chunk, source.meta_files, source.directory)
     by_component: dict[str, list[TensorEntry]] = {name: [] for name in source.components}
     names: dict[str, str] = {}
-    for weight_file in source.weight_files:
+    for weight_file, found in by_file.items():
         component = weight_file.parent.name
-        by_component[component].extend(read_entries(weight_file)[0])
+        by_component[component].extend(found)
         names[component] = SHARD_SUFFIX.sub(".safetensors", weight_file.name)
     return plan_component_chunks(by_component, source.meta_files, source.directory, names)
 

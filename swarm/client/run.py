@@ -261,13 +261,7 @@ class SwarmClient:
 
     def endpoint(self) -> ComputeClient:
         """A new client endpoint (reply socket and dealers) for one request: sockets are not shared by threads."""
-        return ComputeClient(
-            self.settings.client_reply_host,
-            self.settings.request_timeout,
-            self.context,
-            liveness_timeout=self.settings.liveness_timeout,
-            member_keys={peer.address: peer.member_key for peer in self.peers if peer.member_key},
-        )
+        return ComputeClient.for_peers(self.settings, self.context, self.peers)
 
     # ----- generation -----
 

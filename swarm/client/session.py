@@ -29,6 +29,7 @@ import torch
 from swarm import transport
 from swarm.address import Address, local_host_towards
 from swarm.client.routing import BAD_RESULT, SEND_FAILED, TIMEOUT, UNREACHABLE, PeerFailure, PeerInfo
+from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.wire import (
     PROTOCOL_VERSION,
@@ -148,6 +149,17 @@ class ComputeClient:
             heartbeat=transport.Heartbeat(liveness_timeout),
         )
         self.closed = False
+
+    @classmethod
+    def for_peers(cls, settings: Settings, context: transport.Context, peers: Sequence[PeerInfo]) -> ComputeClient:
+        """An endpoint as `settings` configure it, taking results from `peers` only over their member keys."""
+        return cls(
+            settings.client_reply_host,
+            settings.request_timeout,
+            context,
+            liveness_timeout=settings.liveness_timeout,
+            member_keys={peer.address: peer.member_key for peer in peers if peer.member_key},
+        )
 
     def reply_to(self, last_hop: str) -> str:
         """The reply address for a route ending at `last_hop` (a wire address)."""

@@ -129,18 +129,18 @@ def add_task_routes(app: FastAPI, models: ModelRegistry, in_worker: InWorker, au
 
     @app.post("/v1/tasks/{task}", dependencies=[authorized])
     async def task(task: str, http: Request) -> dict[str, Any]:
-        request = await _task_body(http)
+        request, data = await _task_body(http)
         served = _task_model(models, request.model or "", task)
-        result: TaskResult = await in_worker(served.client.run, request.data(), request.params)
+        result: TaskResult = await in_worker(served.client.run, data, request.params)
         return {"object": "task.result", "model": served.name} | _result_record(result)
 
     @app.post("/v1/pipelines/{name}", dependencies=[authorized], response_model=None)
     async def pipeline(name: str, http: Request) -> dict[str, Any] | EventSourceResponse:
         served = models.pipeline(name)
-        request = await _task_body(http)
+        request, data = await _task_body(http)
         if request.stream:
-            return EventSourceResponse(_pipeline_events(name, served, request.data(), in_worker))
-        return _pipeline_record(name, await in_worker(run_pipeline, served.spec, served.clients, request.data()))
+            return EventSourceResponse(_pipeline_events(name, served, data, in_worker))
+        return _pipeline_record(name, await in_worker(run_pipeline, served.spec, served.clients, data))
 
 
 async def _pipeline_events(
@@ -200,8 +200,8 @@ async def _upload(file: UploadFile) -> bytes:
     return data
 
 
-async def _task_body(http: Request) -> TaskRequest:
-    """The request as JSON, or as a multipart form (file, model, params as JSON text)."""
+async def _task_body(http: Request) -> tuple[TaskRequest, bytes]:
+    """The request and its input's bytes, from JSON or from a multipart form (file, model, params as JSON text)."""
     if http.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await http.form()
         upload, params = form.get("file"), form.get("params", "{}")
@@ -212,17 +212,14 @@ async def _task_body(http: Request) -> TaskRequest:
             parsed = json.loads(params)
         except ValueError:
             raise bad_request("params is not JSON", "params") from None
-        data = await _upload(upload)
-        return TaskRequest(
-            model=model if isinstance(model, str) else None,
-            input=None,
-            input_base64=base64.b64encode(data).decode(),
-            params=parsed if isinstance(parsed, dict) else {},
-        )
+        fields = TaskRequest(model=model if isinstance(model, str) else None, input=None, input_base64=None,
+                             params=parsed if isinstance(parsed, dict) else {})  # fmt: skip
+        return fields, await _upload(upload)
     try:
-        return TaskRequest.model_validate_json(await http.body())
+        request = TaskRequest.model_validate_json(await http.body())
     except ValueError as error:
         raise bad_request(f"the request body is not a task request: {str(error)[:300]}") from None
+    return request, request.data()
 
 
 def _result_record(result: TaskResult) -> dict[str, Any]:

@@ -54,13 +54,7 @@ class TaskClient:
         self._endpoints: list[ComputeClient] = []
 
     def endpoint(self) -> ComputeClient:
-        return ComputeClient(
-            self.settings.client_reply_host,
-            self.settings.request_timeout,
-            self.context,
-            liveness_timeout=self.settings.liveness_timeout,
-            member_keys={peer.address: peer.member_key for peer in self.peers if peer.member_key},
-        )
+        return ComputeClient.for_peers(self.settings, self.context, self.peers)
 
     def _thread_endpoint(self) -> ComputeClient:
         """This thread's endpoint (a new one when the peers changed: member keys come with them)."""
