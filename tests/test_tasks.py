@@ -447,6 +447,13 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     definition.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts))
     summary_only.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "heard-summary")
                             + "output: summary\n")  # fmt: skip
+    # `swarm pipeline` as the README shows it: no step pins a route, the DHT finds every model's peers.
+    spoken = task_swarm["root"] / "by-dht.wav"
+    command = [SWARM, "pipeline", str(definition), "--input", str(files["audio"]), "--out", str(spoken),
+               "--bootstrap", bootstrap]  # fmt: skip
+    piped = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert spoken.read_bytes() == local_pipeline_bytes(task_swarm["dirs"], files["audio"])
     port = free_port()
     painter = model_name("text-to-image")
     server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition), "--pipeline", str(summary_only),
