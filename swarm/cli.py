@@ -646,14 +646,14 @@ def run_task(settings: Settings, model: str, route_text: str | None, request: Ta
 
     resolver = Resolver(settings)
     try:
-        manifest, _ = resolver.manifest(model)
+        manifest, torrent_data = resolver.manifest(model)
         spec = check_task(manifest, request.task)
         params = parse_params(spec, request.params)
         if spec.output != "json" and request.out is None:
             raise SwarmError(f"{spec.name} makes a{'n image' if spec.output == 'image' else ' sound'}: give --out FILE")
         data = task_input_bytes(request.input, spec.input)
         route = parse_route(route_text) if route_text else []
-        client = TaskClient(manifest, settings)
+        client = TaskClient.for_manifest(resolver, manifest, torrent_data)
         with client:
             client.find_peers(route or resolver.compute_addresses(manifest), pinned=bool(route))
             result = client.run(data, params)

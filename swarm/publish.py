@@ -30,7 +30,7 @@ from swarm.model.families import Family, family_for
 from swarm.model.safetensors_stream import TensorEntry, read_entries
 from swarm.model.source import ModelSource, locate_model, read_source
 from swarm.progress import ProgressSink, SilentProgress
-from swarm.tasks.catalog import task_for
+from swarm.tasks.catalog import split_into_spans, task_for
 from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
 
 # A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
@@ -60,7 +60,8 @@ def publish(
     task: str | None = None,
 ) -> Published:
     """Publish the model at `reference` as `name`; `task` (swarm.tasks.catalog) overrides the one its architecture
-    implies. A model with a task is one `full` chunk: its peers run it whole, as a transformers task."""
+    implies. A model is split into block chunks when `split_into_spans` says so, else it is one `full` chunk whose
+    peers run it whole (as a transformers task when it has one)."""
     started = time.perf_counter()
     progress = progress or SilentProgress()
     check_name(name)
@@ -72,7 +73,8 @@ def publish(
     by_file = {weight_file: read_entries(weight_file)[0] for weight_file in source.weight_files}
     entries = [entry for found in by_file.values() for entry in found]
     task = task_for(source.config, task)
-    family = None if task is not None else family_for(source.config)
+    adapter = family_for(source.config)
+    family = adapter if split_into_spans(task, adapter is not None) else None
     planned = _plan(source, by_file, family, settings.blocks_per_chunk)
 
     catalog = settings.catalog

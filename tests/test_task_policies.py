@@ -16,7 +16,7 @@ from PIL import Image
 from swarm.errors import SwarmError
 from swarm.model.chunker import extract_meta_archive, write_meta_archive
 from swarm.tasks import media
-from swarm.tasks.catalog import TASKS, checked_params, parse_params, task_for, task_named
+from swarm.tasks.catalog import TASKS, checked_params, parse_params, split_into_spans, task_for, task_named
 from swarm.tasks.pipeline import StepOutput, needed_steps, output_text, parse_pipeline, stages, step_input
 
 
@@ -44,6 +44,25 @@ from swarm.tasks.pipeline import StepOutput, needed_steps, output_text, parse_pi
 )
 def test_the_task_a_model_is_published_for(architecture: str, requested: str | None, expected: str | None) -> None:
     assert task_for({"architectures": [architecture]}, requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "has_block_adapter", "expected"),
+    [
+        (None, True, True),  # a language model or a bare encoder of a known family
+        (None, False, False),  # an architecture without block adapters: whole replicas
+        ("text-classification", True, True),
+        ("token-classification", True, True),
+        ("feature-extraction", True, True),
+        ("zero-shot-classification", True, True),
+        ("text-classification", False, False),  # e.g. a DistilBERT classifier: no adapter, whole
+        ("automatic-speech-recognition", True, False),  # a task whose model is more than a head over blocks
+        ("summarization", True, False),
+        ("text-to-image", False, False),
+    ],
+)
+def test_which_models_are_split_into_spans(task: str | None, has_block_adapter: bool, expected: bool) -> None:
+    assert split_into_spans(task, has_block_adapter) is expected
 
 
 def test_an_unknown_task_lists_the_known_ones() -> None:

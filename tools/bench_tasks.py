@@ -80,10 +80,10 @@ def client_for(name: str, home: Path, addresses: list[str]) -> Any:
     settings = Settings(home=home)
     resolver = Resolver(settings)
     try:
-        manifest, _ = resolver.manifest(name)
+        manifest, torrent_data = resolver.manifest(name)
+        client = TaskClient.for_manifest(resolver, manifest, torrent_data)
     finally:
         resolver.close()
-    client = TaskClient(manifest, settings)
     client.find_peers(addresses, pinned=True)
     return client
 

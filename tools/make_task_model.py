@@ -52,6 +52,9 @@ from transformers import (
     DPTForDepthEstimation,
     DPTImageProcessorPil,
     GenerationConfig,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    LlamaModel,
     PreTrainedModel,
     ViTConfig,
     ViTForImageClassification,
@@ -211,22 +214,36 @@ def _build_bert(head: type[PreTrainedModel], labels: Sequence[str] | None) -> Bu
     return head(config), tokenizer
 
 
-def _build_text_generation() -> Built:
-    """Llama with a byte-level BPE tokenizer and a chat template (stands in for summarization/translation)."""
+def _build_llama(head: type[PreTrainedModel], labels: Sequence[str] | None) -> Built:
+    """Llama with a byte-level BPE tokenizer and a task head (``labels`` its outputs; None for the bare decoder)."""
     tokenizer, special = train_byte_level_bpe(VOCAB, _texts(), MAX_POSITIONS)
-    # make_model.py's own shape rules and config, just smaller than its defaults.
-    shape = derive_shape(
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(special.pad)
+    config = build_config("llama", _llama_shape(len(tokenizer)), special, tie_embeddings=None)
+    config.pad_token_id = special.pad
+    if labels:
+        config.update(_label_maps(labels))
+    return head(config), tokenizer
+
+
+def _llama_shape(vocab: int) -> Any:
+    # make_model.py's own shape rules, just smaller than its defaults.
+    return derive_shape(
         "llama",
         layers=LAYERS,
         hidden=HIDDEN,
-        vocab=max(VOCAB, len(tokenizer)),
+        vocab=max(VOCAB, vocab),
         heads=HEADS,
         kv_heads=None,
         intermediate=None,
         experts=None,
         max_positions=MAX_POSITIONS,
     )
-    model = model_class("llama")(build_config("llama", shape, special, tie_embeddings=None))
+
+
+def _build_text_generation() -> Built:
+    """Llama with a byte-level BPE tokenizer and a chat template (stands in for summarization/translation)."""
+    tokenizer, special = train_byte_level_bpe(VOCAB, _texts(), MAX_POSITIONS)
+    model = model_class("llama")(build_config("llama", _llama_shape(len(tokenizer)), special, tie_embeddings=None))
     model.generation_config = GenerationConfig(
         bos_token_id=special.bos,
         eos_token_id=special.eos,
@@ -426,6 +443,15 @@ _BUILDERS: dict[str, Callable[[], Built]] = {
     "automatic-speech-recognition": _build_speech_recognition,
     "text-to-audio": _build_text_to_audio,
 }
+# The text tasks again with a Llama decoder under the head (--family llama): models of a causal family whose blocks
+# swarm spreads over peers like a language model's.
+_LLAMA_BUILDERS: dict[str, Callable[[], Built]] = {
+    "text-classification": functools.partial(_build_llama, LlamaForSequenceClassification, TEXT_LABELS),
+    "token-classification": functools.partial(_build_llama, LlamaForTokenClassification, NER_LABELS),
+    "feature-extraction": functools.partial(_build_llama, LlamaModel, None),
+    "zero-shot-classification": functools.partial(_build_llama, LlamaForSequenceClassification, NLI_LABELS),
+}
+FAMILIES = ("bert", "llama")
 # text-to-image is a diffusers pipeline (a folder per component), made by _diffusion_pipeline.
 TASKS: tuple[str, ...] = (*_BUILDERS, "text-to-image")
 
@@ -477,16 +503,24 @@ def describe(task: str) -> str:
     return summary
 
 
-def make_task_model(task: str, out_dir: Path, seed: int = 0, *, force: bool = False) -> Path:
+def make_task_model(task: str, out_dir: Path, seed: int = 0, *, force: bool = False, family: str = "bert") -> Path:
     """Write a tiny random ``task`` model and its processor to ``out_dir``; returns ``out_dir``.
 
     The same task and seed always give the same weights. ``out_dir`` must not exist or be empty
-    unless ``force``; it only appears once everything is written.
+    unless ``force``; it only appears once everything is written. ``family`` "llama" puts the text tasks' heads on
+    a Llama decoder instead of BERT.
     """
     if task in REPLACED_TASKS:
         raise MakeModelError(f"transformers 5 removed the {task!r} pipeline; make {REPLACED_TASKS[task]!r} instead")
     if task not in TASKS:
         raise MakeModelError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    builders = _BUILDERS
+    if family == "llama":
+        if task not in _LLAMA_BUILDERS:
+            raise MakeModelError(f"--family llama makes only {', '.join(_LLAMA_BUILDERS)}")
+        builders = _LLAMA_BUILDERS
+    elif family != "bert":
+        raise MakeModelError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     out_path = Path(out_dir)
     with staged_output_dir(out_path, force) as staging:
         if task == "text-to-image":
@@ -494,7 +528,7 @@ def make_task_model(task: str, out_dir: Path, seed: int = 0, *, force: bool = Fa
                 _diffusion_pipeline().save_pretrained(staging)
             return out_path
         with _seeded(seed):
-            model, processor = _BUILDERS[task]()
+            model, processor = builders[task]()
         # Models must be float32 whatever torch's default dtype is; Module.to keeps the type checker calm.
         torch.nn.Module.to(model, torch.float32)
         model.eval()
@@ -515,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output directory (required with --task)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for weights (default 0)")
     parser.add_argument("--force", action="store_true", help="replace --out if it already exists")
+    parser.add_argument("--family", choices=FAMILIES, default="bert", help="the text tasks' base model (default bert)")
     return parser
 
 
@@ -532,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     transformers_logging.disable_progress_bar()
     try:
-        out = make_task_model(args.task, args.out, seed=args.seed, force=args.force)
+        out = make_task_model(args.task, args.out, seed=args.seed, force=args.force, family=args.family)
     except MakeModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

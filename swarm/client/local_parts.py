@@ -26,6 +26,12 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
+def client_dtype(wanted: str) -> torch.dtype:
+    """What a client computes a checkpoint of dtype `wanted` in. As peers do on a CPU: float16 kernels there are slow
+    or missing, so half-precision checkpoints run in float32; bfloat16 is fine."""
+    return torch.float32 if wanted == "float16" else TORCH_DTYPES.get(wanted, torch.float32)
+
+
 def _token_ids(value: Any) -> set[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return {value}
@@ -43,17 +49,14 @@ class LocalParts:
         self.family = manifest.family
         if "meta" not in chunk_paths:
             raise SwarmError(f"{manifest.name}: the meta chunk (config and tokenizer) is not available")
-        self.tokenizer, generation = _load_meta(chunk_paths["meta"], manifest.name)
+        self.tokenizer, generation = load_meta(chunk_paths["meta"], manifest.name)
         # As transformers' generate does: the generation config's EOS first, then the model config's.
         self.eos_token_ids = (
             _token_ids(generation.get("eos_token_id"))
             or _token_ids(self.config.get("eos_token_id"))
             or _token_ids(self.tokenizer.eos_token_id)
         )
-        # As peers do on a CPU: float16 kernels there are slow or missing, so half-precision checkpoints run in
-        # float32; bfloat16 is fine.
-        wanted = dtype or manifest.dtype
-        self.dtype = torch.float32 if wanted == "float16" else TORCH_DTYPES.get(wanted, torch.float32)
+        self.dtype = client_dtype(dtype or manifest.dtype)
         self.span: Span | None = None
         if self.family is not None:
             tensor_files = [path for chunk_id, path in chunk_paths.items() if chunk_id != "meta"]
@@ -130,7 +133,7 @@ class LocalParts:
         return self.span.pool(hidden, attention_mask).float()
 
 
-def _load_meta(archive: Path, name: str) -> tuple[PreTrainedTokenizerBase, dict[str, Any]]:
+def load_meta(archive: Path, name: str) -> tuple[PreTrainedTokenizerBase, dict[str, Any]]:
     """The tokenizer and generation config from a meta chunk (unpacked to a scratch folder, then dropped)."""
     with tempfile.TemporaryDirectory(prefix="swarm-meta-") as scratch:
         folder = Path(scratch)

@@ -44,6 +44,7 @@ from swarm.client.session import (
     PeerFailure,
     expect_hidden,
     expect_logits,
+    in_dtype,
     new_id,
     probe_rate,
     query_peers,
@@ -53,7 +54,7 @@ from swarm.client.speculative import generate_speculative
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
-from swarm.wire import DTYPES, Header, Hop, Kind
+from swarm.wire import Header, Hop, Kind
 
 # Failovers one generation may go through before it gives up (refusals from busy peers do not count: the busy
 # retry time bounds those).
@@ -457,14 +458,6 @@ class SwarmClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def in_dtype(hidden: torch.Tensor, dtype: str) -> torch.Tensor:
-    """`hidden` in the floating dtype a peer names (as it is when the name is unknown or not a float type)."""
-    wanted = DTYPES.get(dtype)
-    if wanted is None or not wanted.is_floating_point or wanted == hidden.dtype:
-        return hidden
-    return hidden.to(wanted)
 
 
 class _FailoverSteps:

@@ -32,6 +32,7 @@ from swarm.client.routing import BAD_RESULT, SEND_FAILED, TIMEOUT, UNREACHABLE, 
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.wire import (
+    DTYPES,
     PROTOCOL_VERSION,
     Header,
     Hop,
@@ -463,6 +464,14 @@ def run_encoder(
     header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, hidden.shape[1]))
     reply = client.request(route, header, tensors, timeout=timeout)
     return expect_hidden(reply.tensors, route[-1].address, hidden.shape[-1])
+
+
+def in_dtype(hidden: torch.Tensor, dtype: str) -> torch.Tensor:
+    """`hidden` in the floating dtype a peer names (as it is when the name is unknown or not a float type)."""
+    wanted = DTYPES.get(dtype)
+    if wanted is None or not wanted.is_floating_point or wanted == hidden.dtype:
+        return hidden
+    return hidden.to(wanted)
 
 
 def expect_hidden(tensors: Mapping[str, torch.Tensor], peer: str, hidden_size: int) -> torch.Tensor:

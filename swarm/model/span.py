@@ -39,6 +39,7 @@ from transformers.masking_utils import (
 )
 from transformers.modeling_utils import LoadStateDictConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging as transformers_logging
 
 from swarm.errors import SwarmError
 from swarm.model import batched_cache
@@ -53,6 +54,8 @@ class ModuleLayout:
 
     embed_modules: tuple[str, ...]
     layers: str
+    # The same blocks inside the family's base model (what every task model of the family wraps).
+    base_layers: str
     head_modules: tuple[str, ...]
     # Head modules the checkpoint may legitimately lack (BERT checkpoints from *ForMaskedLM have no pooler).
     optional_head_modules: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class ModuleLayout:
 _LLAMA_LIKE = ModuleLayout(
     embed_modules=("model.embed_tokens",),
     layers="model.layers",
+    base_layers="layers",
     head_modules=("model.norm", "lm_head"),
     shared_modules=("model.rotary_emb",),
 )
@@ -75,12 +79,14 @@ _LAYOUTS: dict[str, ModuleLayout] = {
     "gpt2": ModuleLayout(
         embed_modules=("transformer.wte", "transformer.wpe"),
         layers="transformer.h",
+        base_layers="h",
         head_modules=("transformer.ln_f", "lm_head"),
     ),
     # AutoModel gives the bare BertModel: checkpoints with the `bert.` prefix lose it on load.
     "bert": ModuleLayout(
         embed_modules=("embeddings",),
         layers="encoder.layer",
+        base_layers="encoder.layer",
         head_modules=(),
         optional_head_modules=("pooler",),
         causal=False,
@@ -128,6 +134,15 @@ def build_skeleton(config: ConfigLike, family: str | Family, dtype: torch.dtype 
     return model.eval()
 
 
+def blocks_path(model: Any, family: str | Family) -> str:
+    """Where `model`, any model class of `family` (a task model, its base model), keeps its blocks."""
+    base_layers = _LAYOUTS[_family_name(family)].base_layers
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and hasattr(model, prefix):
+        return f"{prefix}.{base_layers}"
+    return base_layers
+
+
 def load_tensors(paths: Iterable[str | Path], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of the given safetensors files, by its original name. A name in two files is an error."""
     tensors: dict[str, torch.Tensor] = {}
@@ -138,6 +153,45 @@ def load_tensors(paths: Iterable[str | Path], device: str | torch.device = "cpu"
                     raise SwarmError(f"tensor {name} appears in more than one chunk file ({path})")
                 tensors[name] = reader.get_tensor(name)
     return tensors
+
+
+def load_into(
+    model: Any,
+    tensors: Mapping[str, torch.Tensor],
+    wanted: Callable[[str], bool],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[set[str], list[str]]:
+    """Materialize the parameters of a meta-device `model` that `wanted` names (by their name in the model) from
+    checkpoint `tensors`, with the renames and converters from_pretrained would apply. Returns the model's keys left
+    missing and the checkpoint names not wanted (ignored)."""
+    transforms = get_model_conversion_mapping(model)
+    renamings = [entry for entry in transforms if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in transforms if isinstance(entry, WeightConverter)]
+    weight_mapping: list[WeightConverter | WeightRenaming] = [*renamings, *converters]
+    # Its per-tensor progress bar would land in the output of `swarm run`.
+    transformers_logging.disable_progress_bar()
+    meta_state = model.state_dict()
+    needed: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for name, tensor in tensors.items():
+        # Filter on the name the tensor will have inside the model, so one rule covers every checkpoint spelling
+        # (prefixed or not, per-expert or fused).
+        target, _ = rename_source_key(name, renamings, converters, model.base_model_prefix, meta_state)
+        if target not in meta_state and name in meta_state:
+            target = name  # the loader's own fallback: a name the model already uses is never renamed
+        if wanted(target):
+            needed[name] = tensor
+        else:
+            ignored.append(name)
+    load_config = LoadStateDictConfig(device_map={"": str(device)}, dtype=dtype, weight_mapping=weight_mapping)
+    info, _ = convert_and_load_state_dict_in_model(model, needed, load_config)
+    if info.conversion_errors:
+        raise SwarmError(f"could not convert span tensors: {'; '.join(sorted(info.conversion_errors))}")
+    if info.mismatched_keys:
+        shapes = ", ".join(f"{key} {tuple(got)} != {tuple(want)}" for key, got, want in sorted(info.mismatched_keys))
+        raise SwarmError(f"span tensors have the wrong shapes for this config: {shapes}")
+    return set(info.missing_keys), ignored
 
 
 def make_positions(past_length: int, num_tokens: int, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -178,7 +232,6 @@ class Span:
             raise SwarmError(f"span blocks [{start}, {end}) are outside the model's {layer_count} blocks")
         self.start, self.end = start, end
         self.has_embed, self.has_head = has_embed, has_head
-        self.ignored_tensors: list[str] = []
         self._load(tensors)
         self._layer_types = self._resolve_layer_types()
 
@@ -195,37 +248,12 @@ class Span:
         return tuple(prefixes)
 
     def _load(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        # The renames and converters from_pretrained would apply (the loader itself only uses these two kinds).
-        transforms = get_model_conversion_mapping(self.model)
-        renamings = [entry for entry in transforms if isinstance(entry, WeightRenaming)]
-        converters = [entry for entry in transforms if isinstance(entry, WeightConverter)]
-        weight_mapping: list[WeightConverter | WeightRenaming] = [*renamings, *converters]
-        meta_state = self.model.state_dict()
         wanted = self._wanted_prefixes()
-        needed: dict[str, torch.Tensor] = {}
-        for name, tensor in tensors.items():
-            # Filter on the name the tensor will have inside the model, so one rule covers every checkpoint
-            # spelling (prefixed or not, per-expert or fused).
-            target, _ = rename_source_key(name, renamings, converters, self.model.base_model_prefix, meta_state)
-            if target not in meta_state and name in meta_state:
-                target = name  # the loader's own fallback: a name the model already uses is never renamed
-            if target.startswith(wanted) or target in wanted:
-                needed[name] = tensor
-            else:
-                self.ignored_tensors.append(name)
-        load_config = LoadStateDictConfig(
-            device_map={"": str(self.device)}, dtype=self.dtype, weight_mapping=weight_mapping
+        missing_keys, self.ignored_tensors = load_into(
+            self.model, tensors, lambda target: target.startswith(wanted) or target in wanted, self.device, self.dtype
         )
-        info, _ = convert_and_load_state_dict_in_model(self.model, needed, load_config)
-        if info.conversion_errors:
-            raise SwarmError(f"could not convert span tensors: {'; '.join(sorted(info.conversion_errors))}")
-        if info.mismatched_keys:
-            shapes = ", ".join(
-                f"{key} {tuple(got)} != {tuple(want)}" for key, got, want in sorted(info.mismatched_keys)
-            )
-            raise SwarmError(f"span tensors have the wrong shapes for this config: {shapes}")
         if self.has_head:
-            self._tie_head(set(info.missing_keys))
+            self._tie_head(missing_keys)
         self._check_materialized()
         for module in self._needed_modules():
             module.to(self.device)  # parameters are already there; this moves buffers (rotary, position ids)

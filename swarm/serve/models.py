@@ -161,7 +161,7 @@ def connect_model(
     try:
         manifest, torrent_data = resolver.manifest(reference)
         if manifest.task is not None:
-            return _connect_task(settings, manifest, route, resolver)
+            return _connect_task(manifest, torrent_data, route, resolver)
         pinned = () if shared_route else route
         client = SwarmClient.from_resolved(resolver, manifest, torrent_data, pinned, require_peers=False)
         if shared_route and route:
@@ -176,9 +176,9 @@ def connect_model(
 
 
 def _connect_task(
-    settings: Settings, manifest: Manifest, route: Sequence[str], resolver: Resolver
+    manifest: Manifest, torrent_data: bytes, route: Sequence[str], resolver: Resolver
 ) -> tuple[TaskClient, Resolver | None]:
-    client = TaskClient(manifest, settings)
+    client = TaskClient.for_manifest(resolver, manifest, torrent_data)
     if route:
         resolver.close()
         client.find_peers(route, pinned=True)

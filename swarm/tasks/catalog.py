@@ -34,25 +34,29 @@ class Param:
 class TaskSpec:
     """`input`: what the caller sends; `output`: "json" only, or a file (audio/image bytes) beside the JSON;
     `engine`: what runs it: the transformers pipeline of the task, the model's `generate` (tasks whose pipelines
-    transformers 5 removed: encoder-decoder text generation and image captioning), or a diffusers pipeline."""
+    transformers 5 removed: encoder-decoder text generation and image captioning), or a diffusers pipeline;
+    `splits`: the task's model is a base model with a small head on top, so a model of a family with block adapters
+    is published in block chunks and its blocks spread over peers, the client running the rest."""
 
     name: str
     input: Media
     output: Literal["json", "audio", "image"] = "json"
     params: Mapping[str, Param] = field(default_factory=dict)
     engine: Literal["pipeline", "generate", "diffusers"] = "pipeline"
+    splits: bool = False
 
 
 _TOP_K = Param("int", 1, 1000)
 _NEW_TOKENS = Param("int", 1, 1024)
 _SPECS = (
-    TaskSpec("text-classification", "text", params={"top_k": _TOP_K}),
+    TaskSpec("text-classification", "text", params={"top_k": _TOP_K}, splits=True),
     TaskSpec(
         "token-classification",
         "text",
         params={"aggregation_strategy": Param("choice", choices=("none", "simple", "first", "average", "max"))},
+        splits=True,
     ),
-    TaskSpec("feature-extraction", "text"),
+    TaskSpec("feature-extraction", "text", splits=True),
     TaskSpec(
         "zero-shot-classification",
         "text",
@@ -61,6 +65,7 @@ _SPECS = (
             "hypothesis_template": Param("text", 1, 500),
             "multi_label": Param("bool"),
         },
+        splits=True,
     ),
     TaskSpec("image-classification", "image", params={"top_k": _TOP_K}),
     TaskSpec("depth-estimation", "image", output="image"),
@@ -143,6 +148,15 @@ def task_for(config: Mapping[str, Any], requested: str | None) -> str | None:
         if architecture.endswith(ending):
             return task
     return None
+
+
+def split_into_spans(task: str | None, has_block_adapter: bool) -> bool:
+    """Whether a model is published in block chunks (spans on peers) rather than as one full chunk (replicas):
+    text generators and encoders of a family with block adapters, and task models of such a family whose task is
+    a small head over the base model. Peers then take what their memory holds: all blocks, or a span."""
+    if not has_block_adapter:
+        return False
+    return task is None or task_named(task).splits
 
 
 def checked_params(spec: TaskSpec, params: object) -> dict[str, Any]:

@@ -1,28 +1,59 @@
-"""Running a task model on the swarm: find the peers that run it, send each request to one of them (taking turns),
-and to another one when that peer is gone or busy. The client needs none of the model's chunks."""
+"""Running a task model on the swarm. A model published whole: find the peers that run it, send each request to one
+of them (taking turns), and to another one when that peer is gone or busy; the client needs none of its chunks. A
+model published in block chunks (swarm.tasks.sharded): the client runs the task's pipeline with the model's
+embeddings and head, and the blocks' part along a route of the peers that serve them, re-planned around a peer that
+fails."""
 
 from __future__ import annotations
 
 import itertools
 import random
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from swarm import transport
-from swarm.client.routing import PeerInfo, UncoveredError, candidates_for_model
-from swarm.client.session import ComputeClient, PeerFailure, query_peers
+from swarm.client.routing import (
+    BAD_RESULT,
+    BUSY,
+    RATE_LIMITED,
+    PeerInfo,
+    UncoveredError,
+    candidates_for_model,
+    fails_over,
+    route_avoiding,
+)
+from swarm.client.session import (
+    ComputeClient,
+    PeerFailure,
+    expect_hidden,
+    in_dtype,
+    new_id,
+    query_peers,
+    run_encoder,
+)
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
+from swarm.model.families import family_named
 from swarm.tasks import media
 from swarm.tasks.catalog import TaskSpec, checked_params, task_named
 from swarm.tasks.protocol import BAD_INPUT, TaskResult, read_result, task_request
-from swarm.wire import Hop
+from swarm.wire import Header, Hop, Kind
+
+if TYPE_CHECKING:
+    from swarm.client.resolve import Resolver
+    from swarm.tasks.sharded import ShardedTask
 
 # The blocks a task request's single hop names (a task peer runs its whole model whatever they say).
 WHOLE_MODEL = (0, 1)
+# Routes one request of a split model may try after failures at peers.
+MAX_ROUTES = 4
 
 
 def check_task(manifest: Manifest, wanted: str | None = None) -> TaskSpec:
@@ -38,13 +69,30 @@ def check_task(manifest: Manifest, wanted: str | None = None) -> TaskSpec:
 
 
 class TaskClient:
-    """The peers that run one task model, and requests to them."""
+    """The peers that run one task model, and requests to them. A model published in block chunks needs the
+    client's chunks (`chunk_paths`: meta, embed, head; see `for_manifest`)."""
 
-    def __init__(self, manifest: Manifest, settings: Settings, spread_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        settings: Settings,
+        chunk_paths: Mapping[str, Path] | None = None,
+        spread_seed: int | None = None,
+    ) -> None:
         self.manifest = manifest
         self.spec = check_task(manifest)
         self.settings = settings
         self.peers: list[PeerInfo] = []
+        self.sharded: ShardedTask | None = None
+        if manifest.num_blocks:
+            if chunk_paths is None:
+                raise SwarmError(f"{manifest.name} is split into blocks: the client needs its meta, embed and head")
+            from swarm.tasks.sharded import ShardedTask
+
+            self.sharded = ShardedTask(manifest, chunk_paths, self._through_blocks)
+        family = family_named(manifest.family or "")
+        # Causal blocks take a stateless step (positions 0..n); encoder blocks the whole text with its padding mask.
+        self._causal = family is not None and family.causal
         self.context = transport.Context()
         self._turns = itertools.count(random.randrange(1 << 16) if spread_seed is None else spread_seed)
         self._lock = threading.Lock()
@@ -52,6 +100,12 @@ class TaskClient:
         # back to its reply socket), which is most of a small task's time on the wire.
         self._local = threading.local()
         self._endpoints: list[ComputeClient] = []
+
+    @classmethod
+    def for_manifest(cls, resolver: Resolver, manifest: Manifest, torrent_data: bytes) -> TaskClient:
+        """A client of `manifest`, with the chunks it runs itself fetched first when the model is split."""
+        chunk_paths = resolver.client_chunks(manifest, torrent_data) if manifest.num_blocks else None
+        return cls(manifest, resolver.settings, chunk_paths)
 
     def endpoint(self) -> ComputeClient:
         return ComputeClient.for_peers(self.settings, self.context, self.peers)
@@ -73,7 +127,8 @@ class TaskClient:
         with self.endpoint() as endpoint:
             infos = query_peers(endpoint, addresses, timeout=self.settings.request_timeout)
         candidates = candidates_for_model(self.manifest, infos, pinned=pinned)
-        peers = [peer for peer in candidates.peers if peer.task == self.spec.name]
+        # A split model's peers serve blocks (any task model of the family runs on them); a whole one's run the task.
+        peers = [peer for peer in candidates.peers if self.sharded is not None or peer.task == self.spec.name]
         if not peers:
             unreachable = "; ".join(candidates.unreachable.values())
             raise SwarmError(
@@ -90,6 +145,8 @@ class TaskClient:
         found = media.media_type(data, as_text=self.spec.input == "text")
         if media.media_kind(found) != self.spec.input:
             raise SwarmError(f"{self.manifest.name} ({self.spec.name}) takes {self.spec.input}, the input is {found}")
+        if self.sharded is not None:
+            return self._run_split(self.sharded, data, checked)
         with self._lock:
             turn, peers = next(self._turns), list(self.peers)
         if not peers:
@@ -109,6 +166,55 @@ class TaskClient:
             return read_result(reply.header, reply.tensors, peer.address, reply.seconds)
         reasons = "; ".join(str(failure) for failure in failures)
         raise SwarmError(f"every peer running {self.manifest.name} failed: {reasons}") from failures[-1]
+
+    def _run_split(self, sharded: ShardedTask, data: bytes, params: dict[str, Any]) -> TaskResult:
+        started = time.perf_counter()
+        self._local.routes = []
+        output = sharded.run(data, params)
+        peers = ", ".join(dict.fromkeys(hop.address for route in self._local.routes for hop in route))
+        elapsed = time.perf_counter() - started
+        return TaskResult(self.spec.name, output.result, output.file, output.file_type, output.tensors, peers, elapsed)
+
+    def _through_blocks(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The model's blocks on `hidden` along a route of peers; another route when a peer fails or is busy."""
+        failed: set[str] = set()
+        busy: set[str] = set()
+        failures: list[PeerFailure] = []
+        endpoint = self._thread_endpoint()
+        for _ in range(MAX_ROUTES):
+            with self._lock:
+                turn, peers = next(self._turns), list(self.peers)
+            route = route_avoiding(self.manifest.num_blocks, peers, failed, busy, turn)
+            try:
+                output = self._send(endpoint, route, hidden, mask)
+            except PeerFailure as failure:
+                if not fails_over(failure.code):
+                    raise SwarmError(f"{self.spec.name} failed at peer {failure.address}: {failure}") from None
+                (busy if failure.code in (BUSY, RATE_LIMITED) else failed).add(failure.address)
+                failures.append(failure)
+                continue
+            self._local.routes.append(route)
+            return output
+        reasons = "; ".join(str(failure) for failure in failures)
+        raise SwarmError(f"every route for {self.manifest.name} failed: {reasons}")
+
+    def _send(
+        self, endpoint: ComputeClient, route: list[Hop], hidden: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # In the dtype the first hop computes in (it says so in its info).
+        hidden = in_dtype(hidden, next((peer.dtype for peer in self.peers if peer.address == route[0].address), ""))
+        if not self._causal:
+            output = run_encoder(endpoint, route, hidden, mask)
+        else:
+            if mask is not None and not bool(mask.all()):
+                raise SwarmError(f"{self.manifest.name} runs one unpadded text at a time through causal blocks")
+            header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, int(hidden.shape[1])))
+            reply = endpoint.request(route, header, {"hidden": hidden.contiguous()})
+            output = expect_hidden(reply.tensors, route[-1].address, int(hidden.shape[-1]))
+        if tuple(output.shape) != tuple(hidden.shape):
+            last = route[-1].address
+            raise PeerFailure(f"peer {last} returned hidden states of shape {list(output.shape)}", last, BAD_RESULT)
+        return output
 
     def close(self) -> None:
         with self._lock:

@@ -71,7 +71,7 @@ def connect_clients(settings: Settings, spec: PipelineSpec, torrent_peers: Seque
             if manifest.task is None:
                 clients[model] = SwarmClient.from_resolved(resolver, manifest, torrent_data, route)
                 continue
-            clients[model] = TaskClient(manifest, settings)
+            clients[model] = TaskClient.for_manifest(resolver, manifest, torrent_data)
             clients[model].find_peers(route or resolver.compute_addresses(manifest), pinned=bool(route))
     except BaseException:
         close_clients(clients)

@@ -103,10 +103,7 @@ class TaskRunner:
             return self._draw(value, checked)
         if self.spec.engine == "generate":
             return TaskOutput(self._generate(value, checked))
-        if self.spec.name == "feature-extraction":
-            features = self.pipeline(value, return_tensors=True)
-            return TaskOutput({"shape": list(features.shape)}, tensors={"features": features.float().contiguous()})
-        return task_output(self.spec.name, self.pipeline(value, **checked))
+        return pipeline_output(self.pipeline, self.spec.name, value, checked)
 
     def _at_model_rate(self, audio: dict[str, Any]) -> dict[str, Any]:
         """The sound resampled to the rate the model's feature extractor takes (soxr: transformers would need
@@ -151,6 +148,15 @@ def load_diffusion(directory: Path, dtype: torch.dtype, device: torch.device) ->
     pipeline = DiffusionPipeline.from_pretrained(directory, torch_dtype=dtype).to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def pipeline_output(pipeline: Any, task: str, value: Any, params: dict[str, Any]) -> TaskOutput:
+    """What a transformers pipeline of `task` gives for `value`: feature vectors exactly (as a tensor), the rest as
+    `task_output` makes it."""
+    if task == "feature-extraction":
+        features = pipeline(value, return_tensors=True)
+        return TaskOutput({"shape": list(features.shape)}, tensors={"features": features.float().contiguous()})
+    return task_output(task, pipeline(value, **params))
 
 
 def task_output(task: str, output: Any) -> TaskOutput:
