@@ -866,7 +866,10 @@ def status(ctx: click.Context, models: tuple[str, ...], as_json: bool, **flags: 
         return
     for model in document["models"]:
         kind = f"task {model['task']}, " if model["task"] else ""
-        kind += f"{model['num_blocks']} blocks in spans" if model["served_as"] == "spans" else "whole replicas"
+        kind += {
+            "spans": f"{model['num_blocks']} blocks in spans",
+            "replicas or spans": f"{model['num_blocks']} blocks, whole replicas or spans",
+        }.get(model["served_as"], "whole replicas")
         seeders = f"{len(model['seeders'])} seeder(s)"
         click.echo(f"{model['name']}@{model['fingerprint']} ({kind}): {model['summary']}; {seeders}")
         for peer in model["peers"]:

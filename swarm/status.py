@@ -46,8 +46,7 @@ def model_view(survey: ModelSurvey) -> dict[str, Any]:
         "info_hash": manifest.torrent.info_hash_v2 or manifest.torrent.info_hash_v1,
         "num_blocks": manifest.num_blocks,
         "task": manifest.task,
-        # Models of a family with block adapters are split into spans across peers; others run whole on each peer.
-        "served_as": "spans" if manifest.num_blocks else "replicas",
+        "served_as": served_as(manifest),
         "seeders": sorted(str(seeder) for seeder in survey.seeders),
         "peers": [_peer_view(peer) for peer in sorted(survey.peers, key=lambda peer: (peer.blocks, peer.address))],
         "silent_peers": sorted(survey.silent),
@@ -56,6 +55,14 @@ def model_view(survey: ModelSurvey) -> dict[str, Any]:
         "held_once": once,
         "summary": _summary(coverage, uncovered, once),
     }
+
+
+def served_as(manifest: Manifest) -> str:
+    """How peers serve a model: models of a family with block adapters in spans across peers, others whole on each
+    peer; a task model in blocks whole where it fits a peer, else in spans."""
+    if not manifest.num_blocks:
+        return "replicas"
+    return "spans" if manifest.task is None else "replicas or spans"
 
 
 def _peer_view(peer: PeerInfo) -> dict[str, Any]:

@@ -108,6 +108,54 @@ PLAN_CASES = [
         {"num_blocks": 0, "bytes_per_block": 1, "full_bytes": 100, "budget_bytes": 100, "coverage": []},
         HostingPlan(0, 1, replica=True),
     ),
+    # A task model in blocks: whole (a replica of every chunk) when all of it fits...
+    (
+        {
+            "num_blocks": 4,
+            "bytes_per_block": 10,
+            "full_bytes": 60,
+            "budget_bytes": 60,
+            "coverage": [0] * 4,
+            "whole_when_fits": True,
+        },
+        HostingPlan(0, 4, replica=True),
+    ),
+    # ... else a span, even when its blocks alone would fit (the client then runs embeddings and head).
+    (
+        {
+            "num_blocks": 4,
+            "bytes_per_block": 10,
+            "full_bytes": 60,
+            "budget_bytes": 59,
+            "coverage": [1, 1, 0, 0],
+            "whole_when_fits": True,
+        },
+        HostingPlan(0, 4),
+    ),
+    (
+        {
+            "num_blocks": 4,
+            "bytes_per_block": 10,
+            "full_bytes": 60,
+            "budget_bytes": 20,
+            "coverage": [1, 1, 0, 0],
+            "whole_when_fits": True,
+        },
+        HostingPlan(2, 4),
+    ),
+    # An explicit range wins there too.
+    (
+        {
+            "num_blocks": 4,
+            "bytes_per_block": 10,
+            "full_bytes": 60,
+            "budget_bytes": 100,
+            "coverage": [0] * 4,
+            "requested": (0, 2),
+            "whole_when_fits": True,
+        },
+        HostingPlan(0, 2),
+    ),
 ]
 
 

@@ -151,7 +151,7 @@ def test_peers_split_a_classifier_by_memory_and_run_answers_as_transformers(spli
     assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
     shown = subprocess.run([SWARM, "status", "classifier", "--bootstrap", split_swarm["bootstrap"]],
                            env=split_swarm["environment"], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert "(task text-classification, 2 blocks in spans): every block is served" in shown.stdout, shown.stdout
+    assert "(task text-classification, 2 blocks, whole replicas or spans): every block is served" in shown.stdout
     assert "blocks 0:1" in shown.stdout and "blocks 1:2" in shown.stdout
 
 
@@ -212,3 +212,22 @@ def test_requests_from_several_threads_run_their_blocks_at_once(task_tool: Modul
     local = pipeline("token-classification", model=str(model_dir))
     for text, answer in zip(texts, answers, strict=True):
         assert_close(answer, plain(local(text)))
+
+
+def test_a_peer_with_room_for_the_whole_model_runs_it_whole(split_swarm: dict[str, Any]) -> None:
+    """With the default memory budget a joiner runs the whole classifier (from its block chunks, as a sharded
+    checkpoint), and a client sends it whole texts rather than routing hidden states through the spans."""
+    arguments = ["--model", "classifier", "--bootstrap", split_swarm["bootstrap"]]
+    whole = start_peers([arguments], split_swarm["environment"], split_swarm["root"] / "logs-whole")[0]
+    try:
+        assert whole.serving["replica"] is True and whole.serving["task"] == "text-classification"
+        assert whole.serving["blocks"] == [0, 2]
+        command = [SWARM, "run", "--model", "classifier", "--input", SENTENCE, "--bootstrap", split_swarm["bootstrap"]]
+        ran = subprocess.run([*command, "--json"], env=split_swarm["environment"], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr + whole.log()
+        answer = json.loads(ran.stdout)
+        assert answer["peer"] == whole.address
+        assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
+    finally:
+        whole.stop()

@@ -436,12 +436,13 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     assert ran.returncode == 0, ran.stderr
     local = local_answer(CASES["text-classification"], task_swarm["dirs"]["text-classification"], files["text"])
     assert_close(json.loads(ran.stdout), plain(local)[:1])  # the pipeline's default: the top label
-    # A BERT classifier is split into blocks like a language model; a speech model runs whole on each peer.
+    # A BERT classifier is published in blocks and runs whole where it fits (here); a speech model always whole.
     shown = subprocess.run([SWARM, "status", classifier, "--bootstrap", bootstrap], env=environment,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
-    assert f"{classifier}@" in shown.stdout and "(task text-classification, 2 blocks in spans)" in shown.stdout
-    assert "blocks 0:2" in shown.stdout, shown.stdout
+    assert f"{classifier}@" in shown.stdout, shown.stdout
+    assert "(task text-classification, 2 blocks, whole replicas or spans)" in shown.stdout, shown.stdout
+    assert "whole model  task text-classification" in shown.stdout, shown.stdout
     speech = model_name("automatic-speech-recognition")
     shown = subprocess.run([SWARM, "status", speech, "--bootstrap", bootstrap], env=environment,
                            capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -14,13 +14,15 @@ from typing import Any
 
 from swarm.errors import SwarmError
 from swarm.model.families import Family
-from swarm.model.safetensors_stream import TensorEntry, write_chunk
+from swarm.model.safetensors_stream import TensorEntry, read_entries, write_chunk
 
 META_FILE = "meta.tar"
 # In a diffusers pipeline's meta chunk: where each component's full chunk goes in the model directory.
 COMPONENTS_FILE = "swarm-components.json"
 # Where a transformers model's single full chunk goes in its model directory.
 TRANSFORMERS_WEIGHTS = "model.safetensors"
+# A model of several weight files (block chunks) names each tensor's file here, as a sharded checkpoint does.
+TRANSFORMERS_INDEX = "model.safetensors.index.json"
 # Transformers refuses safetensors files whose metadata does not declare the PyTorch format.
 CHUNK_METADATA = {"format": "pt"}
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -202,6 +204,19 @@ def extract_meta_archive(archive_path: Path, destination: Path) -> list[Path]:
     return written
 
 
+def _link_shards(paths: dict[str, Path], directory: Path) -> None:
+    """Chunk files linked as `CHUNK.safetensors` and the index from_pretrained reads a sharded checkpoint by."""
+    weight_map: dict[str, str] = {}
+    for chunk_id, path in paths.items():
+        name = f"{chunk_id}.safetensors"
+        if not _plain_path(name) or "/" in name:
+            raise SwarmError(f"chunk id {chunk_id!r} cannot name a weight file")
+        os.symlink(path.resolve(), directory / name)
+        weight_map.update({entry.name: name for entry in read_entries(path)[0]})
+    index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / TRANSFORMERS_INDEX).write_text(json.dumps(index))
+
+
 def _plain_path(name: str) -> bool:
     """A file name, or a folder and a file name (a diffusers component's file), none of them hidden or special: what
     a hostile archive cannot use to write outside its destination."""
@@ -210,13 +225,17 @@ def _plain_path(name: str) -> bool:
 
 
 def assemble_model_dir(meta_path: Path, full_paths: dict[str, Path], directory: Path) -> Path:
-    """A model directory from_pretrained reads: the meta files, plus the full chunks linked (not copied) where the
-    model reads its weights: `model.safetensors`, or for a diffusers pipeline each component's own file."""
+    """A model directory from_pretrained reads: the meta files, plus the weight chunks linked (not copied) where the
+    model reads its weights: one full chunk as `model.safetensors`, several chunks (embed, blocks, head) as the
+    shards of a sharded checkpoint, or for a diffusers pipeline each component's own file."""
     extracted = extract_meta_archive(meta_path, directory)
     placement_file = directory / COMPONENTS_FILE
     if placement_file not in extracted:
-        (full_path,) = full_paths.values()
-        os.symlink(full_path.resolve(), directory / TRANSFORMERS_WEIGHTS)
+        if len(full_paths) == 1:
+            (full_path,) = full_paths.values()
+            os.symlink(full_path.resolve(), directory / TRANSFORMERS_WEIGHTS)
+            return directory
+        _link_shards(full_paths, directory)
         return directory
     try:
         placement = json.loads(placement_file.read_text())

@@ -91,7 +91,10 @@ def _kv_bytes_per_token(manifest: Manifest, plan: HostingPlan, itemsize: int) ->
 
 
 def chunks_to_fetch(manifest: Manifest, plan: HostingPlan) -> list[Chunk]:
-    """Meta plus the full chunk (replica) or every blocks chunk overlapping the span, with what they require."""
+    """Meta plus the full chunk (replica) or every blocks chunk overlapping the span, with what they require; a
+    whole replica of a model in blocks takes every chunk."""
+    if plan.replica and manifest.num_blocks:
+        return list(manifest.chunks)
     return chunks_for_blocks(manifest, plan.start, plan.end)
 
 
@@ -265,10 +268,11 @@ def _prepare(
     plan = plan_hosting(
         num_blocks=manifest.num_blocks,
         bytes_per_block=bytes_per_block(manifest, itemsize),
-        full_bytes=sum(chunk.size for chunk in manifest.chunks if chunk.kind == "full"),
+        full_bytes=sum(chunk.size for chunk in manifest.chunks if chunk.kind != "meta"),
         budget_bytes=memory_budget(options, settings),
         coverage=coverage,
         requested=options.blocks,
+        whole_when_fits=manifest.task is not None,
     )
     chunks = chunks_to_fetch(manifest, plan)
     emit(
@@ -394,7 +398,7 @@ def _load(
     dtype = DTYPES[dtype_name]
     if plan.replica:
         meta = next(chunk for chunk in chunks if chunk.kind == "meta")
-        full = {chunk.id: models_dir / chunk.file for chunk in chunks if chunk.kind == "full"}
+        full = {chunk.id: models_dir / chunk.file for chunk in chunks if chunk.kind != "meta"}
         if manifest.task is not None:
             from swarm.tasks.runner import TaskRunner
 

@@ -77,7 +77,8 @@ def coverage_from_spans(num_blocks: int, spans: Sequence[tuple[int, int]]) -> li
 
 @dataclass(frozen=True)
 class HostingPlan:
-    """What a peer hosts: blocks [start, end), or the whole model as one `full` chunk (`replica`)."""
+    """What a peer hosts: blocks [start, end), or the whole model (`replica`: its `full` chunk, or every chunk of a
+    task model published in blocks)."""
 
     start: int
     end: int
@@ -92,12 +93,14 @@ def plan_hosting(
     budget_bytes: int,
     coverage: Sequence[int],
     requested: tuple[int, int] | None = None,
+    whole_when_fits: bool = False,
 ) -> HostingPlan:
     """The hosting decision for a joining peer.
 
     Models without block chunks (`num_blocks == 0`, one `full` chunk of `full_bytes`) are served as a
-    replica or not at all. Otherwise an explicit `requested` range wins (checked against the model),
-    then the whole model when it fits, else `choose_span`.
+    replica or not at all. Otherwise an explicit `requested` range wins (checked against the model), then, for a
+    model that `whole_when_fits` (a task model: its clients then send whole inputs and run nothing), a replica when
+    its `full_bytes` fit; else as many blocks as fit where the swarm is thinnest (`choose_span`).
     """
     if num_blocks == 0:
         if requested is not None:
@@ -113,5 +116,7 @@ def plan_hosting(
         if not 0 <= start < end <= num_blocks:
             raise SwarmError(f"blocks {start}:{end} are outside the model's {num_blocks} blocks (0:{num_blocks})")
         return HostingPlan(start, end)
+    if whole_when_fits and full_bytes <= budget_bytes:
+        return HostingPlan(0, num_blocks, replica=True)
     start, end = choose_span(num_blocks, bytes_per_block, budget_bytes, coverage)
     return HostingPlan(start, end)

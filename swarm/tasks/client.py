@@ -127,8 +127,7 @@ class TaskClient:
         with self.endpoint() as endpoint:
             infos = query_peers(endpoint, addresses, timeout=self.settings.request_timeout)
         candidates = candidates_for_model(self.manifest, infos, pinned=pinned)
-        # A split model's peers serve blocks (any task model of the family runs on them); a whole one's run the task.
-        peers = [peer for peer in candidates.peers if self.sharded is not None or peer.task == self.spec.name]
+        peers = [peer for peer in candidates.peers if self._serves(peer)]
         if not peers:
             unreachable = "; ".join(candidates.unreachable.values())
             raise SwarmError(
@@ -138,6 +137,10 @@ class TaskClient:
         with self._lock:
             self.peers = peers
 
+    def _serves(self, peer: PeerInfo) -> bool:
+        """Replicas that run the task; for a split model, span peers too (its client runs the rest)."""
+        return peer.task == self.spec.name if peer.replica else self.sharded is not None
+
     def run(self, data: bytes, params: Mapping[str, Any] | None = None) -> TaskResult:
         """The task on `data` (a file's bytes, or UTF-8 text for text tasks) at one peer; another when it fails for
         a reason another peer would not have. Bad input fails at once, here when it can be told, else at the peer."""
@@ -145,10 +148,12 @@ class TaskClient:
         found = media.media_type(data, as_text=self.spec.input == "text")
         if media.media_kind(found) != self.spec.input:
             raise SwarmError(f"{self.manifest.name} ({self.spec.name}) takes {self.spec.input}, the input is {found}")
-        if self.sharded is not None:
-            return self._run_split(self.sharded, data, checked)
         with self._lock:
-            turn, peers = next(self._turns), list(self.peers)
+            turn, peers = next(self._turns), [peer for peer in self.peers if peer.replica]
+        # Whole replicas first: the request is one round trip and the client runs nothing. A split model's spans
+        # otherwise.
+        if not peers and self.sharded is not None:
+            return self._run_split(self.sharded, data, checked)
         if not peers:
             raise UncoveredError(f"no peer runs {self.manifest.name} ({self.spec.name}) yet")
         failures: list[PeerFailure] = []
@@ -164,6 +169,8 @@ class TaskClient:
                 failures.append(failure)
                 continue
             return read_result(reply.header, reply.tensors, peer.address, reply.seconds)
+        if self.sharded is not None and any(not peer.replica for peer in self.peers):
+            return self._run_split(self.sharded, data, checked)
         reasons = "; ".join(str(failure) for failure in failures)
         raise SwarmError(f"every peer running {self.manifest.name} failed: {reasons}") from failures[-1]
 
@@ -183,7 +190,7 @@ class TaskClient:
         endpoint = self._thread_endpoint()
         for _ in range(MAX_ROUTES):
             with self._lock:
-                turn, peers = next(self._turns), list(self.peers)
+                turn, peers = next(self._turns), [peer for peer in self.peers if not peer.replica]
             route = route_avoiding(self.manifest.num_blocks, peers, failed, busy, turn)
             try:
                 output = self._send(endpoint, route, hidden, mask)

@@ -53,6 +53,8 @@ class TaskRunner:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.spec: TaskSpec = task_named(manifest.task or "")
+        # A model published in blocks is whole here: the peer serves every one of them (what its info says).
+        self.end = max(manifest.num_blocks, 1)
         self.device = torch.device(device)
         transformers_logging.disable_progress_bar()
         # Processors may read their files after loading: the directory lives as long as the runner.
