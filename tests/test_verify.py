@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import torch
 
+from swarm.client.checker import ShadowSession, StepChecker
 from swarm.client.exclusions import EXCLUSION_SECONDS, current, load_exclusions, record_exclusions
 from swarm.client.generate import SamplingParams
-from swarm.client.routing import PeerInfo
+from swarm.client.routing import PeerFailure, PeerInfo
 from swarm.client.run import SwarmClient
 from swarm.client.verify import majority, relative_difference, second_opinions, settled
 from swarm.config import Settings
@@ -102,6 +103,82 @@ def test_second_opinions(index: int, excluded: set[str], replica: bool, expected
     assert [alternative[index].address for alternative in routes] == expected
     assert all(alternative[1 - index] == route[1 - index] for alternative in routes)
     assert all(alternative[index].blocks == route[index].blocks for alternative in routes)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "fed"),
+    [
+        ([5, 6, 9], [(0, 5), (5, 1), (6, 3)]),  # only the tokens since the last check
+        ([5, 5], [(0, 5), (4, 1)]),  # nothing new: the last token again, for its logits
+    ],
+)
+def test_a_shadow_is_fed_only_what_it_has_not_cached(lengths: list[int], fed: list[tuple[int, int]]) -> None:
+    steps: list[tuple[int, int]] = []
+    shadow = ShadowSession(lambda ids, start: steps.append((start, ids.shape[1])) or torch.zeros(1, 3), lambda: None)
+    tokens = torch.arange(20).unsqueeze(0)
+    for length in lengths:
+        shadow.run(tokens[:, :length])
+    assert steps == fed
+
+
+def test_a_shadow_takes_back_rolled_back_tokens() -> None:
+    """Speculative decoding took back tokens 6.. and drafted others: the shadow restarts where they differ."""
+    steps: list[tuple[int, list[int]]] = []
+    shadow = ShadowSession(lambda ids, start: steps.append((start, ids[0].tolist())) or torch.zeros(1, 3), lambda: None)
+    shadow.run(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]]))
+    shadow.run(torch.tensor([[0, 1, 2, 3, 4, 5, 9, 9, 9]]))
+    assert steps[-1] == (6, [9, 9, 9])
+
+
+class FakeShadows:
+    """Shadows that answer `answer` and record what they were opened on, fed and whether they were closed."""
+
+    def __init__(self, answer: torch.Tensor) -> None:
+        self.answer = answer
+        self.opened: list[list[str]] = []
+        self.closed = 0
+
+    def open(self, route: list[Hop]) -> ShadowSession:
+        self.opened.append([hop.address for hop in route])
+        return ShadowSession(lambda _ids, _start: self.answer, self.close)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def checker_with(shadows: FakeShadows, stateless: list[list[str]], answer: torch.Tensor) -> StepChecker:
+    peers = [span("a", 0, 2), span("b", 2, 4), span("c", 2, 4), span("d", 2, 4)]
+
+    def run_stateless(route: list[Hop], _ids: torch.Tensor) -> torch.Tensor:
+        stateless.append([hop.address for hop in route])
+        return answer
+
+    return StepChecker(1.0, lambda: peers, run_stateless, replica=False, distrusted=set(), open_shadow=shadows.open)
+
+
+def test_checks_of_one_generation_share_one_shadow_session() -> None:
+    honest, stateless = vector(1, 2), []
+    shadows = FakeShadows(honest)
+    checker = checker_with(shadows, stateless, honest)
+    route = [Hop("a", (0, 2)), Hop("b", (2, 4))]
+    tokens = torch.arange(10).unsqueeze(0)
+    for length in (4, 5, 6):
+        checker.check(route, tokens[:, :length], honest, set())
+    assert shadows.opened == [["a", "c"]] and stateless == [] and checker.checked == 3
+    # A new route (after a failover) gets a shadow of its own; the old one's session is closed.
+    checker.check([Hop("a", (0, 2)), Hop("d", (2, 4))], tokens[:, :7], honest, {"b"})
+    assert shadows.opened == [["a", "c"], ["a", "c"]] and shadows.closed == 1
+    checker.close()
+    assert shadows.closed == 2
+
+
+def test_a_disagreeing_shadow_brings_a_sessionless_third_opinion() -> None:
+    honest, stateless = vector(1, 2), []
+    checker = checker_with(FakeShadows(honest), stateless, honest)
+    with pytest.raises(PeerFailure, match="computed blocks 2:4 differently"):
+        checker.check([Hop("a", (0, 2)), Hop("b", (2, 4))], torch.arange(4).unsqueeze(0), vector(9, 2), set())
+    assert stateless == [["a", "d"]]
+    assert checker.excluded == [{"peer": "b", "blocks": [2, 4], "reason": "disagreed with the majority"}]
 
 
 @dataclass

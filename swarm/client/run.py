@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from swarm import transport
-from swarm.client.checker import StepChecker
+from swarm.client.checker import ShadowSession, StepChecker
 from swarm.client.draft import DraftModel
 from swarm.client.exclusions import load_exclusions, record_exclusions
 from swarm.client.generate import Generation, SamplingParams, generate
@@ -395,7 +395,7 @@ class SwarmClient:
         reply = endpoint.request(route, header, {"hidden": hidden})
         return self.parts.head(expect_hidden(reply.tensors, last_peer, self.parts.hidden_size))
 
-    def checker(self, endpoint: ComputeClient) -> StepChecker | None:
+    def checker(self, endpoint: ComputeClient, max_length: int) -> StepChecker | None:
         """What checks a fraction of one generation's steps (Settings.verify_fraction), or None."""
         if self.settings.verify_fraction <= 0:
             return None
@@ -405,7 +405,18 @@ class SwarmClient:
             lambda route, ids: self.run_stateless(endpoint, route, ids),
             replica=self.parts.span is None,
             distrusted=self.distrusted,
+            open_shadow=lambda route: self.open_shadow(endpoint, route, max_length),
         )
+
+    def open_shadow(self, endpoint: ComputeClient, route: list[Hop], max_length: int) -> ShadowSession:
+        """A session on `route` that a checker feeds as the generation goes (swarm.client.checker)."""
+        session = InferenceSession(endpoint, route, max_length)
+        try:
+            session.open()
+        except BaseException:
+            session.abandon()
+            raise
+        return ShadowSession(lambda ids, start: self.run_step(session, ids, start), session.close)
 
     def hidden_for(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states in the dtype the first hop computes in (it says so in its info; peers may run a
@@ -484,7 +495,7 @@ class _FailoverSteps:
         # Peers gone for this generation, and peers that refused a session (tried again after a pause).
         self.failed: set[str] = set(client.distrusted)
         self.busy: set[str] = set()
-        self.checker = client.checker(self.endpoint)
+        self.checker = client.checker(self.endpoint, max_length)
         self.failures = 0
         self.busy_tries = 0
         self.busy_waited = 0.0
@@ -594,6 +605,8 @@ class _FailoverSteps:
 
     def close(self) -> None:
         self._drop_session()
+        if self.checker is not None:
+            self.checker.close()
         self.endpoint.close()
 
 
