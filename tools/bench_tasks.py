@@ -2,7 +2,7 @@
 """Benchmark: transformers tasks through the swarm against the local pipeline, and two replicas against one.
 
 Latency, per task: a tiny model of the task (tools/make_task_model.py), published and served by one `swarm join`
-peer on 127.0.0.1; the same input (text, a 48x32 PNG, a second of 16 kHz WAV) run --requests times through the
+peer on 127.0.0.1 (and for the text tasks whose BERT splits, by two peers of one block each); the same input (text, a 48x32 PNG, a second of 16 kHz WAV) run --requests times through the
 swarm (a TaskClient in this process: the file's bytes out, JSON and files back) and, interleaved, through the local
 transformers pipeline on the already decoded input. Medians; "added" is the swarm's median minus the local one: the
 wire, the peer's decoding and checks, JSON. Every process computes on one torch thread.
@@ -131,6 +131,8 @@ def local_generate(media: str, model_dir: Path, value: Any) -> Callable[[], str]
 
 
 def latency_rows(work: Path, requests: int, only: set[str] | None) -> list[tuple[str, float, float, int, int]]:
+    """One row per task through one peer (whole), and for the tasks whose models split (BERT here) one more through
+    two peers of one block each, the client running embeddings, head and the pipeline."""
     from tools.make_task_model import make_task_model
 
     home, data = work / "home", inputs()
@@ -143,26 +145,49 @@ def latency_rows(work: Path, requests: int, only: set[str] | None) -> list[tuple
             make_task_model(task, model_dir, seed=0, force=True)
         name = task.replace("-", "")[:20]
         publish(model_dir, name, home, flags)
-        process, address = start_peer(None, os.environ | {"SWARM_HOME": str(home)}, work / f"{name}.log", model=name)
-        try:
-            client, local = client_for(name, home, [address]), local_call(task, model_dir, data[kind], params)
-            swarm_times, local_times, received = [], [], 0
-            for _ in range(3):
-                client.run(data[kind], params), local()
-            for _ in range(requests):
-                started = time.perf_counter()
-                result = client.run(data[kind], params)
-                swarm_times.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                local()
-                local_times.append(time.perf_counter() - started)
-            received = len(result.file or b"") + sum(tensor.numel() * 4 for tensor in result.tensors.values())
-            client.close()
-        finally:
-            stop_peers([process])
-        rows.append((task, statistics.median(local_times), statistics.median(swarm_times), len(data[kind]), received))
-        print(f"{task}: local {rows[-1][1] * 1e3:.2f} ms, swarm {rows[-1][2] * 1e3:.2f} ms", file=sys.stderr)
+        layouts = [(task, [None])]
+        if kind == "text" and "text-to" not in task and task not in ("summarization", "translation"):
+            layouts.append((f"{task} (2 spans)", ["0:1", "1:2"]))
+        for label, spans in layouts:
+            local = local_call(task, model_dir, data[kind], params)
+            local_seconds, swarm_seconds, received = timed(name, home, work, spans, data[kind], params, local, requests)
+            rows.append((label, local_seconds, swarm_seconds, len(data[kind]), received))
+            print(f"{label}: local {local_seconds * 1e3:.2f} ms, swarm {swarm_seconds * 1e3:.2f} ms", file=sys.stderr)
     return rows
+
+
+def timed(
+    name: str,
+    home: Path,
+    work: Path,
+    spans: list[str | None],
+    data: bytes,
+    params: dict[str, Any],
+    local: Callable[[], Any],
+    requests: int,
+) -> tuple[float, float, int]:
+    """Median seconds of the local call and of the swarm's (peers serving `spans`: None for what a peer chooses),
+    interleaved, and the bytes of the last answer's file and tensors."""
+    environment = os.environ | {"SWARM_HOME": str(home)}
+    started = [start_peer(blocks, environment, work / f"{name}-{index}.log", model=name) for index, blocks in
+               enumerate(spans)]  # fmt: skip
+    try:
+        client = client_for(name, home, [address for _, address in started])
+        swarm_times, local_times = [], []
+        for _ in range(3):
+            client.run(data, params), local()
+        for _ in range(requests):
+            begun = time.perf_counter()
+            result = client.run(data, params)
+            swarm_times.append(time.perf_counter() - begun)
+            begun = time.perf_counter()
+            local()
+            local_times.append(time.perf_counter() - begun)
+        received = len(result.file or b"") + sum(tensor.numel() * 4 for tensor in result.tensors.values())
+        client.close()
+    finally:
+        stop_peers([process for process, _ in started])
+    return statistics.median(local_times), statistics.median(swarm_times), received
 
 
 def big_classifier(work: Path, hidden: int, layers: int) -> Path:
@@ -256,9 +281,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tasks-"))
     rows = latency_rows(work, args.requests, set(args.tasks.split(",")) if args.tasks else None)
     runs = () if args.skip_replicas else replica_rows(work, args)
-    print(
-        "| task | local pipeline (ms) | swarm, 1 replica (ms) | added (ms) | input bytes / file and tensor bytes back |"
-    )
+    print("| task | local pipeline (ms) | swarm (ms) | added (ms) | input bytes / file and tensor bytes back |")
     print("|---|---|---|---|---|")
     for task, local, swarm, sent, received in rows:
         print(f"| {task} | {local * 1e3:.2f} | {swarm * 1e3:.2f} | {(swarm - local) * 1e3:.2f} | {sent} / {received} |")
