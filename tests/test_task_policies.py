@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from swarm.model.chunker import extract_meta_archive, write_meta_archive
 from swarm.tasks import media
 from swarm.tasks.catalog import TASKS, checked_params, parse_params, split_into_spans, task_for, task_named
 from swarm.tasks.pipeline import StepOutput, needed_steps, output_text, parse_pipeline, stages, step_input
+from swarm.tasks.pipeline_run import PipelineCancelled, run_pipeline
 
 
 @pytest.mark.parametrize(
@@ -267,3 +270,49 @@ def test_a_meta_archive_keeps_component_folders_and_refuses_hostile_paths(tmp_pa
             tar.addfile(info, io.BytesIO(b"x"))
         with pytest.raises(SwarmError, match="not a plain file"):
             extract_meta_archive(bad, tmp_path / "hostile")
+
+
+class CountingGenerator:
+    """A language model's client that makes `tokens` pieces of text, stopping when asked (as SwarmClient.generate
+    does after each token); records what it was asked."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.pieces = 0
+
+    def generate(self, prompt: str, new_tokens: int, _params: Any, on_text: Any = None, should_stop: Any = None) -> Any:
+        self.prompts.append(prompt)
+        text = ""
+        for _ in range(new_tokens):
+            self.pieces += 1
+            text += "x"
+            if on_text is not None:
+                on_text("x")
+            if should_stop is not None and should_stop():
+                break
+        return SimpleNamespace(generation=SimpleNamespace(text=text))
+
+
+def test_a_cancelled_pipeline_stops_its_language_model_and_starts_no_further_step() -> None:
+    steps = [{"id": "summary", "model": "llm", "input": "$input", "params": {"max_new_tokens": 100}},
+             {"id": "again", "model": "other", "input": "$summary", "params": {"max_new_tokens": 1}}]  # fmt: skip
+    # The language model streams (it makes the output): the client leaves while its third piece goes out.
+    llm, cancelled = CountingGenerator(), threading.Event()
+
+    def on_text(_piece: str) -> None:
+        if llm.pieces == 3:
+            cancelled.set()
+
+    streamed = parse_pipeline({"name": "p", "output": "summary", "steps": steps})
+    with pytest.raises(PipelineCancelled, match="steps finished: summary"):
+        run_pipeline(streamed, {"llm": llm, "other": CountingGenerator()}, b"hi", on_text=on_text, cancelled=cancelled)
+    assert llm.pieces == 3
+    # The client leaves once the first step ended: the second never starts.
+    other, cancelled = CountingGenerator(), threading.Event()
+    whole = parse_pipeline({"name": "p", "steps": steps})
+    with pytest.raises(PipelineCancelled, match="steps finished: summary"):
+        run_pipeline(whole, {"llm": CountingGenerator(), "other": other}, b"hi",
+                     on_step=lambda *_: cancelled.set(), cancelled=cancelled)  # fmt: skip
+    assert other.prompts == []
+    finished = run_pipeline(whole, {"llm": CountingGenerator(), "other": other}, b"hi", cancelled=threading.Event())
+    assert other.prompts == ["x" * 100] and finished.final.text == "x"  # not cancelled: every step runs

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,6 +455,9 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     definition.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts))
     summary_only.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "heard-summary")
                             + "output: summary\n")  # fmt: skip
+    long_summary = task_swarm["root"] / "long.yaml"
+    long_summary.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "long-summary")
+                            .replace("max_new_tokens: 8", f"max_new_tokens: {LONG_SUMMARY_TOKENS}"))  # fmt: skip
     # `swarm pipeline` as the README shows it: no step pins a route, the DHT finds every model's peers.
     spoken = task_swarm["root"] / "by-dht.wav"
     command = [SWARM, "pipeline", str(definition), "--input", str(files["audio"]), "--out", str(spoken),
@@ -463,7 +467,7 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     assert spoken.read_bytes() == local_pipeline_bytes(task_swarm["dirs"], files["audio"])
     port = free_port()
     painter = model_name("text-to-image")
-    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition), "--pipeline", str(summary_only),
+    server = LineProcess([SWARM, "serve", "--model", f"{asr},{tts},{classifier},{painter}", "--pipeline", str(definition), "--pipeline", str(summary_only), "--pipeline", str(long_summary),
                           "--bootstrap", bootstrap, "--listen", f"127.0.0.1:{port}"], environment)  # fmt: skip
     try:
         assert wait_line(server, "serving ", timeout=120).startswith(f"serving {asr} (1 peers), {tts} (1 peers)")
@@ -472,6 +476,8 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
         server.stop()
 
 
+# A language model step long enough to be running when a client leaves the stream.
+LONG_SUMMARY_TOKENS = 400
 PIPELINE_BY_DHT = """
 name: spoken-summary
 steps:
@@ -526,6 +532,7 @@ def check_served(base: str, task_swarm: dict[str, Any], files: dict[str, Path]) 
     assert list(piped.json()["steps"]) == ["heard", "summary", "spoken"]
     assert base64.b64decode(piped.json()["file_base64"]) == local_pipeline_bytes(directories, files["audio"])
     check_streamed_pipeline(base, encoded, local_summary(directories, files["audio"]))
+    check_a_left_stream_stops_its_pipeline(base, encoded)
 
 
 def check_streamed_pipeline(base: str, encoded: str, summary: str) -> None:
@@ -542,3 +549,29 @@ def check_streamed_pipeline(base: str, encoded: str, summary: str) -> None:
     assert kinds == [("pipeline.step", "heard"), ("pipeline.step", "summary"), ("pipeline.result", None)]
     pieces = [event["text"] for event in events if event["object"] == "pipeline.text"]
     assert len(pieces) > 1 and "".join(pieces) == events[-1]["text"] == summary
+
+
+def check_a_left_stream_stops_its_pipeline(base: str, encoded: str) -> None:
+    """A client that leaves a streamed pipeline while its language model generates: the server stops the pipeline
+    (tests/test_task_policies.py shows what stopping does) and counts it as cancelled."""
+    import httpx
+
+    def cancelled() -> float:
+        metrics = httpx.get(base.removesuffix("/v1") + "/metrics", timeout=30).text
+        name = 'swarm_serve_pipelines_cancelled_total{pipeline="long-summary"}'
+        return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name))
+
+    body = {"input_base64": encoded, "stream": True}
+    with httpx.stream("POST", f"{base}/pipelines/long-summary", json=body, timeout=300) as response:
+        assert response.status_code == 200
+        seen = []
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                seen.append(json.loads(line.removeprefix("data: ")))
+            if seen and seen[-1]["object"] == "pipeline.text":
+                break  # the language model is generating: leave
+    assert [event.get("step") for event in seen if event["object"] == "pipeline.step"] == ["heard"]
+    deadline = time.monotonic() + 30
+    while cancelled() < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cancelled() == 1

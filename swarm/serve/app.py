@@ -141,7 +141,7 @@ def make_app(models: ModelRegistry, settings: Settings, metrics: ServeMetrics, e
     async def in_worker(function: Callable[..., Any], *arguments: Any) -> Any:
         return await _run(executor, function, *arguments)
 
-    add_task_routes(app, models, in_worker, authorized)
+    add_task_routes(app, models, in_worker, authorized, metrics)
 
     @app.post("/v1/embeddings", dependencies=[authorized])
     async def embeddings(request: EmbeddingRequest) -> dict[str, Any]:

@@ -38,3 +38,9 @@ class ServeMetrics:
             "swarm_serve_active_generations", "Generations running now (one swarm session each)", registry=self.registry
         )
         self.peers = Gauge("swarm_serve_peers", "Compute peers known per model", ["model"], registry=self.registry)
+        self.pipelines_cancelled = Counter(
+            "swarm_serve_pipelines_cancelled",
+            "Streamed pipelines stopped before their end because their client left",
+            ["pipeline"],
+            registry=self.registry,
+        )

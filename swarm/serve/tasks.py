@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -23,11 +24,12 @@ from sse_starlette.sse import EventSourceResponse
 
 from swarm.errors import SwarmError
 from swarm.serve.errors import ApiError, bad_request
+from swarm.serve.metrics import ServeMetrics
 from swarm.serve.models import ModelRegistry, ServedPipeline, ServedTask
 from swarm.tasks import media
 from swarm.tasks.catalog import MAX_INPUT_BYTES, MAX_TEXT_CHARS, task_named
 from swarm.tasks.pipeline import StepOutput
-from swarm.tasks.pipeline_run import PipelineResult, run_pipeline
+from swarm.tasks.pipeline_run import PipelineCancelled, PipelineResult, run_pipeline
 from swarm.tasks.protocol import TaskResult
 
 InWorker = Callable[..., Awaitable[Any]]
@@ -82,7 +84,9 @@ class TaskRequest(BaseModel):
             raise bad_request(f"input_base64 is not base64: {error}", "input_base64") from None
 
 
-def add_task_routes(app: FastAPI, models: ModelRegistry, in_worker: InWorker, authorized: Depends) -> None:
+def add_task_routes(
+    app: FastAPI, models: ModelRegistry, in_worker: InWorker, authorized: Depends, metrics: ServeMetrics
+) -> None:
     @app.post("/v1/audio/transcriptions", dependencies=[authorized])
     async def transcriptions(
         file: Annotated[UploadFile, File()],
@@ -139,12 +143,12 @@ def add_task_routes(app: FastAPI, models: ModelRegistry, in_worker: InWorker, au
         served = models.pipeline(name)
         request, data = await _task_body(http)
         if request.stream:
-            return EventSourceResponse(_pipeline_events(name, served, data, in_worker))
+            return EventSourceResponse(_pipeline_events(name, served, data, in_worker, metrics))
         return _pipeline_record(name, await in_worker(run_pipeline, served.spec, served.clients, data))
 
 
 async def _pipeline_events(
-    name: str, served: ServedPipeline, data: bytes, in_worker: InWorker
+    name: str, served: ServedPipeline, data: bytes, in_worker: InWorker, metrics: ServeMetrics
 ) -> AsyncIterator[dict[str, str]]:
     """A pipeline's run as server-sent events: `pipeline.step` as each step ends, `pipeline.text` for each piece of a
     language model's output step, then `pipeline.result` (or an error in OpenAI's shape) and [DONE]."""
@@ -160,15 +164,32 @@ async def _pipeline_events(
     def on_text(piece: str) -> None:
         put({"object": "pipeline.text", "step": served.spec.output, "text": piece})
 
-    running = asyncio.ensure_future(in_worker(run_pipeline, served.spec, served.clients, data, on_text, on_step))
+    cancelled = threading.Event()
+    running = asyncio.ensure_future(
+        in_worker(run_pipeline, served.spec, served.clients, data, on_text, on_step, cancelled)
+    )
     running.add_done_callback(lambda _: queue.put_nowait(None))
-    while (event := await queue.get()) is not None:
-        yield {"data": json.dumps(event)}
+    running.add_done_callback(_count_cancelled(metrics, name))
     try:
-        yield {"data": json.dumps(_pipeline_record(name, running.result()))}
-    except ApiError as error:
-        yield {"data": json.dumps(error.body())}
-    yield {"data": "[DONE]"}
+        while (event := await queue.get()) is not None:
+            yield {"data": json.dumps(event)}
+        try:
+            yield {"data": json.dumps(_pipeline_record(name, running.result()))}
+        except ApiError as error:
+            yield {"data": json.dumps(error.body())}
+        yield {"data": "[DONE]"}
+    finally:
+        # The client left (or the stream ended): steps not started yet never run, a language model stops.
+        cancelled.set()
+
+
+def _count_cancelled(metrics: ServeMetrics, name: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, ApiError) and isinstance(error.__cause__, PipelineCancelled):
+            metrics.pipelines_cancelled.labels(pipeline=name).inc()
+
+    return done
 
 
 def _pipeline_record(name: str, result: PipelineResult) -> dict[str, Any]:

@@ -4,6 +4,7 @@ fails fails over inside its client like any request; when every peer fails, the 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,26 +87,33 @@ def close_clients(clients: Mapping[str, StepClient]) -> None:
         client.close()
 
 
+class PipelineCancelled(SwarmError):
+    """The pipeline's caller left: the steps that had not started never ran, a language model stopped generating."""
+
+
 def run_pipeline(
     spec: PipelineSpec,
     clients: Mapping[str, Any],
     data: bytes,
     on_text: Callable[[str], None] | None = None,
     on_step: Callable[[str, StepOutput, float], None] | None = None,
+    cancelled: threading.Event | None = None,
 ) -> PipelineResult:
     """Every step the output needs, stage by stage; `on_text` streams the output step's text when a language model
-    makes it, `on_step` hears of each step as it ends (its output and seconds)."""
+    makes it, `on_step` hears of each step as it ends (its output and seconds). Once `cancelled` is set, a language
+    model stops after its next token and no further stage starts (PipelineCancelled)."""
     needed = needed_steps(spec)
     outputs: dict[str, StepOutput] = {}
     seconds: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=MAX_PARALLEL_STEPS, thread_name_prefix="pipeline-step") as pool:
         for stage in stages(spec):
+            _stop_if(cancelled, outputs)
             running = {}
             for step_id in (step_id for step_id in stage if step_id in needed):
                 step = spec.step(step_id)
                 streams = on_text if step_id == spec.output else None
                 running[step_id] = pool.submit(
-                    _timed, step, clients[step.model], step_input(step, data, outputs), streams
+                    _timed, step, clients[step.model], step_input(step, data, outputs), streams, cancelled
                 )
             for step_id, future in running.items():
                 try:
@@ -115,22 +123,35 @@ def run_pipeline(
                 except SwarmError as error:
                     # From the error: a failing peer stays a failure of the swarm (a 5xx in swarm serve).
                     raise SwarmError(f"step {step_id!r} ({spec.step(step_id).model}) failed: {error}") from error
+    _stop_if(cancelled, outputs)
     return PipelineResult(spec.name, spec.output, outputs, seconds)
 
 
+def _stop_if(cancelled: threading.Event | None, done: Mapping[str, StepOutput]) -> None:
+    if cancelled is not None and cancelled.is_set():
+        finished = ", ".join(done) or "none"
+        raise PipelineCancelled(f"the pipeline was cancelled by its caller (steps finished: {finished})")
+
+
 def _timed(
-    step: Step, client: Any, data: bytes, on_text: Callable[[str], None] | None
+    step: Step, client: Any, data: bytes, on_text: Callable[[str], None] | None, cancelled: threading.Event | None
 ) -> tuple[StepOutput, float]:  # fmt: skip
     started = time.perf_counter()
     if isinstance(client, TaskClient):
         result = client.run(data, step.params)
         output = StepOutput(result.output, output_text(result.output), result.file, result.file_type)
     else:
-        output = _generate(step, client, data, on_text)
+        output = _generate(step, client, data, on_text, cancelled.is_set if cancelled is not None else None)
     return output, time.perf_counter() - started
 
 
-def _generate(step: Step, client: Any, data: bytes, on_text: Callable[[str], None] | None) -> StepOutput:
+def _generate(
+    step: Step,
+    client: Any,
+    data: bytes,
+    on_text: Callable[[str], None] | None,
+    should_stop: Callable[[], bool] | None = None,
+) -> StepOutput:
     """A language model's step: the text it generates after the input (greedy unless params say otherwise)."""
     from swarm.client.generate import SamplingParams
 
@@ -146,5 +167,5 @@ def _generate(step: Step, client: Any, data: bytes, on_text: Callable[[str], Non
         prompt = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SwarmError(f"{step.model} generates from text, but its input is a file") from None
-    result = client.generate(prompt, new_tokens, sampling, on_text=on_text)
+    result = client.generate(prompt, new_tokens, sampling, on_text=on_text, should_stop=should_stop)
     return StepOutput({"text": result.generation.text}, result.generation.text)
