@@ -456,7 +456,7 @@ def test_the_readme_path_run_and_serve_find_task_peers_through_the_seedbox(task_
     summary_only.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "heard-summary")
                             + "output: summary\n")  # fmt: skip
     long_summary = task_swarm["root"] / "long.yaml"
-    long_summary.write_text(PIPELINE_BY_DHT.format(asr=asr, tts=tts).replace("spoken-summary", "long-summary")
+    long_summary.write_text(summary_only.read_text().replace("heard-summary", "long-summary")
                             .replace("max_new_tokens: 8", f"max_new_tokens: {LONG_SUMMARY_TOKENS}"))  # fmt: skip
     # `swarm pipeline` as the README shows it: no step pins a route, the DHT finds every model's peers.
     spoken = task_swarm["root"] / "by-dht.wav"
