@@ -309,6 +309,41 @@ def test_a_peer_refuses_what_a_client_would_not_send_and_goes_on_serving(task_sw
     assert isinstance(json.loads(good.stdout)["output"]["text"], str)
 
 
+@pytest.mark.parametrize("task", ["text-classification", "token-classification", "zero-shot-classification"])
+def test_requests_that_reach_a_task_peer_together_run_as_one_batch(task_swarm: dict[str, Any], task: str) -> None:
+    """Texts of different lengths sent at once: the peer runs them through its pipeline as one batch, and each gets
+    the answer local transformers gives it alone."""
+    from transformers import pipeline
+
+    from swarm.client.resolve import Resolver
+    from swarm.config import Settings
+    from swarm.tasks.client import TaskClient
+    from tests.test_batching import all_at_once, batching
+
+    texts = [" ".join(SENTENCE.split()[: 2 + index]) for index in range(6)]
+    # A classification without top_k: a lone text's answer is a list of one label, a batch's one label per text.
+    params = {} if task == "text-classification" else dict(CASES[task].local_kwargs)
+    peer = task_swarm["peers"][task]
+    resolver = Resolver(Settings(home=task_swarm["root"] / "home"))
+    try:
+        manifest, torrent_data = resolver.manifest(model_name(task))
+        client = TaskClient.for_manifest(resolver, manifest, torrent_data)
+    finally:
+        resolver.close()
+    local = pipeline(task, model=str(task_swarm["dirs"][task]))
+    expected = [plain(local(text, **params)) for text in texts]
+    with client:
+        client.find_peers([peer.address], pinned=True)
+        # Requests start together but may still reach the peer one by one: a few rounds make a batch sure.
+        for _round in range(5):
+            answers = all_at_once(len(texts), lambda index: client.run(texts[index].encode(), params).output, 120)
+            for answer, wanted in zip(answers, expected, strict=True):
+                assert_close(answer, wanted)
+            if batching(peer.address)["largest"] > 1:
+                break
+    assert batching(peer.address)["largest"] > 1
+
+
 def test_a_task_peer_says_which_task_it_runs(task_swarm: dict[str, Any]) -> None:
     from swarm.wire import Kind
     from tests.peer_harness import ComputeClient, request

@@ -7,8 +7,9 @@ swarm (a TaskClient in this process: the file's bytes out, JSON and files back) 
 transformers pipeline on the already decoded input. Medians; "added" is the swarm's median minus the local one: the
 wire, the peer's decoding and checks, JSON. Every process computes on one torch thread.
 
-Throughput: a larger text classifier (BERT, --hidden, --layers) served by one peer, then by two; --clients threads
-send requests of --tokens tokens for --seconds; requests per second with two replicas over one.
+Throughput: a larger text classifier (BERT, --hidden, --layers) served by one peer that runs each request alone
+(SWARM_MAX_STEP_BATCH=1), by one that batches requests arriving together, then by two; --clients threads send
+requests of --tokens tokens for --seconds; requests per second of each.
 
 Usage: python tools/bench_tasks.py [--requests 30] [--clients 4] [--seconds 8] [--hidden 256] [--layers 6]
                                    [--tokens 128] [--tasks T1,T2] [--skip-replicas] [--work DIR]
@@ -236,23 +237,30 @@ def throughput(client: Any, data: bytes, clients: int, seconds: float, peers: li
 
 
 def replica_rows(work: Path, args: argparse.Namespace) -> tuple[tuple[float, float, float], ...]:
+    """Throughput of one replica that runs each request alone (SWARM_MAX_STEP_BATCH=1), of one that batches the
+    requests arriving together, and of two that batch."""
     home = work / "home"
     model_dir = big_classifier(work, args.hidden, args.layers)
     publish(model_dir, "bigclassifier", home, ())
     environment = os.environ | {"SWARM_HOME": str(home)}
+    alone = environment | {"SWARM_MAX_STEP_BATCH": "1"}
     started = [start_peer(None, environment, work / f"big-{index}.log", model="bigclassifier") for index in range(2)]
+    started.append(start_peer(None, alone, work / "big-alone.log", model="bigclassifier"))
     text = " ".join(SENTENCE.split() * 20)
     data = " ".join(text.split()[: args.tokens]).encode()
     try:
+        single = client_for("bigclassifier", home, [started[2][1]])
         one = client_for("bigclassifier", home, [started[0][1]])
-        two = client_for("bigclassifier", home, [address for _, address in started])
+        two = client_for("bigclassifier", home, [address for _, address in started[:2]])
         pids = [process.pid for process, _ in started]
         throughput(one, data, args.clients, 2.0, pids[:1])  # warm-up
+        throughput(single, data, args.clients, 2.0, pids[2:])
         rates = (
+            throughput(single, data, args.clients, args.seconds, pids[2:]),
             throughput(one, data, args.clients, args.seconds, pids[:1]),
-            throughput(two, data, args.clients, args.seconds, pids),
+            throughput(two, data, args.clients, args.seconds, pids[:2]),
         )
-        one.close(), two.close()
+        single.close(), one.close(), two.close()
     finally:
         stop_peers([process for process, _ in started])
     return rates
@@ -290,9 +298,11 @@ def main() -> None:
     print(f"\nthroughput, BERT {args.hidden}x{args.layers}, {args.tokens}-word requests, {args.clients} clients:\n")
     print("| replicas | requests/s | peers' CPU ms / request | client's CPU ms / request |")
     print("|---|---|---|---|")
-    for count, (rate, peer_ms, client_ms) in enumerate(runs, start=1):
-        print(f"| {count} | {rate:.1f} | {peer_ms:.1f} | {client_ms:.1f} |")
-    print(f"\ntwo replicas over one: {runs[1][0] / runs[0][0]:.2f}x")
+    for label, (rate, peer_ms, client_ms) in zip(("1, each request alone", "1", "2"), runs, strict=True):
+        print(f"| {label} | {rate:.1f} | {peer_ms:.1f} | {client_ms:.1f} |")
+    print(
+        f"\nbatching at one replica: {runs[1][0] / runs[0][0]:.2f}x; two replicas over one: {runs[2][0] / runs[1][0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from swarm.peer.replica import ReplicaRunner
 from swarm.peer.runner import SpanRunner
 from swarm.peer.sessions import Session, SessionTable
 from swarm.tasks.protocol import BAD_INPUT, request_input, result_message
-from swarm.tasks.runner import TaskRunner
+from swarm.tasks.runner import TaskOutput, TaskRunner
 from swarm.wire import ErrorCode, Header, Kind, WireError
 
 log = logging.getLogger("swarm.peer")
@@ -162,6 +162,8 @@ class PeerServer:
         # Steps waiting to run together with the others of the burst being handled (None: outside a burst, steps
         # run as they come); how many steps ran in batches, and the largest batch.
         self._deferred: list[tuple[_StepJob, bytes | None]] | None = None
+        # Task requests of a burst, run together at its end when the task batches (TaskSpec.batches).
+        self._deferred_tasks: list[_TaskJob] = []
         self.max_step_batch = max(1, max_step_batch)
         self.batched_steps = 0
         self.largest_batch = 1
@@ -362,6 +364,9 @@ class PeerServer:
         if (header.kind is Kind.TASK) != isinstance(self.runner, TaskRunner):
             raise PeerError(ErrorCode.BAD_KIND, self._kind_mismatch(header.kind))
         if header.kind is Kind.TASK:
+            if self._deferred is not None and isinstance(self.runner, TaskRunner) and self.runner.spec.batches:
+                self._deferred_tasks.append(_TaskJob(header, sender, tensors))
+                return
             self._deliver(header, sender, *self._task(header, tensors))
             return
         outputs: dict[str, torch.Tensor] = {}
@@ -542,19 +547,51 @@ class PeerServer:
 
     def _task(self, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Run a task request: its outputs and body, or a bad_input error naming what does not fit."""
-        if not isinstance(self.runner, TaskRunner):  # checked by the caller; keeps the types honest
-            raise PeerError(INTERNAL, "a task request reached a runner without a task")
+        runner = self._task_runner()
         try:
-            task, data, params = request_input(header.body, tensors)
-            if task != self.runner.spec.name:
-                raise SwarmError(f"this peer runs {self.identity.model} as {self.runner.spec.name}, not {task}")
+            data, params = self._task_input(header, tensors)
             started = time.perf_counter()
-            output = self.runner.run(data, params)
+            output = runner.run(data, params)
         except SwarmError as error:
             raise PeerError(BAD_INPUT, str(error)) from None
         self.metrics.step_ran(1, time.perf_counter() - started)
-        body, outputs = result_message(task, output.result, output.file, output.file_type, output.tensors)
-        return outputs, body
+        return _task_message(runner.spec.name, output)
+
+    def _task_runner(self) -> TaskRunner:
+        if not isinstance(self.runner, TaskRunner):  # checked by the caller; keeps the types honest
+            raise PeerError(INTERNAL, "a task request reached a runner without a task")
+        return self.runner
+
+    def _task_input(self, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[bytes, Any]:
+        task, data, params = request_input(header.body, tensors)
+        if task != self._task_runner().spec.name:
+            raise SwarmError(f"this peer runs {self.identity.model} as {self._task_runner().spec.name}, not {task}")
+        return data, params
+
+    def _run_tasks_together(self, jobs: list[_TaskJob]) -> None:
+        """Task requests of one burst as one batch of the pipeline (TaskRunner.run_many); each gets its own answer,
+        or bad_input for an input that does not fit."""
+        runner = self._task_runner()
+        readable: list[tuple[_TaskJob, tuple[bytes, Any]]] = []
+        for job in jobs:
+            try:
+                readable.append((job, self._task_input(job.header, job.tensors)))
+            except SwarmError as error:
+                self._send_error(job.header, job.sender, BAD_INPUT, str(error))
+        if not readable:
+            return
+        started = time.perf_counter()
+        answers = runner.run_many([request for _, request in readable])
+        share = (time.perf_counter() - started) / len(readable)
+        self.batched_steps += len(readable)
+        self.largest_batch = max(self.largest_batch, len(readable))
+        for (job, _), answer in zip(readable, answers, strict=True):
+            if isinstance(answer, SwarmError):
+                self._send_error(job.header, job.sender, BAD_INPUT, str(answer))
+                continue
+            self.metrics.step_ran(1, share)
+            outputs, body = _task_message(runner.spec.name, answer)
+            self._guarded(job.header, job.sender, partial(self._deliver, job.header, job.sender, outputs, body))
 
     # ----- steps of several sessions as one batch -----
 
@@ -584,7 +621,19 @@ class PeerServer:
                 self.handle(sender, frames)
         finally:
             deferred, self._deferred = self._deferred, None
+            tasks, self._deferred_tasks = self._deferred_tasks, []
             self._run_together(deferred)
+            if tasks:
+                self._guarded_tasks(tasks)
+
+    def _guarded_tasks(self, jobs: list[_TaskJob]) -> None:
+        """`_run_tasks_together`, every request answered whatever fails (an internal error to each)."""
+        try:
+            self._run_tasks_together(jobs)
+        except Exception as error:  # the loop must outlive any bug a message can trigger
+            log.exception("internal error in a batch of task requests")
+            for job in jobs:
+                self._send_error(job.header, job.sender, INTERNAL, f"{type(error).__name__}: {error}")
 
     def _run_together(self, jobs: list[tuple[_StepJob, bytes | None]]) -> None:
         groups: dict[tuple[int, int], list[tuple[_StepJob, bytes | None]]] = {}
@@ -804,6 +853,20 @@ class PeerServer:
             except (transport.TransportError, WireError) as error:
                 log.warning("cannot tell %s about the shutdown: %s", session.reply_to, error)
         self.context.close()
+
+
+@dataclass(frozen=True)
+class _TaskJob:
+    """A task request waiting for the end of its burst."""
+
+    header: Header
+    sender: bytes | None
+    tensors: dict[str, torch.Tensor]
+
+
+def _task_message(task: str, output: TaskOutput) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    body, outputs = result_message(task, output.result, output.file, output.file_type, output.tensors)
+    return outputs, body
 
 
 def _body_int(header: Header, key: str, default: int | None = None) -> int:

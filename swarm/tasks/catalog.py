@@ -36,7 +36,9 @@ class TaskSpec:
     `engine`: what runs it: the transformers pipeline of the task, the model's `generate` (tasks whose pipelines
     transformers 5 removed: encoder-decoder text generation and image captioning), or a diffusers pipeline;
     `splits`: the task's model is a base model with a small head on top, so a model of a family with block adapters
-    is published in block chunks and its blocks spread over peers, the client running the rest."""
+    is published in block chunks and its blocks spread over peers, the client running the rest; `batches`: a peer runs
+    requests of it that arrive together as one batch of its pipeline (deterministic tasks whose pipelines take
+    lists)."""
 
     name: str
     input: Media
@@ -44,17 +46,19 @@ class TaskSpec:
     params: Mapping[str, Param] = field(default_factory=dict)
     engine: Literal["pipeline", "generate", "diffusers"] = "pipeline"
     splits: bool = False
+    batches: bool = False
 
 
 _TOP_K = Param("int", 1, 1000)
 _NEW_TOKENS = Param("int", 1, 1024)
 _SPECS = (
-    TaskSpec("text-classification", "text", params={"top_k": _TOP_K}, splits=True),
+    TaskSpec("text-classification", "text", params={"top_k": _TOP_K}, splits=True, batches=True),
     TaskSpec(
         "token-classification",
         "text",
         params={"aggregation_strategy": Param("choice", choices=("none", "simple", "first", "average", "max"))},
         splits=True,
+        batches=True,
     ),
     TaskSpec("feature-extraction", "text", splits=True),
     TaskSpec(
@@ -66,6 +70,7 @@ _SPECS = (
             "multi_label": Param("bool"),
         },
         splits=True,
+        batches=True,
     ),
     TaskSpec("image-classification", "image", params={"top_k": _TOP_K}),
     TaskSpec("depth-estimation", "image", output="image"),

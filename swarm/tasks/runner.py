@@ -4,8 +4,11 @@ file out. Tasks with a transformers pipeline run through it; those whose pipelin
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,30 @@ class TaskRunner:
             return TaskOutput(self._generate(value, checked))
         return pipeline_output(self.pipeline, self.spec.name, value, checked)
 
+    @torch.no_grad()
+    def run_many(self, requests: Sequence[tuple[bytes, object]]) -> list[TaskOutput | SwarmError]:
+        """Requests that arrived together: those of a task that `batches` and with the same parameters as one batch
+        of the pipeline, the others one by one; each answer (or what is wrong with its input) in order."""
+        if not self.spec.batches:
+            return [_answer_or_error(partial(self.run, data, params)) for data, params in requests]
+        answers: list[TaskOutput | SwarmError | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, Any]]] = {}
+        for index, (data, params) in enumerate(requests):
+            try:
+                checked = checked_params(self.spec, params)
+                value = media.decode_input(data, self.spec.input, self.spec.name)
+            except SwarmError as error:
+                answers[index] = error
+                continue
+            groups.setdefault(json.dumps(checked, sort_keys=True), []).append((index, value))
+        for key, members in groups.items():
+            torch.manual_seed(TASK_SEED)
+            values = [value for _, value in members]
+            outputs = self.pipeline(values, batch_size=len(values), **json.loads(key))
+            for (index, _), output in zip(members, outputs, strict=True):
+                answers[index] = task_output(self.spec.name, _as_alone(self.spec.name, output))
+        return [answer if answer is not None else SwarmError("no answer") for answer in answers]
+
     def _at_model_rate(self, audio: dict[str, Any]) -> dict[str, Any]:
         """The sound resampled to the rate the model's feature extractor takes (soxr: transformers would need
         torchaudio)."""
@@ -136,6 +163,19 @@ class TaskRunner:
         text = self.tokenizer.decode(output[0], skip_special_tokens=True)
         key = {"summarization": "summary_text", "translation": "translation_text"}.get(self.spec.name, "generated_text")
         return {key: text}
+
+
+def _answer_or_error(run: Callable[[], TaskOutput]) -> TaskOutput | SwarmError:
+    try:
+        return run()
+    except SwarmError as error:
+        return error
+
+
+def _as_alone(task: str, output: Any) -> Any:
+    """One input's part of a batched pipeline's output, shaped as the pipeline gives it for that input alone (a lone
+    text's classification comes as a list of its labels)."""
+    return [output] if task == "text-classification" and isinstance(output, dict) else output
 
 
 def load_diffusion(directory: Path, dtype: torch.dtype, device: torch.device) -> Any:
