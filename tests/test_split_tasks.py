@@ -231,3 +231,26 @@ def test_a_peer_with_room_for_the_whole_model_runs_it_whole(split_swarm: dict[st
         assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
     finally:
         whole.stop()
+
+
+def test_a_replica_batches_requests_and_answers_a_bad_one_alone(task_tool: ModuleType, tmp_path: Path) -> None:
+    """Requests that reach a replica together: those with the same parameters run as one batch (from the block
+    chunks, assembled as a sharded checkpoint), each answered as if alone; an input that does not fit gets its own
+    error and spoils nothing."""
+    from swarm.tasks.runner import TaskRunner
+
+    model_dir = task_tool.make_task_model("text-classification", tmp_path / "model", seed=5)
+    settings = Settings(home=tmp_path / "home")
+    manifest = publish(str(model_dir), "split", settings).manifest
+    paths = {chunk.id: settings.models_dir() / chunk.file for chunk in manifest.chunks}
+    runner = TaskRunner(manifest, paths.pop("meta"), paths)
+    texts = [SENTENCE.encode(), b"short", " ".join(SENTENCE.split()[:5]).encode()]
+    requests: list[tuple[bytes, object]] = [(texts[0], {}), (b"\x89PNG\r\n\x1a\n" + bytes(32), {}),
+                                            (texts[1], {}), (texts[2], {"top_k": 2}), (texts[1], {"top_k": 99999})]  # fmt: skip
+    answers = runner.run_many(requests)
+    assert isinstance(answers[1], SwarmError) and "takes text" in str(answers[1])
+    assert isinstance(answers[4], SwarmError) and "top_k" in str(answers[4])
+    for index in (0, 2, 3):
+        answer = answers[index]
+        assert not isinstance(answer, SwarmError)
+        assert_close(answer.result, runner.run(*requests[index]).result)

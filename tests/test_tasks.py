@@ -309,6 +309,41 @@ def test_a_peer_refuses_what_a_client_would_not_send_and_goes_on_serving(task_sw
     assert isinstance(json.loads(good.stdout)["output"]["text"], str)
 
 
+def test_a_batching_peer_answers_each_request_of_a_burst_on_its_own(task_swarm: dict[str, Any]) -> None:
+    """Good and hostile task requests sent at once to a peer that batches (bytes that are no text, parameters that
+    are no object, an unknown one, another task's name): each good one gets its result, each bad one bad_input,
+    and the peer goes on serving."""
+    from swarm.tasks.protocol import as_bytes_tensor
+    from swarm.wire import Kind
+    from tests.peer_harness import ComputeClient, request, route
+
+    peer = task_swarm["peers"]["text-classification"]
+    hop = route((peer.address, 0, 1))
+    sent = {
+        "good": ({"task": "text-classification"}, SENTENCE.encode()),
+        "not text": ({"task": "text-classification"}, b"\x89PNG\r\n\x1a\n" + bytes(40)),
+        "params": ({"task": "text-classification", "params": [1, 2]}, b"hello"),
+        "unknown": ({"task": "text-classification", "params": {"temperature": 1}}, b"hello"),
+        "other task": ({"task": "token-classification"}, b"hello"),
+        "good too": ({"task": "text-classification", "params": {"top_k": 2}}, b"hello there"),
+    }
+    client = ComputeClient()
+    try:
+        ids = {}
+        for name, (body, data) in sent.items():
+            message = request(Kind.TASK, route=hop, body=body)
+            ids[message.request_id] = name
+            client.send(peer.address, message, {"input": as_bytes_tensor(data)})
+        replies = {ids[reply.header.request_id]: reply.header for reply in
+                   (client.receive_direct(peer.address) for _ in sent)}  # fmt: skip
+    finally:
+        client.close()
+    assert {name for name, header in replies.items() if header.kind is Kind.RESULT} == {"good", "good too"}
+    assert all(header.body["code"] == "bad_input" for name, header in replies.items() if not name.startswith("good"))
+    again = swarm_run(task_swarm, "text-classification", "--input", SENTENCE, "--json")
+    assert again.returncode == 0, again.stderr
+
+
 @pytest.mark.parametrize("task", ["text-classification", "token-classification", "zero-shot-classification"])
 def test_requests_that_reach_a_task_peer_together_run_as_one_batch(task_swarm: dict[str, Any], task: str) -> None:
     """Texts of different lengths sent at once: the peer runs them through its pipeline as one batch, and each gets
