@@ -309,6 +309,12 @@ def test_a_peer_refuses_what_a_client_would_not_send_and_goes_on_serving(task_sw
     assert isinstance(json.loads(good.stdout)["output"]["text"], str)
 
 
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_a_batching_peer_answers_each_request_of_a_burst_on_its_own(task_swarm: dict[str, Any]) -> None:
     """Good and hostile task requests sent at once to a peer that batches (bytes that are no text, parameters that
     are no object, an unknown one, another task's name): each good one gets its result, each bad one bad_input,
@@ -344,10 +350,12 @@ def test_a_batching_peer_answers_each_request_of_a_burst_on_its_own(task_swarm: 
     assert again.returncode == 0, again.stderr
 
 
-@pytest.mark.parametrize("task", ["text-classification", "token-classification", "zero-shot-classification"])
+@pytest.mark.parametrize(
+    "task", ["text-classification", "token-classification", "zero-shot-classification", "image-classification"]
+)
 def test_requests_that_reach_a_task_peer_together_run_as_one_batch(task_swarm: dict[str, Any], task: str) -> None:
-    """Texts of different lengths sent at once: the peer runs them through its pipeline as one batch, and each gets
-    the answer local transformers gives it alone."""
+    """Texts of different lengths (images of different sizes) sent at once: the peer runs them through its pipeline
+    as one batch, and each gets the answer local transformers gives it alone."""
     from transformers import pipeline
 
     from swarm.client.resolve import Resolver
@@ -355,7 +363,13 @@ def test_requests_that_reach_a_task_peer_together_run_as_one_batch(task_swarm: d
     from swarm.tasks.client import TaskClient
     from tests.test_batching import all_at_once, batching
 
-    texts = [" ".join(SENTENCE.split()[: 2 + index]) for index in range(6)]
+    if task == "image-classification":
+        rng = np.random.default_rng(5)
+        images = [Image.fromarray(rng.integers(0, 256, (16 + 8 * index, 40 - 4 * index, 3), dtype=np.uint8))
+                  for index in range(6)]  # fmt: skip
+        texts = [png(image) for image in images]
+    else:
+        texts = [" ".join(SENTENCE.split()[: 2 + index]).encode() for index in range(6)]
     # A classification without top_k: a lone text's answer is a list of one label, a batch's one label per text.
     params = {} if task == "text-classification" else dict(CASES[task].local_kwargs)
     peer = task_swarm["peers"][task]
@@ -366,12 +380,14 @@ def test_requests_that_reach_a_task_peer_together_run_as_one_batch(task_swarm: d
     finally:
         resolver.close()
     local = pipeline(task, model=str(task_swarm["dirs"][task]))
-    expected = [plain(local(text, **params)) for text in texts]
+    decoded = [Image.open(io.BytesIO(data)).convert("RGB") if task == "image-classification" else data.decode()
+               for data in texts]  # fmt: skip
+    expected = [plain(local(value, **params)) for value in decoded]
     with client:
         client.find_peers([peer.address], pinned=True)
         # Requests start together but may still reach the peer one by one: a few rounds make a batch sure.
         for _round in range(5):
-            answers = all_at_once(len(texts), lambda index: client.run(texts[index].encode(), params).output, 120)
+            answers = all_at_once(len(texts), lambda index: client.run(texts[index], params).output, 120)
             for answer, wanted in zip(answers, expected, strict=True):
                 assert_close(answer, wanted)
             if batching(peer.address)["largest"] > 1:

@@ -72,7 +72,7 @@ _SPECS = (
         splits=True,
         batches=True,
     ),
-    TaskSpec("image-classification", "image", params={"top_k": _TOP_K}),
+    TaskSpec("image-classification", "image", params={"top_k": _TOP_K}, batches=True),
     TaskSpec("depth-estimation", "image", output="image"),
     TaskSpec("object-detection", "image", params={"threshold": Param("float", 0.0, 1.0)}),
     TaskSpec("automatic-speech-recognition", "audio"),
