@@ -386,14 +386,12 @@ class SwarmClient:
 
     def run_stateless(self, endpoint: ComputeClient, route: list[Hop], ids: torch.Tensor) -> torch.Tensor:
         """Token ids at positions [0, n) through `route` without a session (a check of a step): last logits."""
-        header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, ids.shape[1]))
-        last_peer = route[-1].address
         if self.parts.span is None:
+            header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, ids.shape[1]))
             reply = endpoint.request(route, header, {"input_ids": ids.contiguous()})
-            return expect_logits(reply.tensors, last_peer, self.parts.vocab_size).float()
+            return expect_logits(reply.tensors, route[-1].address, self.parts.vocab_size).float()
         hidden = self.hidden_for(route[0], self.parts.embed(ids, 0))
-        reply = endpoint.request(route, header, {"hidden": hidden})
-        return self.parts.head(expect_hidden(reply.tensors, last_peer, self.parts.hidden_size))
+        return self.parts.head(run_encoder(endpoint, route, hidden, None))
 
     def checker(self, endpoint: ComputeClient, max_length: int) -> StepChecker | None:
         """What checks a fraction of one generation's steps (Settings.verify_fraction), or None."""

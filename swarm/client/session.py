@@ -457,7 +457,8 @@ def run_encoder(
     attention_mask: torch.Tensor | None,
     timeout: float | None = None,
 ) -> torch.Tensor:
-    """One sessionless pass of a whole sequence through an encoder's route; the last hop's hidden states."""
+    """One sessionless pass of a whole sequence (positions 0..n) through a route of spans, an encoder's with its
+    padding mask; the last hop's hidden states."""
     tensors = {"hidden": hidden.contiguous()}
     if attention_mask is not None:
         tensors["attention_mask"] = attention_mask.to(torch.int64).contiguous()

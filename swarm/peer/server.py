@@ -364,10 +364,12 @@ class PeerServer:
         if (header.kind is Kind.TASK) != isinstance(self.runner, TaskRunner):
             raise PeerError(ErrorCode.BAD_KIND, self._kind_mismatch(header.kind))
         if header.kind is Kind.TASK:
-            if self._deferred is not None and isinstance(self.runner, TaskRunner) and self.runner.spec.batches:
-                self._deferred_tasks.append(_TaskJob(header, sender, tensors))
-                return
-            self._deliver(header, sender, *self._task(header, tensors))
+            # In a burst, at its end: those of a task that batches run as one batch (TaskRunner.run_many).
+            task = _TaskJob(header, sender, tensors)
+            if self._deferred is not None:
+                self._deferred_tasks.append(task)
+            else:
+                self._run_tasks_together([task])
             return
         outputs: dict[str, torch.Tensor] = {}
         body: dict[str, Any] = {}
@@ -545,37 +547,25 @@ class PeerServer:
         served = "language model" if self.runner.causal else "encoder"
         return f"this peer serves {self.identity.model} as a {served}: it runs no {kind.value} requests"
 
-    def _task(self, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Run a task request: its outputs and body, or a bad_input error naming what does not fit."""
-        runner = self._task_runner()
-        try:
-            data, params = self._task_input(header, tensors)
-            started = time.perf_counter()
-            output = runner.run(data, params)
-        except SwarmError as error:
-            raise PeerError(BAD_INPUT, str(error)) from None
-        self.metrics.step_ran(1, time.perf_counter() - started)
-        return _task_message(runner.spec.name, output)
-
     def _task_runner(self) -> TaskRunner:
         if not isinstance(self.runner, TaskRunner):  # checked by the caller; keeps the types honest
             raise PeerError(INTERNAL, "a task request reached a runner without a task")
         return self.runner
 
-    def _task_input(self, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[bytes, Any]:
+    def _task_input(self, runner: TaskRunner, header: Header, tensors: dict[str, torch.Tensor]) -> tuple[bytes, Any]:
         task, data, params = request_input(header.body, tensors)
-        if task != self._task_runner().spec.name:
-            raise SwarmError(f"this peer runs {self.identity.model} as {self._task_runner().spec.name}, not {task}")
+        if task != runner.spec.name:
+            raise SwarmError(f"this peer runs {self.identity.model} as {runner.spec.name}, not {task}")
         return data, params
 
     def _run_tasks_together(self, jobs: list[_TaskJob]) -> None:
-        """Task requests of one burst as one batch of the pipeline (TaskRunner.run_many); each gets its own answer,
-        or bad_input for an input that does not fit."""
+        """Task requests (of one burst): as one batch of the pipeline when the task batches, else one by one
+        (TaskRunner.run_many); each gets its own answer, or bad_input for an input that does not fit."""
         runner = self._task_runner()
         readable: list[tuple[_TaskJob, tuple[bytes, Any]]] = []
         for job in jobs:
             try:
-                readable.append((job, self._task_input(job.header, job.tensors)))
+                readable.append((job, self._task_input(runner, job.header, job.tensors)))
             except SwarmError as error:
                 self._send_error(job.header, job.sender, BAD_INPUT, str(error))
         if not readable:
@@ -583,8 +573,9 @@ class PeerServer:
         started = time.perf_counter()
         answers = runner.run_many([request for _, request in readable])
         share = (time.perf_counter() - started) / len(readable)
-        self.batched_steps += len(readable)
-        self.largest_batch = max(self.largest_batch, len(readable))
+        if runner.spec.batches and len(readable) > 1:
+            self.batched_steps += len(readable)
+            self.largest_batch = max(self.largest_batch, len(readable))
         for (job, _), answer in zip(readable, answers, strict=True):
             if isinstance(answer, SwarmError):
                 self._send_error(job.header, job.sender, BAD_INPUT, str(answer))

@@ -28,15 +28,7 @@ from swarm.client.routing import (
     fails_over,
     route_avoiding,
 )
-from swarm.client.session import (
-    ComputeClient,
-    PeerFailure,
-    expect_hidden,
-    in_dtype,
-    new_id,
-    query_peers,
-    run_encoder,
-)
+from swarm.client.session import ComputeClient, PeerFailure, in_dtype, query_peers, run_encoder
 from swarm.config import Settings
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest
@@ -44,7 +36,7 @@ from swarm.model.families import family_named
 from swarm.tasks import media
 from swarm.tasks.catalog import TaskSpec, checked_params, task_named
 from swarm.tasks.protocol import BAD_INPUT, TaskResult, read_result, task_request
-from swarm.wire import Header, Hop, Kind
+from swarm.wire import Hop
 
 if TYPE_CHECKING:
     from swarm.client.resolve import Resolver
@@ -91,7 +83,7 @@ class TaskClient:
 
             self.sharded = ShardedTask(manifest, chunk_paths, self._through_blocks)
         family = family_named(manifest.family or "")
-        # Causal blocks take a stateless step (positions 0..n); encoder blocks the whole text with its padding mask.
+        # Encoder blocks take the whole text with its padding mask; causal ones one unpadded text.
         self._causal = family is not None and family.causal
         self.context = transport.Context()
         self._turns = itertools.count(random.randrange(1 << 16) if spread_seed is None else spread_seed)
@@ -210,14 +202,11 @@ class TaskClient:
     ) -> torch.Tensor:
         # In the dtype the first hop computes in (it says so in its info).
         hidden = in_dtype(hidden, next((peer.dtype for peer in self.peers if peer.address == route[0].address), ""))
-        if not self._causal:
-            output = run_encoder(endpoint, route, hidden, mask)
-        else:
+        if self._causal:
             if mask is not None and not bool(mask.all()):
                 raise SwarmError(f"{self.manifest.name} runs one unpadded text at a time through causal blocks")
-            header = Header(kind=Kind.STEP, request_id=new_id(), positions=(0, int(hidden.shape[1])))
-            reply = endpoint.request(route, header, {"hidden": hidden.contiguous()})
-            output = expect_hidden(reply.tensors, route[-1].address, int(hidden.shape[-1]))
+            mask = None  # causal blocks take a stateless step at positions 0..n, no padding mask
+        output = run_encoder(endpoint, route, hidden, mask)
         if tuple(output.shape) != tuple(hidden.shape):
             last = route[-1].address
             raise PeerFailure(f"peer {last} returned hidden states of shape {list(output.shape)}", last, BAD_RESULT)
