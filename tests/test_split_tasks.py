@@ -215,19 +215,28 @@ def test_requests_from_several_threads_run_their_blocks_at_once(task_tool: Modul
 
 
 def test_a_peer_with_room_for_the_whole_model_runs_it_whole(split_swarm: dict[str, Any]) -> None:
-    """With the default memory budget a joiner runs the whole classifier (from its block chunks, as a sharded
-    checkpoint), and a client sends it whole texts rather than routing hidden states through the spans."""
-    arguments = ["--model", "classifier", "--bootstrap", split_swarm["bootstrap"]]
-    whole = start_peers([arguments], split_swarm["environment"], split_swarm["root"] / "logs-whole")[0]
+    """`swarm join --model NAME --bootstrap SEEDBOX` as the README shows it (default memory, default listen
+    addresses): the joiner runs the whole classifier (from its block chunks, as a sharded checkpoint), and a client
+    sends it whole texts rather than routing hidden states through the spans."""
+    command = [SWARM, "join", "--model", "classifier", "--bootstrap", split_swarm["bootstrap"]]
+    whole = LineProcess(command, split_swarm["environment"])
     try:
-        assert whole.serving["replica"] is True and whole.serving["task"] == "text-classification"
-        assert whole.serving["blocks"] == [0, 2]
+        serving = wait_line(whole, "serving ", timeout=120)
+        assert serving.startswith("serving the task text-classification of classifier on tcp://"), serving
+        address = serving.split(" on ")[1].split(",")[0]
+        status = subprocess.run([SWARM, "status", "classifier", "--bootstrap", split_swarm["bootstrap"], "--json"],
+                                env=split_swarm["environment"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        # The DHT knows it by its addresses (127.0.0.1 and the one it advertises): the same port, the only replica.
+        replicas = [peer for peer in json.loads(status.stdout)["models"][0]["peers"] if peer["replica"]]
+        assert {(peer["address"].rsplit(":", 1)[1], peer["task"], tuple(peer["blocks"])) for peer in replicas} == {
+            (address.rsplit(":", 1)[1], "text-classification", (0, 2))
+        }
         command = [SWARM, "run", "--model", "classifier", "--input", SENTENCE, "--bootstrap", split_swarm["bootstrap"]]
         ran = subprocess.run([*command, "--json"], env=split_swarm["environment"], capture_output=True, text=True,
                              timeout=120)  # fmt: skip
-        assert ran.returncode == 0, ran.stderr + whole.log()
+        assert ran.returncode == 0, ran.stderr + "".join(whole.stderr_lines)
         answer = json.loads(ran.stdout)
-        assert answer["peer"] == whole.address
+        assert answer["peer"] == address
         assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
     finally:
         whole.stop()
