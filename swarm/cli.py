@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from swarm.client.run import SwarmClient
     from swarm.publish import Published
     from swarm.tasks.pipeline_run import PipelineResult
+    from swarm.transport.keys import SwarmKeys
 
 BOOTSTRAP_HELP = "Any running swarm node's BitTorrent/DHT address HOST:PORT (repeatable); one is enough."
 TRACKER_HELP = "BitTorrent tracker announce URL to use as well (repeatable)."
@@ -53,20 +54,34 @@ class SwarmGroup(click.Group):
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
-    """The settings of this command; with a swarm secret, every compute socket it opens joins that private swarm."""
+    """The settings of this command; every compute socket it opens then belongs to the swarm they name: a private
+    one with a swarm secret, else the public one (encrypted unless SWARM_ENCRYPT=0)."""
     base: Settings = ctx.obj
     settings = base.with_overrides(**overrides)
     if settings.allow_file is not None and settings.swarm_secret is None:
         raise SwarmError("--allow names the members of a private swarm: give its --swarm-secret too")
-    if settings.swarm_secret is not None:
-        from swarm import transport
-        from swarm.transport.keys import member_keypair, read_allow_list, secret_from_file
+    from swarm import transport
 
-        keys = secret_from_file(str(settings.swarm_secret)).with_member(*member_keypair(settings.keys_dir))
-        if settings.allow_file is not None:
-            keys = keys.with_allowed(read_allow_list(str(settings.allow_file)))
-        transport.use_swarm_keys(keys)
+    transport.use_swarm_keys(swarm_keys(settings))
     return settings
+
+
+def swarm_keys(settings: Settings) -> SwarmKeys | None:
+    """The keys of the swarm `settings` name, connecting with this node's own member key; None: plaintext."""
+    from swarm.transport.keys import SwarmKeys, member_keypair, read_allow_list, secret_from_file
+
+    if settings.swarm_secret is None and not settings.encrypt:
+        return None
+    if settings.swarm_secret is None:
+        keys = SwarmKeys.public()
+    elif settings.encrypt:
+        keys = secret_from_file(str(settings.swarm_secret))
+    else:
+        raise SwarmError("a private swarm is always encrypted: --swarm-secret and SWARM_ENCRYPT=0 cannot go together")
+    keys = keys.with_member(*member_keypair(settings.keys_dir))
+    if settings.allow_file is not None:
+        keys = keys.with_allowed(read_allow_list(str(settings.allow_file)))
+    return keys
 
 
 DRAFT_HELP = (
@@ -82,8 +97,8 @@ INPUT_HELP = (
     "JPEG, ...) or, for text tasks, the text itself."
 )
 SECRET_HELP = (
-    "File holding a private swarm's secret: only its members connect, compute traffic is encrypted, and BitTorrent "
-    "traffic is encrypted too."
+    "File holding a private swarm's secret: only its members connect, and BitTorrent traffic is encrypted too "
+    "(compute traffic always is)."
 )
 
 

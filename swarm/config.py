@@ -139,8 +139,10 @@ class Settings:
     # A small local model (Hugging Face directory) sharing the model's tokenizer that drafts tokens for speculative
     # decoding (swarm.client.speculative); None: plain decoding.
     draft: Path | None = None
-    # A file holding a private swarm's secret: compute traffic is then CURVE-encrypted and only members connect.
+    # A file holding a private swarm's secret: only members connect (compute traffic is encrypted either way).
     swarm_secret: Path | None = None
+    # CurveZMQ on every compute connection (False only to measure what it costs, or to reach nodes that do not).
+    encrypt: bool = True
     # Member keys (one per line) a private swarm's peer admits; None: every member.
     allow_file: Path | None = None
 
@@ -250,6 +252,7 @@ ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "SWARM_VERIFY": ("verify_fraction", float),
     "SWARM_DRAFT": ("draft", lambda text: Path(text).expanduser()),
     "SWARM_SECRET_FILE": ("swarm_secret", lambda text: Path(text).expanduser()),
+    "SWARM_ENCRYPT": ("encrypt", _parse_bool),
     "SWARM_PRIVATE_TORRENT": ("private_torrent", _parse_bool),
     "SWARM_ALLOW_FILE": ("allow_file", lambda text: Path(text).expanduser()),
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,18 @@ def test_a_member_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
     assert member_keypair(tmp_path / "keys") == first
     assert stat.S_IMODE((tmp_path / "keys" / "member.key").stat().st_mode) == 0o600
     assert member_keypair(tmp_path / "other") != first
+
+
+def test_processes_of_one_home_started_together_share_one_key(tmp_path: Path) -> None:
+    """Every command makes the key when it is missing (compute is encrypted by default), and peers of one home are
+    often started at once: each must read the same, complete key."""
+    script = "import sys; from pathlib import Path; from swarm.transport.keys import member_keypair; "
+    script += "print(member_keypair(Path(sys.argv[1]))[0].decode())"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "keys")], stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    keys = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert all(process.returncode == 0 for process in processes)
+    assert keys == {member_keypair(tmp_path / "keys")[0].decode()}
+    assert [path.name for path in (tmp_path / "keys").iterdir()] == ["member.key"]

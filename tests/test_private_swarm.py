@@ -1,6 +1,6 @@
 """A private swarm (`--swarm-secret FILE`) over real peers: members compute together, exactly as local transformers
 does, over CURVE-encrypted connections (checked on the wire with tcpdump); a client without the secret, or with
-another swarm's, is refused at the handshake with a one-line error."""
+another swarm's, is refused at the handshake with a one-line error. A public swarm is encrypted too, by default."""
 
 from __future__ import annotations
 
@@ -40,11 +40,13 @@ class PrivateSwarm:
     def run(self, *flags: str) -> subprocess.CompletedProcess[str]:
         return self.run_route(self.peers, *flags)
 
-    def run_route(self, peers: list[PeerProcess], *flags: str) -> subprocess.CompletedProcess[str]:
+    def run_route(
+        self, peers: list[PeerProcess], *flags: str, environment: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         route = ",".join(peer.address for peer in peers)
         arguments = ["--model", "priv", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
         return subprocess.run(
-            [SWARM, "run", *arguments, *flags], env=peer_environment(os.environ, home=self.home),
+            [SWARM, "run", *arguments, *flags], env=environment or peer_environment(os.environ, home=self.home),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 
@@ -223,26 +225,59 @@ def test_allow_list_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_a_result_forged_by_a_middle_hop_is_refused_in_a_private_swarm(private: PrivateSwarm, tmp_path: Path) -> None:
-    """The first hop sends the client a forged result of every step before forwarding it. In a private swarm the
-    client takes results only over a connection of the last hop's key: the tokens stay those of transformers. In a
-    public swarm (no keys: the control) the forgeries win."""
+def test_a_result_forged_by_a_middle_hop_is_refused_in_encrypted_swarms(private: PrivateSwarm, tmp_path: Path) -> None:
+    """The first hop sends the client a forged result of every step before forwarding it. In a private swarm, and in
+    a public one (encrypted by default), the client takes results only over a connection of the last hop's key: the
+    tokens stay those of transformers. In plaintext (SWARM_ENCRYPT=0: the control) the forgeries win."""
     environment = peer_environment(os.environ, home=private.home)
+    plaintext = environment | {"SWARM_ENCRYPT": "0"}
     # A home of its own: its own member key (the model's files are shared).
     liars_home = environment | {"SWARM_HOME": str(tmp_path / "liar"), "SWARM_CATALOG": str(private.home / "torrents"),
                                 "SWARM_DATA": str(private.home / "data")}  # fmt: skip
     secret = ["--swarm-secret", str(private.secret)]
     members = start_liar("forge", ["--model", "priv", "--blocks", "0:2", *secret], liars_home, tmp_path / "m.log")
-    public = start_liar("forge", ["--model", "priv", "--blocks", "0:2"], environment, tmp_path / "p.log")
-    (honest,) = start_peers([["--model", "priv", "--blocks", "2:4"]], environment, tmp_path / "logs")
+    public = start_liar("forge", ["--model", "priv", "--blocks", "0:2"], liars_home, tmp_path / "p.log")
+    clear = start_liar("forge", ["--model", "priv", "--blocks", "0:2"], liars_home | {"SWARM_ENCRYPT": "0"},
+                       tmp_path / "c.log")  # fmt: skip
+    honest = start_peers([["--model", "priv", "--blocks", "2:4"]], environment, tmp_path / "logs")
+    honest += start_peers([["--model", "priv", "--blocks", "2:4"]], plaintext, tmp_path / "clear-logs")
     try:
         private_run = private.run_route([members, private.peers[1]], *secret, "--json")
-        public_run = private.run_route([public, honest], "--json")
+        public_run = private.run_route([public, honest[0]], "--json")
+        plaintext_run = private.run_route([clear, honest[1]], "--json", environment=plaintext)
     finally:
-        for peer in (members, public, honest):
+        for peer in (members, public, clear, *honest):
             peer.stop()
     expected = local_text(private.model_dir)
-    assert private_run.returncode == 0, private_run.stderr
+    for done in (private_run, public_run, plaintext_run):
+        assert done.returncode == 0, done.stderr
     assert json.loads(private_run.stdout)["tokens"] == expected
-    assert public_run.returncode == 0, public_run.stderr
-    assert json.loads(public_run.stdout)["tokens"] != expected
+    assert json.loads(public_run.stdout)["tokens"] == expected
+    assert json.loads(plaintext_run.stdout)["tokens"] != expected
+
+
+def test_a_public_swarm_is_encrypted_by_default(private: PrivateSwarm, tmp_path: Path) -> None:
+    """Peers and a client with no setting about it compute together over CurveZMQ: no plaintext header crosses the
+    wire. The control: the same run with SWARM_ENCRYPT=0 shows its headers."""
+    environment = peer_environment(os.environ, home=private.home)
+    captured = []
+    for setting in ({}, {"SWARM_ENCRYPT": "0"}):
+        peers = start_peers([["--model", "priv", "--blocks", span] for span in ("0:2", "2:4")],
+                            environment | setting, tmp_path / f"logs-{len(setting)}")  # fmt: skip
+        pcap = tmp_path / f"public-{len(setting)}.pcap"
+        tcpdump = capture([int(peer.address.rpartition(":")[2]) for peer in peers], pcap)
+        try:
+            done = private.run_route(peers, "--json", environment=environment | setting)
+        finally:
+            time.sleep(0.5)
+            tcpdump.send_signal(signal.SIGINT)
+            tcpdump.wait(timeout=10)
+            for peer in peers:
+                peer.stop()
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["tokens"] == local_text(private.model_dir)
+        captured.append(pcap.read_bytes())
+    encrypted, plaintext = captured
+    assert len(encrypted) > 20_000 and len(plaintext) > 20_000
+    assert not [marker for marker in PLAINTEXT_MARKERS if marker in encrypted]
+    assert all(marker in plaintext for marker in PLAINTEXT_MARKERS)

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark: what trust costs, side by side in one run: encryption (a private swarm's CurveZMQ) and checking
-peers' outputs (--verify), against the same plain generation.
+"""Benchmark: what trust costs, side by side in one run: encryption (CurveZMQ, on by default; a private swarm's)
+and checking peers' outputs (--verify), against the same generation in plaintext.
 
 One generated Llama (about 100M parameters by default), a fixed prompt of --prompt-tokens token ids, greedy,
 --new-tokens new tokens with EOS banned, all on 127.0.0.1, one torch thread per process. Peers: two chains of two
-plain peers (the second chain is what a check asks for its opinion) and one chain of two peers of a private swarm
-(`--swarm-secret`). Setups, interleaved --repeat times:
-- plain: a client that knows the four plain peers;
-- private (CURVE): a member client through the private chain;
-- verify F: the plain client with --verify F (default 0.05).
+peers with the default settings (the second chain is what a check asks for its opinion), one chain of two peers
+run with SWARM_ENCRYPT=0, and one of a private swarm (`--swarm-secret`). Setups, interleaved --repeat times:
+- public swarm (the default, CurveZMQ): a client that knows the four default peers;
+- plaintext: a client with encryption off through the plaintext chain;
+- private: a member client through the private chain;
+- verify F: the default client with --verify F (default 0.05).
 For each: tokens/s and the CPU seconds every peer spent per generated token (user + system, from /proc), which is
 the compute a setup costs the swarm whatever else runs on the machine. Prints a markdown table and whether every
 run gave the tokens of local transformers `generate`.
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
     from swarm.client.run import SwarmClient
     from swarm.config import Settings
     from swarm.publish import publish
-    from swarm.transport.keys import secret_from_file
+    from swarm.transport.keys import SwarmKeys, secret_from_file
 
     torch.set_num_threads(1)
     work: Path = args.work
@@ -116,32 +117,36 @@ def run(args: argparse.Namespace) -> None:
 
     plain_env = dict(os.environ, SWARM_HOME=str(settings.home))
     private_env = dict(plain_env, SWARM_SECRET_FILE=str(secret))
+    clear_env = dict(plain_env, SWARM_ENCRYPT="0")
     half = layers // 2
     spans = [f"0:{half}", f"{half}:{layers}"]
     started: list[tuple[subprocess.Popen[str], str]] = []
     clients: list[Any] = []
     try:
-        for chain, environment in (("a", plain_env), ("b", plain_env), ("private", private_env)):
+        chains = (("a", plain_env), ("b", plain_env), ("plaintext", clear_env), ("private", private_env))
+        for chain, environment in chains:
             for span in spans:
                 started.append(start_peer(span, environment, work / f"peer-{chain}-{span.replace(':', '-')}.log"))
-        plain_addresses = [address for _, address in started[:4]]
-        private_addresses = [address for _, address in started[4:]]
-        plain = SwarmClient.connect("bench", settings, plain_addresses)
+        addresses = [address for _, address in started]
+        plain = SwarmClient.connect("bench", settings, addresses[:4])
         verifying = SwarmClient.connect("bench", Settings(home=settings.home, verify_fraction=args.verify),
-                                        plain_addresses)  # fmt: skip
-        transport.use_swarm_keys(secret_from_file(str(secret)))
-        member = SwarmClient.connect("bench", settings, private_addresses)
+                                        addresses[:4])  # fmt: skip
         transport.use_swarm_keys(None)
-        clients = [plain, verifying, member]
+        clear = SwarmClient.connect("bench", settings, addresses[4:6])
+        transport.use_swarm_keys(secret_from_file(str(secret)))
+        member = SwarmClient.connect("bench", settings, addresses[6:])
+        transport.use_swarm_keys(SwarmKeys.public())
+        clients = [plain, verifying, clear, member]
 
         def generator(client: Any) -> Callable[[], Any]:
             return lambda: client.generate(prompt[0].tolist(), args.new_tokens, SamplingParams(), ban_eos=True)
 
         every_peer = [process for process, _ in started]
         setups = [
-            Setup("plain", every_peer[:4], generator(plain)),
-            Setup("private swarm (CurveZMQ)", every_peer[4:], generator(member)),
-            Setup(f"plain, --verify {args.verify:g}", every_peer[:4], generator(verifying)),
+            Setup("public swarm (default: CurveZMQ)", every_peer[:4], generator(plain)),
+            Setup("plaintext (SWARM_ENCRYPT=0)", every_peer[4:6], generator(clear)),
+            Setup("private swarm (CurveZMQ)", every_peer[6:], generator(member)),
+            Setup(f"public swarm, --verify {args.verify:g}", every_peer[:4], generator(verifying)),
         ]
         for setup in setups:
             setup.generate()  # warm-up
@@ -161,7 +166,7 @@ def report(args: argparse.Namespace, setups: list[Setup], expected: list[int]) -
     base_cpu = sum(plain.cpu_per_token) / len(plain.cpu_per_token)
     print(f"\nLlama {args.params}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (EOS banned), greedy, "
           f"2 peers per chain on 127.0.0.1, one torch thread each, {args.repeat} interleaved runs per setup\n")  # fmt: skip
-    print("| setup | tokens/s (median) | vs plain | peers' CPU ms per token (mean) | vs plain | steps checked |")
+    print("| setup | tokens/s (median) | vs default | peers' CPU ms per token (mean) | vs default | steps checked |")
     print("|---|---:|---:|---:|---:|---:|")
     for setup in setups:
         rate = statistics.median(setup.tokens_per_second)

@@ -94,7 +94,7 @@ class PeerInfo:
     moving_to: tuple[int, int] | None = None
     # A random id the peer chose at start: the same peer reached at two addresses is one peer.
     peer_id: str = ""
-    # In a private swarm, the key the peer connects with (Z85): its results must come over a connection of that key.
+    # The key the peer connects with (Z85; "" in plaintext): its results must come over a connection of that key.
     member_key: str = ""
     # The transformers task the peer runs its model as ("" for text generation and encoder spans).
     task: str = ""

@@ -129,7 +129,7 @@ class ComputeClient:
         """`reply_host`: the host peers send results to; empty: the address this machine reaches each route's
         last peer from (the reply socket then listens on every interface). `liveness_timeout`: seconds without an
         answered heartbeat (or without a connection) after which a peer counts as gone. `member_keys`: peer address
-        → the key it connects with, in a private swarm: a result is taken only over a connection of the last hop's
+        → the key it connects with (encrypted swarms): a result is taken only over a connection of the last hop's
         key (another hop that saw the request cannot forge it)."""
         self.timeout = timeout
         self.member_keys = dict(member_keys or {})

@@ -781,8 +781,8 @@ class PeerServer:
             "peer_id": self.peer_id,
             # Decode steps of several sessions run as one batch: how many so far, and the largest batch.
             "batching": {"steps": self.batched_steps, "largest": self.largest_batch},
-            # In a private swarm, the key this peer connects with: a client takes results only over a connection
-            # of the last hop's key.
+            # The key this peer connects with (None in plaintext): a client takes results only over a connection of
+            # the last hop's key.
             "member_key": self.context.keys.client_public.decode("ascii") if self.context.keys else None,
         }
 

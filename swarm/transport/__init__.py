@@ -157,7 +157,10 @@ class Link:
 
 
 NOT_ALLOWED = "the peer refused this node's member key: its allow-list (--allow) does not name it (swarm key prints it)"
-_NOT_MEMBER = "as between a private swarm's member and a node without its secret (--swarm-secret), or with another's"
+_NOT_MEMBER = (
+    "as between a private swarm's member and a node without its secret (--swarm-secret) or with another's, or between "
+    "a node run with SWARM_ENCRYPT=0 and one without"
+)
 
 
 def link_after(link: Link, event: int, now: float) -> Link:
@@ -252,13 +255,14 @@ class _AllowList:
 # pyzmq's authenticator logs every refusal at debug level and more: kept out of the swarm's own logs.
 _ZAP_LOG = logging.getLogger("swarm.transport.zap")
 
-# The private swarm this process belongs to (set once by a command given --swarm-secret): every Context made
-# without keys of its own uses these.
-_process_keys: SwarmKeys | None = None
+# The swarm this process belongs to (set once by each command): every Context made without keys of its own uses
+# these. Public swarms' keys unless a command says otherwise: encrypted, open to all.
+_process_keys: SwarmKeys | None = SwarmKeys.public()
 
 
 def use_swarm_keys(keys: SwarmKeys | None) -> None:
-    """Make every compute socket this process opens from now on a member of the private swarm of `keys`."""
+    """Make every compute socket this process opens from now on a member of the swarm of `keys` (None: plaintext,
+    for measuring what encryption costs and for nodes run with SWARM_ENCRYPT=0)."""
     global _process_keys
     _process_keys = keys
 
@@ -266,8 +270,8 @@ def use_swarm_keys(keys: SwarmKeys | None) -> None:
 class Context:
     """Owns a zmq context and the sockets made through it, so one close() tears everything down.
 
-    With `keys` (or the process's, see use_swarm_keys) every socket speaks CURVE: ROUTERs serve with the private
-    swarm's server key, DEALERs connect with its client key; others cannot complete a handshake."""
+    With `keys` (or the process's, see use_swarm_keys) every socket speaks CURVE: ROUTERs serve with the swarm's
+    server key, DEALERs connect with its client key (or the node's own); others cannot complete a handshake."""
 
     def __init__(self, keys: SwarmKeys | None = None) -> None:
         self.keys = keys if keys is not None else _process_keys

@@ -1,10 +1,15 @@
-"""Keys of a private swarm: CurveZMQ key pairs derived from a secret every member holds.
+"""Keys of a swarm: CurveZMQ key pairs derived from a secret every member holds, or from a phrase anyone knows.
 
-All members derive the same two key pairs from the secret: one every ROUTER serves with, one every DEALER
+Private swarms: all members derive the same two key pairs from the secret: one every ROUTER serves with, one every DEALER
 connects with. CURVE's handshake never sends the server's public key (a client must know it and encrypts its
 HELLO to it), so whoever lacks the secret cannot complete a handshake with any member, and traffic between
 members is encrypted and authenticated by libzmq (libsodium). The secret is stretched with HKDF; it must be long
 (see MIN_SECRET_CHARS) because a captured handshake lets an outsider test guesses offline.
+
+Public swarms (the default) derive the same two pairs from PUBLIC_SWARM_PHRASE, which is no secret. They keep no
+one out, but CurveZMQ still encrypts every message: each connection agrees short-term keys of its own (the server's
+long-term key only signs for them), so an onlooker who knows every long-term key still reads nothing, past or
+present. What they do not stop is an attacker *on* the path who answers as the peer (see docs/design.md, Trust).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from zmq.utils import z85
 from swarm.errors import SwarmError
 
 MIN_SECRET_CHARS = 16
+# What every node of a public swarm derives its keys from: the same for all, so any two nodes can talk.
+PUBLIC_SWARM_PHRASE = "swarm/public-swarm/v1: these keys encrypt, they do not keep anyone out"
 # This node's own CURVE key pair as a member (Z85 secret key), in SWARM_HOME/keys/: what allow-lists name.
 MEMBER_KEY_FILE = "member.key"
 Z85_KEY_CHARS = 40
@@ -38,6 +45,8 @@ class SwarmKeys:
     client_secret: bytes
     # The member keys a server admits (--allow), or None: every member (whoever knows the server key).
     allowed: frozenset[bytes] | None = None
+    # Whether the keys come from a secret (a private swarm) or from PUBLIC_SWARM_PHRASE.
+    private: bool = True
 
     @classmethod
     def from_secret(cls, secret: str) -> SwarmKeys:
@@ -49,6 +58,11 @@ class SwarmKeys:
         server_public, server_secret = _derived_pair(secret, b"server")
         client_public, client_secret = _derived_pair(secret, b"client")
         return cls(server_public, server_secret, client_public, client_secret)
+
+    @classmethod
+    def public(cls) -> SwarmKeys:
+        """The keys of public swarms: encrypted connections that admit anyone."""
+        return replace(cls.from_secret(PUBLIC_SWARM_PHRASE), private=False)
 
     def with_member(self, public: bytes, secret: bytes) -> SwarmKeys:
         """The same swarm, connecting with this node's own key pair (which allow-lists name) instead of the shared
@@ -86,19 +100,31 @@ def member_keypair(keys_dir: Path) -> tuple[bytes, bytes]:
     only)."""
     path = keys_dir / MEMBER_KEY_FILE
     try:
+        if not path.exists():
+            _make_member_key(path)
         secret = path.read_bytes().strip()
-    except FileNotFoundError:
-        public, secret = zmq.curve_keypair()
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(secret + b"\n")
-        return public, secret
     except OSError as error:
-        raise SwarmError(f"cannot read this node's member key {path}: {error.strerror}") from error
+        raise SwarmError(f"cannot read or make this node's member key {path}: {error.strerror}") from error
     if len(secret) != Z85_KEY_CHARS:
         raise SwarmError(f"{path} does not hold a member key (40 Z85 characters); remove it to make a new one")
     return zmq.curve_public(secret), secret
+
+
+def _make_member_key(path: Path) -> None:
+    """Write a new key to `path` unless another process got there first: written whole to a file of its own, then
+    linked into place, so processes of one home started together all read the same complete key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, secret = zmq.curve_keypair()
+    draft = path.with_name(f"{path.name}.{os.getpid()}.new")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(secret + b"\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process's key is the one
+    finally:
+        draft.unlink()
 
 
 def read_allow_list(path: str) -> frozenset[bytes]:
