@@ -1,5 +1,7 @@
 """The one address type: HOST:PORT as users type it (flags, settings), as the DHT hands it out, and as the
-compute protocol carries it (tcp://HOST:PORT). Parsing lives here and nowhere else."""
+compute protocol carries it (tcp://HOST:PORT). A compute address may end in the CURVE key of the peer listening
+there (HOST:PORT/KEY, the key's 32 bytes in hex): whoever connects to it encrypts to that key, so only its holder can
+answer. Parsing lives here and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,29 +11,37 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from zmq.utils import z85
+
 from swarm.errors import SwarmError
 
 TCP_SCHEME = "tcp://"
 _HOSTNAME_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"(?:{_HOSTNAME_LABEL}(?:\.{_HOSTNAME_LABEL})*|[0-9A-Fa-f:.]{{2,45}}|\*)")
 MAX_ADDRESS_CHARS = 256
+_KEY_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, order=True)
 class Address:
-    """A host (name, IPv4 or bare IPv6 literal) and a port."""
+    """A host (name, IPv4 or bare IPv6 literal), a port, and the CURVE public key (Z85) of who listens there ("":
+    whoever answers with the swarm's shared key)."""
 
     host: str
     port: int
+    key: str = ""
 
     @classmethod
     def parse(cls, text: object, what: str = "address") -> Address:
-        """'host:port', '[v6]:port' or 'tcp://host:port'; SwarmError naming `what` otherwise."""
+        """'host:port', '[v6]:port' or 'tcp://host:port', each optionally followed by '/KEY' (64 hex digits);
+        SwarmError naming `what` otherwise."""
         if not isinstance(text, str):
             raise SwarmError(f"bad {what}: expected HOST:PORT, got {type(text).__name__}")
         if len(text) > MAX_ADDRESS_CHARS:
             raise SwarmError(f"bad {what}: longer than {MAX_ADDRESS_CHARS} characters")
-        body = text.removeprefix(TCP_SCHEME)
+        body, slash, key_hex = text.removeprefix(TCP_SCHEME).partition("/")
+        if slash and not _KEY_HEX.fullmatch(key_hex):
+            raise SwarmError(f"bad {what}: the key after '/' must be 64 hex digits in {text[:80]!r}")
         host, separator, port_text = body.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -42,7 +52,7 @@ class Address:
         port = int(port_text)
         if port > 65535:
             raise SwarmError(f"bad {what}: port {port} is out of range in {text[:80]!r}")
-        return cls(host, port)
+        return cls(host, port, z85.encode(bytes.fromhex(key_hex)).decode("ascii") if slash else "")
 
     @classmethod
     def of(cls, pair: tuple[object, object]) -> Address:
@@ -50,12 +60,21 @@ class Address:
         return cls(str(pair[0]), int(str(pair[1])))
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        suffix = "/" + z85.decode(self.key).hex() if self.key else ""
+        return (f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}") + suffix
 
     @property
     def tcp(self) -> str:
-        """The compute protocol's (and ZeroMQ's) spelling."""
+        """The compute protocol's spelling (with the key, when there is one)."""
         return TCP_SCHEME + str(self)
+
+    @property
+    def endpoint(self) -> str:
+        """ZeroMQ's spelling: tcp://HOST:PORT, without the key."""
+        return Address(self.host, self.port).tcp
+
+    def with_key(self, key: str) -> Address:
+        return Address(self.host, self.port, key)
 
     @property
     def pair(self) -> tuple[str, int]:

@@ -462,8 +462,9 @@ def join(
             if event["task"]:
                 what, speed = f"the task {event['task']}", "whole inputs"
             metrics = f", metrics on {event['metrics']}" if event["metrics"] else ""
+            keyed = f" (its own key only: {event['keyed_address']})" if event.get("keyed_address") else ""
             click.echo(
-                f"serving {what} of {event['model']} on {event['address']}, BitTorrent and DHT on port "
+                f"serving {what} of {event['model']} on {event['address']}{keyed}, BitTorrent and DHT on port "
                 f"{event['torrent_port']}{metrics} ({speed}); Ctrl-C stops"
             )
         elif event["event"] == "moving":

@@ -6,8 +6,11 @@
 - forge: a middle hop that, before forwarding a step, sends the client a forged `result` of its own (random hidden
   states under the step's request id), hoping to arrive before the last hop's (refused by the client in a private
   swarm: it comes over a connection of the wrong key).
+- unvouched: serves honestly, but its own key is never announced in the DHT, as with an attacker on the path who
+  answers at a peer's address with a key of its own (it cannot announce that key from the peer's IP): clients of a
+  public swarm must not use it.
 
-Usage: python tests/lying_peer.py noise|boast|forge join --model NAME --blocks A:B ... (the arguments of `swarm`).
+Usage: python tests/lying_peer.py noise|boast|forge|unvouched join --model NAME --blocks A:B ... (the arguments of `swarm`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from swarm import wire
 from swarm.cli import main
+from swarm.peer import join
 from swarm.peer.runner import SpanRunner
 from swarm.peer.server import PeerServer
 
@@ -57,6 +61,8 @@ if __name__ == "__main__":
         PeerServer.throughput = property(lambda _self: 1e6)  # type: ignore[method-assign, assignment]
     elif lie == "forge":
         PeerServer._routed = forging_routed  # type: ignore[method-assign]
+    elif lie == "unvouched":
+        join.announce_peer_key = lambda *_arguments: None
     else:
-        sys.exit(f"unknown lie {lie!r}: noise, boast or forge")
+        sys.exit(f"unknown lie {lie!r}: noise, boast, forge or unvouched")
     sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from zmq.utils import z85
 
 from swarm.address import Address
 from swarm.config import Settings, load_settings
@@ -159,12 +160,27 @@ def test_settings_from_environment_and_flags(tmp_path: Path) -> None:
         ("[::1]:6881", ("::1", 6881)),
         ("host:0", ("host", 0)),
         ("tcp://peer.example:5555", ("peer.example", 5555)),
+        ("tcp://10.0.0.1:7/" + "ab" * 32, ("10.0.0.1", 7)),
+        ("[::1]:7/" + "0f" * 32, ("::1", 7)),
     ],
 )
 def test_host_port(text: str, expected: tuple[str, int]) -> None:
     address = Address.parse(text)
     assert address.pair == expected
     assert Address.parse(str(address)) == address == Address.parse(address.tcp)
+    # A key after the port (its bytes in hex) is the peer's CURVE key in Z85; ZeroMQ is given the address without it.
+    key_hex = text.removeprefix("tcp://").partition("/")[2]
+    assert address.key == (z85.encode(bytes.fromhex(key_hex)).decode() if key_hex else "")
+    assert Address.parse(address.endpoint) == Address(*expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["h:1/" + "ab" * 31, "h:1/" + "AB" * 32, "h:1/" + "ab" * 32 + "/", "h:1/"],
+)
+def test_a_key_in_an_address_is_64_lowercase_hex_digits(text: str) -> None:
+    with pytest.raises(SwarmError, match=r"^bad flag: the key after '/' must be 64 hex digits"):
+        Address.parse(text, "flag")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from swarm.catalog import resolve
 from tests.conftest import SWARM
-from tests.peer_harness import peer_environment, start_peers
+from tests.peer_harness import PeerProcess, peer_environment, start_liar, start_peers
 from tests.test_dht import DhtNode, LineProcess
 
 NEW_TOKENS = 8
@@ -69,6 +70,10 @@ def test_run_finds_everything_through_the_dht(make_model_tool: ModuleType, tmp_p
         )
         assert run.returncode == 0, run.stderr + "\n".join(peer.log() for peer in peers)
         record = json.loads(run.stdout)
+        impostor_run, impostor_address = run_beside_an_impostor(
+            peers, boot.address, lambda: finder.ask(op="find_compute", manifest=manifest_path, timeout=10)["peers"],
+            seeder_environment, tmp_path,
+        )  # fmt: skip
     finally:
         for peer in peers:
             peer.stop()
@@ -76,10 +81,15 @@ def test_run_finds_everything_through_the_dht(make_model_tool: ModuleType, tmp_p
         finder.stop()
         boot.stop()
 
+    # Through the ports only each peer's own key answers at (public swarms are encrypted by default).
     assert [(hop["address"], hop["blocks"]) for hop in record["route"]] == [
-        (peers[0].address, [0, 2]),
-        (peers[1].address, [2, 4]),
+        (peers[0].serving["keyed_address"], [0, 2]),
+        (peers[1].serving["keyed_address"], [2, 4]),
     ]
+    assert all("/" in hop["address"] for hop in record["route"])
+    assert impostor_run.returncode == 1
+    (line,) = impostor_run.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: ") and f"peer {impostor_address} not used: the DHT does not list its key" in line
     # Only the client's own chunks came over BitTorrent.
     manifest, _ = resolve("dhtllama", seeder_home / "torrents")
     fetched = sorted(path.name for path in (client_home / "data" / "models" / "dhtllama").iterdir() if path.is_file())
@@ -94,3 +104,33 @@ def test_run_finds_everything_through_the_dht(make_model_tool: ModuleType, tmp_p
         prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS
     )
     assert record["tokens"] == expected[0, prompt.shape[1] :].tolist()
+
+
+def run_beside_an_impostor(
+    peers: list[PeerProcess],
+    bootstrap: str,
+    find: Callable[[], list[list[object]]],
+    environment: dict[str, str],
+    tmp_path: Path,
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The peer of blocks 0:2 stops and one whose key is not in the DHT takes its place (as an attacker answering at
+    a peer's address would be): the client does not use it. The control: the same impostor computes when the route
+    is given by hand (--route, nothing to check it against)."""
+    peers[0].stop()
+    impostor = start_liar("unvouched", ["--model", "dhtllama", "--blocks", "0:2", "--bootstrap", bootstrap],
+                          environment, tmp_path / "impostor.log")  # fmt: skip
+    client = peer_environment(os.environ, home=tmp_path / "client", torrent_listen="127.0.0.1:0")
+    arguments = ["--model", "dhtllama", "--prompt", PROMPT, "--max-new-tokens", "2", "--json"]
+    try:
+        by_hand = subprocess.run([SWARM, "run", *arguments, "--route", f"{impostor.address},{peers[1].address}"],
+                                 env=client, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert by_hand.returncode == 0, by_hand.stderr
+        port = int(impostor.address.rpartition(":")[2])
+        deadline = time.monotonic() + LOOKUP_TIMEOUT
+        while ["127.0.0.1", port] not in find() and time.monotonic() < deadline:
+            pass
+        run = subprocess.run([SWARM, "run", *arguments, "--bootstrap", bootstrap], env=client,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        return run, impostor.address
+    finally:
+        impostor.stop()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 
+from swarm.address import Address
 from swarm.catalog import resolve
 from swarm.config import Settings
 from swarm.errors import SwarmError
@@ -147,7 +148,8 @@ def test_peers_split_a_classifier_by_memory_and_run_answers_as_transformers(spli
     assert ran.returncode == 0, ran.stderr + first.log() + second.log()
     answer = json.loads(ran.stdout)
     assert answer["task"] == "text-classification"
-    assert answer["peer"] == f"{first.address}, {second.address}"
+    # Each hop by the address that names the peer's own key (vouched for on the DHT).
+    assert answer["peer"] == f"{first.serving['keyed_address']}, {second.serving['keyed_address']}"
     assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
     shown = subprocess.run([SWARM, "status", "classifier", "--bootstrap", split_swarm["bootstrap"]],
                            env=split_swarm["environment"], capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -223,7 +225,7 @@ def test_a_peer_with_room_for_the_whole_model_runs_it_whole(split_swarm: dict[st
     try:
         serving = wait_line(whole, "serving ", timeout=120)
         assert serving.startswith("serving the task text-classification of classifier on tcp://"), serving
-        address = serving.split(" on ")[1].split(",")[0]
+        address = serving.split(" on ")[1].split()[0].rstrip(",")
         status = subprocess.run([SWARM, "status", "classifier", "--bootstrap", split_swarm["bootstrap"], "--json"],
                                 env=split_swarm["environment"], capture_output=True, text=True, timeout=120)  # fmt: skip
         # The DHT knows it by its addresses (127.0.0.1 and the one it advertises): the same port, the only replica.
@@ -236,7 +238,11 @@ def test_a_peer_with_room_for_the_whole_model_runs_it_whole(split_swarm: dict[st
                              timeout=120)  # fmt: skip
         assert ran.returncode == 0, ran.stderr + "".join(whole.stderr_lines)
         answer = json.loads(ran.stdout)
-        assert answer["peer"] == address
+        # Whichever of its addresses the client picked (it may know it by several), that peer answered, through the
+        # listener that proves its own key.
+        used, own = Address.parse(answer["peer"]), Address.parse(serving.split("its own key only: ")[1].split(")")[0])
+        assert (used.port, used.key) == (own.port, own.key) and own.key, (answer, serving)
+        assert used.host in {Address.parse(peer["address"]).host for peer in replicas}, (answer, replicas)
         assert_close(answer["output"], local_pipeline_answer(split_swarm["dir"], "text-classification"))
     finally:
         whole.stop()

@@ -6,19 +6,25 @@ or DHT discovery, and each one is asked for its `info` (blocks, throughput, load
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm import transport
 from swarm.address import Address
+from swarm.client.peer_keys import choose_addresses, keyed_claims
+from swarm.client.session import ComputeClient, query_peers
 from swarm.config import Settings
-from swarm.discovery.compute import find_compute_peers
+from swarm.discovery.compute import find_compute_peers, keys_listed
 from swarm.discovery.resolve import resolve_model
 from swarm.distribute import chunks_for_client, fetch_chunks, open_node
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, chunk_problem
 from swarm.model.families import family_named
 from swarm.torrent.session import TorrentNode
+
+log = logging.getLogger(__name__)
 
 
 def client_chunk_ids(manifest: Manifest) -> list[str]:
@@ -112,6 +118,10 @@ class Resolver:
         # BitTorrent peers (HOST:PORT) to fetch chunks from directly, besides those the DHT finds.
         self.torrent_peers = tuple(torrent_peers)
         self._node: TorrentNode | None = None
+        # Keyed addresses of peers the DHT vouched for (public swarms): not looked up again.
+        self._vouched: set[Address] = set()
+        # The peers the last compute_addresses found but left out, each with why (a sentence naming it).
+        self.left_out: dict[str, str] = {}
 
     @property
     def node(self) -> TorrentNode:
@@ -165,12 +175,31 @@ class Resolver:
             # model loaded, found no compute peers that a new node found at once. Ask again from a new node.
             self.close()
             found = find_compute_peers(self.node, manifest, max(1.0, deadline - time.monotonic()))
-        addresses = [address.tcp for address in found]
+        addresses = list(dict.fromkeys(address.tcp for address in found))
         if not addresses:
             raise SwarmError(
                 f"no compute peers for {manifest.name} found in the DHT within {self.settings.discovery_timeout:g} s"
             )
-        return list(dict.fromkeys(addresses))
+        self.left_out = {}
+        if not transport.checks_peer_keys():
+            return addresses
+        return self._keyed_addresses(manifest, addresses, max(1.0, deadline - time.monotonic()))
+
+    def _keyed_addresses(self, manifest: Manifest, addresses: list[str], timeout: float) -> list[str]:
+        """The peers at `addresses` at the ports only their own keys answer at, each key vouched for by the DHT
+        (swarm.client.peer_keys); SwarmError when no peer is left."""
+        with ComputeClient(self.settings.client_reply_host, min(timeout, self.settings.request_timeout)) as endpoint:
+            infos = query_peers(endpoint, addresses, endpoint.timeout)
+        fresh = set(keyed_claims(infos).values()) - self._vouched
+        self._vouched |= keys_listed(self.node, fresh, timeout)
+        choice = choose_addresses(addresses, infos, self._vouched)
+        self.left_out = {address: f"peer {address} not used: {why}" for address, why in choice.left_out.items()}
+        for reason in self.left_out.values():
+            log.warning("%s", reason)
+        if not choice.addresses:
+            reasons = "; ".join(self.left_out.values())
+            raise SwarmError(f"no compute peer of {manifest.name} found in the DHT could be used: {reasons}")
+        return choice.addresses
 
     def close(self) -> None:
         if self._node is not None:

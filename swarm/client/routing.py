@@ -98,6 +98,8 @@ class PeerInfo:
     member_key: str = ""
     # The transformers task the peer runs its model as ("" for text generation and encoder spans).
     task: str = ""
+    # The port where only member_key answers (public swarms; 0: none): see swarm.client.peer_keys.
+    key_port: int = 0
 
     @property
     def span_length(self) -> int:
@@ -161,7 +163,13 @@ class PeerInfo:
             peer_id=text("peer_id")[:MAX_VERSION_CHARS],
             member_key=text("member_key")[:MAX_KEY_CHARS],
             task=text("task")[:MAX_VERSION_CHARS],
+            key_port=_port(body.get("key_port")),
         )
+
+
+def _port(value: object) -> int:
+    """A port number from an untrusted reply; 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536 else 0
 
 
 def _block_range(value: object) -> tuple[int, int] | None:

@@ -136,6 +136,9 @@ class SwarmClient:
         self.addresses = [peer.address for peer in peers]
         self.pinned = False
         self.unreachable: dict[str, str] = {}
+        # Peers the DHT listed that were left out before asking them anything (public swarms: a key it does not
+        # vouch for), address → why; explained with the unreachable ones.
+        self.untrusted: dict[str, str] = {}
         # Peers whose outputs other peers contradicted (--verify, here or in earlier runs on this machine): not
         # routed through again.
         self.distrusted: set[str] = set(load_exclusions(settings.home))
@@ -183,6 +186,7 @@ class SwarmClient:
         client = cls(manifest, parts, [], resolver.settings, spread_seed)
         try:
             addresses = list(route) or resolver.compute_addresses(manifest)
+            client.untrusted = dict(resolver.left_out)
             client.find_peers(addresses, pinned=bool(route))
         except SwarmError:
             if require_peers or route:
@@ -217,7 +221,7 @@ class SwarmClient:
         with self._peers_lock:
             self.addresses, self.pinned = list(addresses), pinned
             self.peers = peers
-            self.unreachable = candidates.unreachable
+            self.unreachable = {**candidates.unreachable, **self.untrusted}
             self._refreshed = time.monotonic()
 
     def trust_measured(self, peers: list[PeerInfo]) -> list[PeerInfo]:

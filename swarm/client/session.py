@@ -138,11 +138,14 @@ class ComputeClient:
         self.reply_host = reply_host
         try:
             self.router, bound = self.context.bind_router(Address(reply_host or "0.0.0.0", 0).tcp)
+            # Results come to the port only this client's own key answers at (public swarms), so that nobody on the
+            # path can take them in its place; the reply address carries the key to the last hop.
+            keyed = self.context.listen_with_own_key(self.router, reply_host or "0.0.0.0")
         except SwarmError:
             if self._owns_context:
                 self.context.close(linger_ms=0)
             raise
-        self.reply_port = Address.parse(bound).port
+        self.reply_port, self.reply_key = (keyed.port, keyed.key) if keyed else (Address.parse(bound).port, "")
         self._reply_to: dict[str, str] = {}
         self.dealers = transport.DealerPool(
             self.context,
@@ -166,7 +169,7 @@ class ComputeClient:
         """The reply address for a route ending at `last_hop` (a wire address)."""
         if last_hop not in self._reply_to:
             host = self.reply_host or local_host_towards(Address.parse(last_hop).host)
-            self._reply_to[last_hop] = Address(host, self.reply_port).tcp
+            self._reply_to[last_hop] = Address(host, self.reply_port, self.reply_key).tcp
         return self._reply_to[last_hop]
 
     # ----- direct requests -----

@@ -12,7 +12,8 @@
   magnet links.
 
 Holders of a model seed its record bundle and announce (BEP 5) on sha1("swarm/name/" + name); compute peers
-announce their ZeroMQ port on sha1("swarm/compute/" + info hash).
+announce their ZeroMQ port on sha1("swarm/compute/" + info hash), and the port their own key answers at on
+sha1("swarm/peer-key/" + key).
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def name_announce_key(name: str) -> bytes:
 
 def compute_key(manifest: Manifest) -> bytes:
     return dht.derived_key(b"swarm/compute/" + primary_info_hash(manifest).encode())
+
+
+def peer_key_target(key: str) -> bytes:
+    """Where a peer announces the port its own CURVE key (Z85) answers at: DHT nodes list the announcer's source IP
+    there, so only the machine at that IP can appear under the key (see swarm.discovery.compute)."""
+    return dht.derived_key(b"swarm/peer-key/" + key.encode("ascii"))
 
 
 def record_placements(record: NameRecord, publisher: dht.KeyPair | None) -> list[tuple[dht.KeyPair, bytes, str]]:

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from swarm import signing
-from swarm.address import parse_all
+from swarm.address import Address, parse_all
 from swarm.config import Settings
-from swarm.discovery.compute import announce_compute_peer, find_compute_peers
+from swarm.discovery.compute import announce_compute_peer, announce_peer_key, find_compute_peers
 from swarm.discovery.keeper import hold_name
 from swarm.discovery.resolve import resolve_model
 from swarm.distribute import chunks_for_blocks, fetch_chunks, open_node
@@ -153,13 +153,23 @@ class TorrentKeeper(threading.Thread):
     """Owns the TorrentNode after the fetch: pumps alerts (the node saves resume data from there), keeps this
     peer's compute port, its torrents and the model's name findable on the DHT, and closes the node at the end."""
 
-    def __init__(self, node: TorrentNode, manifest: Manifest, compute_port: int, settings: Settings) -> None:
+    def __init__(
+        self,
+        node: TorrentNode,
+        manifest: Manifest,
+        compute_port: int,
+        settings: Settings,
+        keyed_address: str | None = None,
+    ) -> None:
         super().__init__(name="torrent", daemon=True)
         self.node = node
         # Set when this peer chose its own blocks: it keeps the swarm whole from this thread (swarm.peer.heal).
         self.healer: Healer | None = None
         self.presence = Presence(node, settings.announce_interval)
         announce_compute_peer(self.presence, manifest, compute_port)
+        if keyed_address is not None:
+            keyed = Address.parse(keyed_address)
+            announce_peer_key(self.presence, keyed.key, keyed.port)
         try:
             hold_name(node, self.presence, manifest, settings, signing.load_key(settings.keys_dir))
         except SwarmError as error:
@@ -212,7 +222,7 @@ def join(options: JoinOptions, settings: Settings, stop: threading.Event, emit: 
     server, manifest = prepared.server, prepared.manifest
     torrent_port = node.listen_port
     # From here on only the keeper's thread touches the node.
-    keeper = TorrentKeeper(node, manifest, server.port, settings)
+    keeper = TorrentKeeper(node, manifest, server.port, settings, server.keyed_address)
     if options.blocks is None and not server.runner.replica and settings.rebalance_interval > 0:
         from swarm.peer.heal import Healer, dht_peer_finder  # imported by the preload, which _prepare waited for
 
@@ -351,6 +361,8 @@ def _serve(
             {
                 "event": "serving",
                 "address": server.address,
+                # The same peer, answered only by its own key (for --route; None in a private swarm or plaintext).
+                "keyed_address": server.keyed_address,
                 "model": server.identity.model,
                 "blocks": [server.runner.start, server.runner.end],
                 "replica": server.runner.replica,

@@ -150,6 +150,11 @@ class PeerServer:
         self.router, self.bound_address = _bind(self.context, listen)
         self.port = Address.parse(self.bound_address).port
         self.address = _public_address(self.bound_address, advertise_host)
+        # A second port where only this peer's own key answers (public swarms): clients that verified the key in the
+        # DHT route through it, so nobody on the path can answer in this peer's place.
+        keyed = self.context.listen_with_own_key(self.router, Address.parse(self.bound_address).host)
+        self.keyed_address = Address(Address.parse(self.address).host, keyed.port, keyed.key).tcp if keyed else None
+        self.key_port = keyed.port if keyed else None
         # Our DEALERs name themselves after this peer, so receivers can tell who sent what.
         self.dealers = transport.DealerPool(
             self.context,
@@ -784,6 +789,8 @@ class PeerServer:
             # The key this peer connects with (None in plaintext): a client takes results only over a connection of
             # the last hop's key.
             "member_key": self.context.keys.client_public.decode("ascii") if self.context.keys else None,
+            # The port where only that key answers (see listen_with_own_key); None where there is none.
+            "key_port": self.key_port,
         }
 
     def _send_direct(self, sender: bytes | None, frames: list[Any]) -> None:

@@ -324,8 +324,24 @@ def get_peers(
     Several replies come for one lookup; after the first peer arrives we keep listening `settle` seconds
     to gather the others. An empty list is an answer, not an error.
     """
-    targets = [lt.sha1_hash(key) for key in ([keys] if isinstance(keys, bytes) else keys)]
-    peers: dict[Address, None] = {}
+    found = _gather_peers(node, [keys] if isinstance(keys, bytes) else list(keys), timeout, settle, once, each=False)
+    return list(dict.fromkeys(address for addresses in found.values() for address in addresses))
+
+
+def get_peers_of_each(
+    node: TorrentNode, keys: Sequence[bytes], timeout: float, settle: float = 0.3
+) -> dict[bytes, list[Address]]:
+    """The addresses announced under each of `keys`, looked up at once, until every key has some (then `settle`
+    seconds more), the lookups have ended, or `timeout` passes: a key nobody announced maps to []."""
+    return _gather_peers(node, list(keys), timeout, settle, once=True, each=True)
+
+
+def _gather_peers(
+    node: TorrentNode, keys: list[bytes], timeout: float, settle: float, once: bool, each: bool
+) -> dict[bytes, list[Address]]:
+    """Addresses per key; done `settle` seconds after the first address (`each`: after every key has one)."""
+    targets = {lt.sha1_hash(key): key for key in keys}
+    peers: dict[bytes, dict[Address, None]] = {key: {} for key in keys}
     # With `once`: whether DHT stats were asked for and not answered yet, showed a get_peers lookup running,
     # then showed none. Seeing one run first keeps an answer to an earlier caller's request from ending this one.
     stats_asked = seen_running = lookups_ended = False
@@ -334,13 +350,16 @@ def get_peers(
         nonlocal stats_asked, seen_running, lookups_ended
         if isinstance(alert, lt.dht_get_peers_reply_alert) and alert.info_hash in targets:
             for pair in alert.peers():
-                peers[Address.of(pair)] = None
+                peers[targets[alert.info_hash]][Address.of(pair)] = None
         elif isinstance(alert, lt.dht_stats_alert):
             stats_asked = False
             if any(lookup.get("type") == "get_peers" for lookup in alert.active_requests):
                 seen_running = True
             elif seen_running:
                 lookups_ended = True
+
+    def found() -> bool:
+        return all(peers.values()) if each else any(peers.values())
 
     node.add_listener(listen)
     try:
@@ -349,13 +368,13 @@ def get_peers(
         first_peer: float | None = None
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if peers and first_peer is None:
+            if found() and first_peer is None:
                 first_peer = now
             if first_peer is not None and now - first_peer >= settle:
                 break
-            if once and lookups_ended and not peers:
+            if once and lookups_ended and not found():
                 break
-            if not peers and now - asked >= 2.0:
+            if not found() and now - asked >= 2.0:
                 for target in targets:
                     node.session.dht_get_peers(target)
                 asked = now
@@ -366,7 +385,7 @@ def get_peers(
             node.pump(POLL_SECONDS)
     finally:
         node.remove_listener(listen)
-    return list(peers)
+    return {key: list(addresses) for key, addresses in peers.items()}
 
 
 # --- magnets and small torrents fetched by info hash ---------------------------------------------------

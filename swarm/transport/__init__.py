@@ -62,6 +62,7 @@ __all__ = [
     "Socket",
     "TransportError",
     "bind_router",
+    "checks_peer_keys",
     "close_socket",
     "connect_dealer",
     "default_context",
@@ -95,9 +96,18 @@ class TransportError(SwarmError):
 
 
 def normalize_address(address: str) -> str:
-    """'host:port' or 'tcp://host:port' → 'tcp://host:port'."""
+    """'host:port' or 'tcp://host:port' (with its '/KEY', if any) → 'tcp://host:port[/KEY]'."""
+    return _parsed(address).tcp
+
+
+def _last_endpoint(sock: zmq.Socket[Any]) -> str:
+    bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return bound.decode("ascii") if isinstance(bound, bytes) else str(bound)
+
+
+def _parsed(address: str) -> Address:
     try:
-        return Address.parse(address).tcp
+        return Address.parse(address)
     except SwarmError as error:
         raise TransportError(str(error)) from None
 
@@ -257,7 +267,7 @@ _ZAP_LOG = logging.getLogger("swarm.transport.zap")
 
 # The swarm this process belongs to (set once by each command): every Context made without keys of its own uses
 # these. Public swarms' keys unless a command says otherwise: encrypted, open to all.
-_process_keys: SwarmKeys | None = SwarmKeys.public()
+_process_keys: SwarmKeys | None = SwarmKeys.public().with_member(*zmq.curve_keypair())
 
 
 def use_swarm_keys(keys: SwarmKeys | None) -> None:
@@ -265,6 +275,12 @@ def use_swarm_keys(keys: SwarmKeys | None) -> None:
     for measuring what encryption costs and for nodes run with SWARM_ENCRYPT=0)."""
     global _process_keys
     _process_keys = keys
+
+
+def checks_peer_keys() -> bool:
+    """Whether this process is a node of a public encrypted swarm, whose clients reach a peer only at the port its
+    own key answers at (swarm.client.peer_keys): with a private swarm's secret nobody outside can answer anyway."""
+    return _process_keys is not None and _process_keys.own_listener_pair is not None
 
 
 class Context:
@@ -301,7 +317,7 @@ class Context:
         self, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> tuple[zmq.Socket[Any], str]:
         """A ROUTER bound to `address` (port 0 or * picks a free port) and the address it really bound."""
-        endpoint = normalize_address(address)
+        endpoint = _parsed(address).endpoint
         if endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
         sock = self._socket(zmq.ROUTER, max_message_bytes)
@@ -314,9 +330,25 @@ class Context:
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise TransportError(f"cannot listen on {address}: {exc.strerror}") from None
-        bound = sock.getsockopt(zmq.LAST_ENDPOINT)
-        bound_text = bound.decode("ascii") if isinstance(bound, bytes) else str(bound)
-        return self._track(sock), bound_text
+        return self._track(sock), _last_endpoint(sock)
+
+    def listen_with_own_key(self, sock: zmq.Socket[Any], host: str) -> Address | None:
+        """Make `sock` (a ROUTER of this context) listen on a second, free port of `host` with this node's own key
+        pair (see SwarmKeys.own_listener_pair): the address, with the key, that only this node can answer at; None
+        when the context has no such pair."""
+        keys = self.keys
+        pair = keys.own_listener_pair if keys is not None else None
+        if keys is None or pair is None:
+            return None
+        # libzmq copies a socket's options into each listener when it binds: the first listener keeps the shared key.
+        sock.setsockopt(zmq.CURVE_SECRETKEY, pair[1])
+        try:
+            sock.bind(Address(host, 0).endpoint.removesuffix(":0") + ":*")
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot listen on a second port of {host}: {exc.strerror}") from None
+        finally:
+            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.server_secret)
+        return Address.parse(_last_endpoint(sock)).with_key(pair[0].decode("ascii"))
 
     def _check_clients(self, allowed: frozenset[bytes] | None) -> None:
         """ZAP for this context's CURVE servers: it admits the `allowed` keys (None: every key) and tags each
@@ -368,15 +400,17 @@ class Context:
         monitored: bool,
         source: str | None = None,
     ) -> tuple[zmq.Socket[Any], zmq.Socket[Any] | None]:
-        endpoint = normalize_address(address)
+        parsed = _parsed(address)
+        endpoint = parsed.endpoint
         if source is not None:
             # libzmq's "source;destination" form binds the connection's local end to `source`.
             endpoint = f"tcp://{Address(source, 0)};{endpoint.removeprefix('tcp://')}"
         sock = self._socket(zmq.DEALER, max_message_bytes)
-        if self.keys is not None:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys.server_public)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.client_public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.client_secret)
+        curve = self._curve_for(parsed)
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1])
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2])
         if immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
         if heartbeat is not None:
@@ -403,6 +437,16 @@ class Context:
             with self._lock:
                 self._monitors[sock] = monitor
         return self._track(sock), monitor
+
+    def _curve_for(self, address: Address) -> tuple[bytes, bytes, bytes] | None:
+        """The server key, then this node's public and secret key, to connect to `address` with; None: plaintext.
+        An address with a key is answered only by that key's holder (a plaintext process still encrypts to it)."""
+        if self.keys is not None:
+            server = address.key.encode("ascii") if address.key else self.keys.server_public
+            return server, self.keys.client_public, self.keys.client_secret
+        if address.key:
+            return (address.key.encode("ascii"), *zmq.curve_keypair())
+        return None
 
     def _monitor(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
         """A PAIR that receives `sock`'s link events. Its queue has no bound: libzmq would block its I/O thread on a

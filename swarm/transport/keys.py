@@ -47,6 +47,8 @@ class SwarmKeys:
     allowed: frozenset[bytes] | None = None
     # Whether the keys come from a secret (a private swarm) or from PUBLIC_SWARM_PHRASE.
     private: bool = True
+    # Whether the client pair is this node's own (with_member) rather than the one every member derives.
+    member: bool = False
 
     @classmethod
     def from_secret(cls, secret: str) -> SwarmKeys:
@@ -67,7 +69,14 @@ class SwarmKeys:
     def with_member(self, public: bytes, secret: bytes) -> SwarmKeys:
         """The same swarm, connecting with this node's own key pair (which allow-lists name) instead of the shared
         one: a server that lists no keys admits either."""
-        return replace(self, client_public=public, client_secret=secret)
+        return replace(self, client_public=public, client_secret=secret, member=True)
+
+    @property
+    def own_listener_pair(self) -> tuple[bytes, bytes] | None:
+        """The pair a public swarm's node also listens with (its member pair), so that a client that learnt that key
+        is answered by this node alone; None where the shared server key already does that (a private swarm's
+        secret) or no own pair is known."""
+        return (self.client_public, self.client_secret) if self.member and not self.private else None
 
     def with_allowed(self, keys: frozenset[bytes]) -> SwarmKeys:
         return replace(self, allowed=keys)
