@@ -1,8 +1,10 @@
 """Trust on first use: the publisher key each model name resolved to, kept in SWARM_HOME/pins.json.
 
 A plain name found on the DHT could have been announced by anyone. The first publisher key a name resolves
-to is pinned (as SSH pins host keys); a later record for that name signed by another key is refused with
-a loud warning, unless the user names the key (`name@fingerprint`) or accepts the change (--accept-new-key).
+to is pinned (as SSH pins host keys). While the pinned publisher's own record is found, the pin wins over
+whatever the name slot holds (with a warning naming the rival); when only another key's record is found, the
+key changed: refused with a loud warning, unless the user names the key (`name@fingerprint`) or accepts the
+change (--accept-new-key).
 `decide` is the whole policy, a pure function; `PinStore` only reads and writes the file.
 """
 
@@ -63,6 +65,15 @@ def decide(
             return PinDecision(NOT_FOUND)
         return PinDecision(USE, pinned_key)
     old, new = fingerprint(pinned_key), fingerprint(announced_key)
+    if pinned_record_found and not accept_new_key:
+        # Anyone can write the name slot; the pinned publisher's own slot says it still publishes the name, so
+        # another key there is a rival claimant, not a key change, and must not take the name from the pin.
+        return PinDecision(
+            USE,
+            pinned_key,
+            f"WARNING: {name} is also published by {new}; using {old}, pinned on first use ({name}@{new} picks "
+            f"the other)",
+        )
     if accept_new_key:
         return PinDecision(
             REPIN,

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import save_file
 
+from swarm import signing
 from swarm.discovery.records import RecordRejected, decode_record
 from swarm.pins import PinStore
 from swarm.torrent.bencode import bdecode, bencode
@@ -268,38 +270,55 @@ def test_a_forged_name_record_is_ignored(network: Network, model_dir: Path) -> N
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_a_changed_publisher_key_warns_and_is_refused_unless_accepted(network: Network, model_dir: Path) -> None:
+def test_a_rival_key_does_not_take_a_pinned_name(network: Network, model_dir: Path) -> None:
     _, _, first = network.publish(model_dir, "gamma", "publisher-gamma-1")
     assert network.resolve("gamma", "client-tofu").returncode == 0
     pins_home = network.root / "client-tofu"
     assert PinStore.load(pins_home).pins["gamma"]["fingerprint"] == first["fingerprint"]
 
-    # Someone else (another key) publishes the same name; the name slot now points to them.
-    _, second_published, second = network.publish(model_dir, "gamma", "publisher-gamma-2")
+    # Someone else (another key) publishes the same name; the name slot now points to them, or to the first
+    # publisher again after its next refresh: whichever, the pinned publisher still publishes, so the pin wins.
+    _, _, second = network.publish(model_dir, "gamma", "publisher-gamma-2")
     assert second["fingerprint"] != first["fingerprint"]
     _wait_for_name_slot(
         network.nodes[2], "gamma", lambda value: decode_record(value).fingerprint == second["fingerprint"]
     )
-
     fresh = str(network.root / "client-tofu" / "fresh-catalog")
-    refused = network.resolve("gamma", "client-tofu", "--catalog", fresh)
-    assert refused.returncode == 1
-    assert "WARNING" in refused.stderr
-    assert first["fingerprint"] in refused.stderr and second["fingerprint"] in refused.stderr
-    assert "--accept-new-key" in refused.stderr and "Traceback" not in refused.stderr
+    kept = network.resolve("gamma", "client-tofu", "--catalog", fresh)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["fingerprint"] == first["fingerprint"]
+    if "WARNING" in kept.stderr:  # the name slot held the rival's record: it is named, and how to pick it
+        assert f"gamma@{second['fingerprint']}" in kept.stderr
     assert PinStore.load(pins_home).pins["gamma"]["fingerprint"] == first["fingerprint"]
 
-    accepted = network.resolve("gamma", "client-tofu", "--catalog", fresh, "--accept-new-key")
+    # name@fingerprint reaches the rival through its own slots.
+    named = network.resolve(f"gamma@{second['fingerprint']}", "client-other", "--catalog", fresh + "-2")
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["fingerprint"] == second["fingerprint"]
+
+
+def test_a_changed_publisher_key_warns_and_is_refused_unless_accepted(network: Network, model_dir: Path) -> None:
+    """A client pinned the name to a key that publishes it no more (the publisher moved to a new key): records of
+    the new key alone are a key change, refused loudly unless accepted."""
+    _, _, current = network.publish(model_dir, "zeta", "publisher-zeta")
+    home = network.root / "client-moved"
+    pins = PinStore.load(home)
+    pins.set("zeta", signing.public_key_hex(Ed25519PrivateKey.generate()))
+    pins.save()
+    old = pins.pins["zeta"]["fingerprint"]
+
+    refused = network.resolve("zeta", "client-moved")
+    assert refused.returncode == 1
+    assert "WARNING" in refused.stderr and "Traceback" not in refused.stderr
+    assert old in refused.stderr and current["fingerprint"] in refused.stderr
+    assert "--accept-new-key" in refused.stderr
+    assert PinStore.load(home).pins["zeta"]["fingerprint"] == old
+
+    accepted = network.resolve("zeta", "client-moved", "--accept-new-key")
     assert accepted.returncode == 0, accepted.stderr
     assert "WARNING" in accepted.stderr
-    assert json.loads(accepted.stdout)["fingerprint"] == second["fingerprint"]
-    assert json.loads(accepted.stdout)["magnet"] == second_published["magnet"]
-    assert PinStore.load(pins_home).pins["gamma"]["fingerprint"] == second["fingerprint"]
-
-    # name@fingerprint still reaches the first publisher through its own slots.
-    older = network.resolve(f"gamma@{first['fingerprint']}", "client-tofu", "--catalog", fresh + "-2")
-    assert older.returncode == 0, older.stderr
-    assert json.loads(older.stdout)["fingerprint"] == first["fingerprint"]
+    assert json.loads(accepted.stdout)["fingerprint"] == current["fingerprint"]
+    assert PinStore.load(home).pins["zeta"]["fingerprint"] == current["fingerprint"]
 
 
 def test_a_name_two_publishers_claim_is_refused_until_one_is_named(network: Network, model_dir: Path) -> None:

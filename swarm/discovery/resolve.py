@@ -184,10 +184,12 @@ def _lookup_name(
     claims_of = name if pinned is None and requested is None else None
     rejected: list[str] = []
     follow = _publisher_slot_follower(name, slots)
+    rounds, refusal = 0, None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
+        rounds += 1
         found = _get_records(node, slots, min(remaining, LOOKUP_ROUND_SECONDS), rejected, claims_of, follow)
         announced = found.get(name_slot(name))
         others = [record.publisher_key for slot, record in found.items() if slot.salt.startswith(b"publisher/")]
@@ -195,10 +197,12 @@ def _lookup_name(
         decision = decide(
             name, requested, pinned, announced.publisher_key if announced else None, others, pinned_found, accept
         )
-        if decision.action == REFUSE:
-            warn(decision.message or "")
-            raise SwarmError((decision.message or "refused").removeprefix("WARNING: "))
-        if decision.action != NOT_FOUND and decision.publisher_key is not None:
+        # A changed key is refused only after the pinned publisher's own slot missed two rounds: one round can
+        # miss a record that is there, and while it is found the pin wins.
+        refusal = (decision.message or "refused") if decision.action == REFUSE else None
+        if refusal and (pinned_found or requested or pinned is None or rounds >= 2):
+            break
+        if decision.action not in (NOT_FOUND, REFUSE) and decision.publisher_key is not None:
             if decision.message:
                 warn(decision.message)
             key = decision.publisher_key
@@ -215,6 +219,9 @@ def _lookup_name(
             )
             return records, decision.action
         time.sleep(RETRY_PAUSE_SECONDS)
+    if refusal:
+        warn(refusal)
+        raise SwarmError(refusal.removeprefix("WARNING: "))
     detail = f"; ignored {len(rejected)} invalid record(s): {rejected[-1]}" if rejected else ""
     raise SwarmError(f"no record for {name} was found on the DHT within {settings.network_timeout:g} s{detail}")
 
