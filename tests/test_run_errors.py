@@ -69,7 +69,7 @@ def test_bad_input_gives_one_line_errors(setup: Setup) -> None:
         "uncovered blocks": (["--model", "llama", "--prompt", "hi", "--route", peer], r"no peer serves blocks 2 "),
         "silent peer": (
             ["--model", "llama", "--prompt", "hi", "--route", silent, "--timeout", str(TIMEOUT)],
-            rf"no peer serves blocks 0\.\.2 .*; not reachable: peer {setup.silent_address} did not answer info within 2 s$",
+            rf"no peer serves blocks 0\.\.2 .*; not reachable: peer {setup.silent_address} did not answer ping within 2 s$",
         ),
         "dead candidate, the rest uncovered": (
             ["--model", "llama", "--prompt", "hi", "--route", f"{dead},{peer}"],

@@ -515,8 +515,13 @@ def probe_rate(client: ComputeClient, peer: PeerInfo, tensors: Mapping[str, torc
 
 
 def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float) -> dict[str, PeerInfo | SwarmError]:
-    """Ask every address for its `info` at once; each gets a PeerInfo or the error that explains why not."""
-    replies = client.ask_many(addresses, Kind.INFO, timeout=timeout)
+    """Ask every address for its `info` at once; each gets a PeerInfo or the error that explains why not.
+
+    A ping goes first: the info's round trip ranks peers, and on a new connection it would count the CurveZMQ
+    handshake, whose ZAP check waits on a thread of each end (10-20 ms on a busy machine, in connection order)."""
+    pinged = client.ask_many(addresses, Kind.PING, timeout=timeout)
+    reachable = [address for address in addresses if isinstance(pinged[address], Reply)]
+    replies = {**pinged, **client.ask_many(reachable, Kind.INFO, timeout=timeout)}
     infos: dict[str, PeerInfo | SwarmError] = {}
     for address in addresses:
         reply = replies[address]
