@@ -105,6 +105,12 @@ def _last_endpoint(sock: zmq.Socket[Any]) -> str:
     return bound.decode("ascii") if isinstance(bound, bytes) else str(bound)
 
 
+def _bind_endpoint(address: Address) -> str:
+    """ZeroMQ's endpoint to bind `address` at: its port 0 spelt '*', which libzmq reads as any free port."""
+    endpoint = address.endpoint
+    return endpoint[:-2] + ":*" if address.port == 0 else endpoint
+
+
 def _parsed(address: str) -> Address:
     try:
         return Address.parse(address)
@@ -317,9 +323,7 @@ class Context:
         self, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> tuple[zmq.Socket[Any], str]:
         """A ROUTER bound to `address` (port 0 or * picks a free port) and the address it really bound."""
-        endpoint = _parsed(address).endpoint
-        if endpoint.endswith(":0"):
-            endpoint = endpoint[:-2] + ":*"
+        endpoint = _bind_endpoint(_parsed(address))
         sock = self._socket(zmq.ROUTER, max_message_bytes)
         if self.keys is not None:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
@@ -343,7 +347,7 @@ class Context:
         # libzmq copies a socket's options into each listener when it binds: the first listener keeps the shared key.
         sock.setsockopt(zmq.CURVE_SECRETKEY, pair[1])
         try:
-            sock.bind(Address(host, 0).endpoint.removesuffix(":0") + ":*")
+            sock.bind(_bind_endpoint(Address(host, 0)))
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot listen on a second port of {host}: {exc.strerror}") from None
         finally:
