@@ -148,11 +148,12 @@ class PeerServer:
         self.speed = SpeedMeter(throughput)
         self.context = transport.Context()
         self.router, self.bound_address = _bind(self.context, listen)
-        self.port = Address.parse(self.bound_address).port
+        bound = Address.parse(self.bound_address)
+        self.port = bound.port
         self.address = _public_address(self.bound_address, advertise_host)
         # A second port where only this peer's own key answers (public swarms): clients that verified the key in the
         # DHT route through it, so nobody on the path can answer in this peer's place.
-        keyed = self.context.listen_with_own_key(self.router, Address.parse(self.bound_address).host)
+        keyed = self.context.listen_with_own_key(self.router, bound.host)
         self.keyed_address = Address(Address.parse(self.address).host, keyed.port, keyed.key).tcp if keyed else None
         self.key_port = keyed.port if keyed else None
         # Our DEALERs name themselves after this peer, so receivers can tell who sent what.
