@@ -101,6 +101,10 @@ class Kind(StrEnum):
     # A whole input (bytes frame "input") for a peer that runs a transformers task (swarm.tasks); its result
     # carries the output JSON (bytes frame "output") and perhaps a file (frame "file").
     TASK = "task"
+    # A copy of the hidden states a hop received for a step (tensor "hidden"; body "blocks": the hop's [start, end)),
+    # sent to reply_to when the step's body asks for it ("tee": true), so that a checking client (--verify) can
+    # re-run one hop alone on its real input.
+    TEE = "tee"
 
 
 _KIND_VALUES = frozenset(kind.value for kind in Kind)

@@ -6,15 +6,18 @@
 - forge: a middle hop that, before forwarding a step, sends the client a forged `result` of its own (random hidden
   states under the step's request id), hoping to arrive before the last hop's (refused by the client in a private
   swarm: it comes over a connection of the wrong key).
+- tee: computes honestly, but the copies of its input it sends a checking client (tees) are perturbed, as from a
+  peer that would frame the hop before it (checks of one hop alone then disagree; whole routes must clear both).
 - unvouched: serves honestly, but its own key is never announced in the DHT, as with an attacker on the path who
   answers at a peer's address with a key of its own (it cannot announce that key from the peer's IP): clients of a
   public swarm must not use it.
 
-Usage: python tests/lying_peer.py noise|boast|forge|unvouched join --model NAME --blocks A:B ... (the arguments of `swarm`).
+Usage: python tests/lying_peer.py noise|boast|forge|tee|unvouched join --model NAME --blocks A:B ... (the arguments of `swarm`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -29,6 +32,7 @@ from swarm.peer.server import PeerServer
 
 honest_run = SpanRunner.run
 honest_routed = PeerServer._routed
+honest_tee = PeerServer._tee
 BOAST_SECONDS = 0.05
 
 
@@ -52,6 +56,11 @@ def forging_routed(
     honest_routed(self, sender, header, tensors, *rest)
 
 
+def lying_tee(self: PeerServer, job: Any) -> None:
+    inputs = job.tensors["inputs"]
+    honest_tee(self, dataclasses.replace(job, tensors={"inputs": inputs + float(inputs.float().std())}))
+
+
 if __name__ == "__main__":
     lie = sys.argv.pop(1)
     if lie == "noise":
@@ -61,8 +70,10 @@ if __name__ == "__main__":
         PeerServer.throughput = property(lambda _self: 1e6)  # type: ignore[method-assign, assignment]
     elif lie == "forge":
         PeerServer._routed = forging_routed  # type: ignore[method-assign]
+    elif lie == "tee":
+        PeerServer._tee = lying_tee  # type: ignore[method-assign]
     elif lie == "unvouched":
         join.announce_peer_key = lambda *_arguments: None
     else:
-        sys.exit(f"unknown lie {lie!r}: noise, boast, forge or unvouched")
+        sys.exit(f"unknown lie {lie!r}: noise, boast, forge, tee or unvouched")
     sys.exit(main())

@@ -19,6 +19,7 @@ import torch
 from swarm.client.checker import ShadowSession, StepChecker
 from swarm.client.exclusions import EXCLUSION_SECONDS, current, load_exclusions, record_exclusions
 from swarm.client.generate import SamplingParams
+from swarm.client.hop_trace import HopTrace
 from swarm.client.routing import PeerFailure, PeerInfo
 from swarm.client.run import SwarmClient
 from swarm.client.verify import majority, relative_difference, second_opinions, settled
@@ -181,12 +182,94 @@ def test_a_disagreeing_shadow_brings_a_sessionless_third_opinion() -> None:
     assert checker.excluded == [{"peer": "b", "blocks": [2, 4], "reason": "disagreed with the majority"}]
 
 
+def one_hop_checker(peers: list[PeerInfo], trace: HopTrace, stateless: list[list[str]], logits: torch.Tensor,
+                    opened: list[list[str]]) -> StepChecker:  # fmt: skip
+    """A checker of one hop alone whose every hop doubles its input (so does the other peer's shadow), whose
+    sessionless passes all answer `logits`, and which records what it opened shadows on."""
+
+    def open_hop_shadow(hop: Hop) -> ShadowSession:
+        opened.append([hop.address])
+        return ShadowSession(lambda hidden, _start: 2 * hidden, lambda: None)
+
+    def run_stateless(route: list[Hop], _ids: torch.Tensor) -> torch.Tensor:
+        stateless.append([hop.address for hop in route])
+        return logits
+
+    checker = StepChecker(1.0, lambda: peers, run_stateless, replica=False, distrusted=set())
+    checker.trace, checker.open_hop_shadow = trace, open_hop_shadow
+    return checker
+
+
+def doubling_trace(length: int, lie_at: int | None = None) -> HopTrace:
+    """The trace of hops a (0:2) and b (2:4) that each double their input; `lie_at`: a boundary reported wrong."""
+    first = torch.randn(1, length, 8)
+    trace = HopTrace(8)
+    hidden = {0: first, 2: 2 * first, 4: 4 * first}
+    if lie_at is not None:
+        hidden[lie_at] = hidden[lie_at] + 1
+    trace.record_step(0, length, hidden)
+    return trace
+
+
+ROUTE = [Hop("a", (0, 2)), Hop("b", (2, 4))]
+
+
+def test_an_honest_hop_is_checked_alone_by_one_session_of_one_hop() -> None:
+    stateless: list[list[str]] = []
+    opened: list[list[str]] = []
+    trace = doubling_trace(5)
+    checker = one_hop_checker([span("a", 0, 2), span("b", 2, 4), span("c", 2, 4)], trace, stateless, vector(1, 2),
+                              opened)  # fmt: skip
+    tokens = torch.arange(10).unsqueeze(0)
+    checker.check(ROUTE, tokens[:, :5], vector(1, 2), set())
+    more = torch.randn(1, 1, 8)
+    trace.record_step(5, 1, {0: more, 2: 2 * more, 4: 4 * more})
+    checker.check(ROUTE, tokens[:, :6], vector(1, 2), set())
+    # Only b's blocks have another peer: c re-ran them alone, in one session, and no whole route ran again.
+    assert opened == [["c"]] and stateless == []
+    assert checker.record() | {"fraction": 1.0} == {"fraction": 1.0, "checked": 2, "unverifiable": 0, "one_hop": 2,
+                                                    "escalated": 0, "excluded": []}  # fmt: skip
+
+
+def test_a_hop_that_disagrees_alone_is_judged_by_whole_routes() -> None:
+    stateless: list[list[str]] = []
+    peers = [span("a", 0, 2), span("b", 2, 4), span("c", 2, 4), span("d", 2, 4)]
+    checker = one_hop_checker(peers, doubling_trace(4, lie_at=4), stateless, vector(1, 2), [])
+    with pytest.raises(PeerFailure, match="computed blocks 2:4 differently"):
+        checker.check(ROUTE, torch.arange(4).unsqueeze(0), vector(9, 2), set())
+    assert stateless == [["a", "c"], ["a", "d"]]
+    assert checker.excluded == [{"peer": "b", "blocks": [2, 4], "reason": "disagreed with the majority"}]
+    assert (checker.one_hop, checker.escalated) == (0, 1)
+
+
+def test_a_next_hop_lying_about_its_input_frames_no_one() -> None:
+    """b says it received something a did not send: a's check alone disagrees, the whole routes agree."""
+    stateless: list[list[str]] = []
+    peers = [span("a", 0, 2), span("a2", 0, 2), span("b", 2, 4)]
+    checker = one_hop_checker(peers, doubling_trace(4, lie_at=2), stateless, vector(1, 2), [])
+    checker.check(ROUTE, torch.arange(4).unsqueeze(0), vector(1, 2), set())
+    assert stateless == [["a2", "b"]]
+    assert checker.excluded == [] and (checker.one_hop, checker.escalated) == (0, 1)
+
+
+def test_a_hop_whose_input_is_unknown_is_checked_by_a_whole_route() -> None:
+    stateless: list[list[str]] = []
+    opened: list[list[str]] = []
+    trace = doubling_trace(4)
+    trace.record_step(4, 1, {0: torch.randn(1, 1, 8)})  # the tees of this step did not come
+    checker = one_hop_checker([span("a", 0, 2), span("b", 2, 4), span("c", 2, 4)], trace, stateless, vector(1, 2),
+                              opened)  # fmt: skip
+    checker.check(ROUTE, torch.arange(5).unsqueeze(0), vector(1, 2), set())
+    assert opened == [] and stateless == [["a", "c"]] and checker.excluded == []
+
+
 @dataclass
 class Checked:
     model_dir: Path
     home: Path
     honest: list[PeerProcess]
     liar: PeerProcess
+    draft: Path
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +279,9 @@ def checked(make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactor
     honest = start_peers([["--model", "vm", "--blocks", blocks] for blocks in ("0:2", "2:4", "2:4")], environment,
                          root / "logs")  # fmt: skip
     liar = start_liar("noise", ["--model", "vm", "--blocks", "2:4"], environment, root / "liar.log")
+    draft = make_model_tool.make_model("llama", root / "draft", layers=1, seed=42, log=lambda _line: None)
     try:
-        yield Checked(model_dir, root / "home", honest, liar)
+        yield Checked(model_dir, root / "home", honest, liar, draft)
     finally:
         for peer in [*honest, liar]:
             peer.stop()
@@ -224,6 +308,10 @@ def test_a_lying_peer_is_caught_at_its_first_step_and_routed_around(checked: Che
     # Excluded for the client's later generations too.
     assert again.generation.token_ids == expected
     assert checked.liar.address not in [hop.address for hop in again.route]
+    # Honest hops: every check re-ran one hop alone, on the input that hop said it received (its tee).
+    assert again.verification is not None
+    assert again.verification["one_hop"] == again.verification["checked"] == NEW_TOKENS
+    assert again.verification["excluded"] == []
 
     # And for later clients on this machine, without checks: the route through the liar is not even tried.
     kept = load_exclusions(checked.home)
@@ -273,3 +361,42 @@ def test_swarm_run_with_verify_equals_local_generate(checked: Checked) -> None:
     assert record["tokens"] == local_greedy_tokens(checked.model_dir, PROMPT, NEW_TOKENS)
     assert record["verification"]["checked"] >= 1
     assert checked.liar.address not in [hop["address"] for hop in record["route"]]
+
+
+def test_checks_follow_speculative_decodings_rollbacks(checked: Checked) -> None:
+    """A draft of other weights: most drafted tokens are taken back, and checks of one hop alone still agree."""
+    route = ",".join(peer.address for peer in checked.honest)
+    arguments = ["--model", "vm", "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS), "--route", route]
+    done = subprocess.run(
+        [SWARM, "run", *arguments, "--draft", str(checked.draft), "--verify", "1", "--json"],
+        env=peer_environment(os.environ, home=checked.home), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["tokens"] == local_greedy_tokens(checked.model_dir, PROMPT, NEW_TOKENS)
+    assert record["speculation"]["accepted"] < record["speculation"]["drafted"]
+    verification = record["verification"]
+    assert verification["one_hop"] == verification["checked"] >= 1
+    assert verification["escalated"] == 0 and verification["excluded"] == []
+
+
+def test_a_peer_lying_about_its_input_frames_no_one(
+    make_model_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The second hop reports perturbed copies of its input: the first hop's checks alone disagree, the whole routes
+    that follow clear both, nobody is excluded and the tokens are local `generate`'s."""
+    root = tmp_path_factory.mktemp("framing")
+    model_dir, environment = published_llama(make_model_tool, root, "vf", seed=43)
+    peers = start_peers([["--model", "vf", "--blocks", "0:2"]] * 2, environment, root / "logs")
+    peers.append(start_liar("tee", ["--model", "vf", "--blocks", "2:4"], environment, root / "liar.log"))
+    try:
+        settings = Settings(home=root / "home", verify_fraction=1.0)
+        with SwarmClient.connect("vf", settings, [peer.address for peer in peers]) as client:
+            result = client.generate(PROMPT, NEW_TOKENS, SamplingParams())
+    finally:
+        for peer in peers:
+            peer.stop()
+    assert result.generation.token_ids == local_greedy_tokens(model_dir, PROMPT, NEW_TOKENS)
+    assert result.verification is not None
+    assert result.verification["excluded"] == [] and result.failovers == []
+    assert result.verification["escalated"] == result.verification["checked"] == NEW_TOKENS

@@ -1,9 +1,11 @@
 """Verifying a fraction of steps while generating (`--verify FRACTION`): one hop of the route is re-run by other
 peers serving its blocks, the majority decides, and a peer it contradicts is excluded (see verify.py).
 
-The first opinion comes from a shadow: a session of its own on the route with the checked hop replaced, kept for
-the generation, so a check feeds it only the tokens since the last one (one prefill of a few tokens) instead of
-the whole sequence again. Only a disagreement asks a third peer, through a sessionless pass of every token."""
+On a chain of spans the first opinion is one hop's alone: a shadow session of that hop on another peer, kept for the
+generation, fed what the hop itself received (the generation's HopTrace, from the hops' tees) since the last check,
+and compared with what the hop gave. Only a disagreement costs more: then routes with the hop, and the next one
+(whose tee may have lied), served by other peers run the whole sequence without a session. A replica's route (one
+hop) is followed end to end by a shadow session on another replica the same way."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from swarm.client.hop_trace import HopTrace
 from swarm.client.routing import BAD_RESULT, PeerFailure, PeerInfo
-from swarm.client.verify import Verdict, majority, second_opinions, settled, tolerance_for
+from swarm.client.verify import Verdict, majority, relative_difference, second_opinions, settled, tolerance_for
 from swarm.errors import SwarmError
 from swarm.wire import Hop
 
@@ -25,7 +28,9 @@ StatelessRun = Callable[[list[Hop], torch.Tensor], torch.Tensor]
 
 class Shadow(Protocol):
     """A session on a route that follows a generation: `run` gives the last-position logits after every token so
-    far, feeding the session only what it has not cached yet."""
+    far, feeding the session only what it has not cached yet; `start` is the first position the last run fed."""
+
+    start: int
 
     def run(self, token_ids: torch.Tensor) -> torch.Tensor: ...
 
@@ -37,27 +42,38 @@ OpenShadow = Callable[[list[Hop]], Shadow]
 
 
 class ShadowSession:
-    """A `Shadow` over an open session: `step(ids, start)` runs tokens at positions [start, ...) and gives the last
-    position's logits. It is fed only the tokens it has not cached; a rollback (speculative decoding) takes the
-    later ones back by starting before them."""
+    """A `Shadow` over an open session: `step(inputs, start)` runs inputs at positions [start, ...) (token ids, or
+    hidden states for a session of one hop) and gives its output. It is fed only the positions it has not cached; a
+    rollback (speculative decoding) takes the later ones back by starting before them. `start` is where the last
+    run started."""
 
     def __init__(self, step: Callable[[torch.Tensor, int], torch.Tensor], close: Callable[[], None]) -> None:
         self.step = step
         self._close = close
-        self.fed = torch.empty((1, 0), dtype=torch.long)
+        self.fed: torch.Tensor | None = None
+        self.start = 0
 
-    def run(self, token_ids: torch.Tensor) -> torch.Tensor:
-        known = min(self.fed.shape[1], token_ids.shape[1])
-        differs = (self.fed[:, :known] != token_ids[:, :known]).any(dim=0).nonzero()
-        same = int(differs[0]) if len(differs) else known
-        # At least the last token goes again: its logits are the opinion.
-        start = min(same, token_ids.shape[1] - 1)
-        logits = self.step(token_ids[:, start:], start)
-        self.fed = token_ids
-        return logits
+    def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        # At least the last position goes again: its output is the opinion.
+        self.start = min(first_difference(self.fed, inputs), inputs.shape[1] - 1)
+        output = self.step(inputs[:, self.start :], self.start)
+        self.fed = inputs
+        return output
 
     def close(self) -> None:
         self._close()
+
+
+def first_difference(fed: torch.Tensor | None, inputs: torch.Tensor) -> int:
+    """The first position (dimension 1) where `inputs` differ from what was `fed`, or where `fed` ends."""
+    if fed is None or fed.shape[0] != inputs.shape[0] or fed.shape[2:] != inputs.shape[2:]:
+        return 0
+    known = min(fed.shape[1], inputs.shape[1])
+    if known == 0:
+        return 0
+    differs = (fed[:, :known] != inputs[:, :known]).reshape(inputs.shape[0], known, -1).any(dim=2).any(dim=0)
+    where = differs.nonzero()
+    return int(where[0]) if len(where) else known
 
 
 @dataclass
@@ -81,9 +97,16 @@ class StepChecker:
     replica: bool
     distrusted: set[str]
     open_shadow: OpenShadow | None = None
+    # Checks of one hop alone (span routes): the generation's trace of what every hop received and gave, and what
+    # opens a session of one hop on another peer. With them a shadow follows one hop, fed that hop's inputs.
+    trace: HopTrace | None = None
+    open_hop_shadow: Callable[[Hop], Shadow] | None = None
     rng: random.Random = field(default_factory=random.Random)
     checked: int = 0
     unverifiable: int = 0
+    # Checks settled by one hop re-run alone, and checks that re-ran whole routes after it disagreed.
+    one_hop: int = 0
+    escalated: int = 0
     excluded: list[dict[str, Any]] = field(default_factory=list)
     following: _Following | None = None
 
@@ -99,15 +122,60 @@ class StepChecker:
             self.unverifiable += 1
             return
         index, alternatives = chosen
-        opinions = [(route[index].address, logits)]
         tolerance = tolerance_for(next((peer.dtype for peer in peers if peer.address == route[0].address), "float32"))
+        self.checked += 1
+        if self.open_hop_shadow is None:
+            self._end_to_end(route, index, alternatives, token_ids, logits, tolerance)
+            return
+        screened = self._screen(route, index, alternatives[0], token_ids.shape[1], tolerance)
+        if screened is True:
+            self.one_hop += 1
+            return
+        self.escalated += screened is False
+        # A disagreement names no one yet: the hop may be wrong, or the next hop may have lied about its input.
+        # Checks of the whole route with each of them replaced decide.
+        suspects = [index, index + 1] if screened is False and index + 1 < len(route) else [index]
+        for suspect in suspects:
+            others = alternatives if suspect == index else second_opinions(route, suspect, peers, excluded,
+                                                                           self.replica)  # fmt: skip
+            self._end_to_end(route, suspect, others, token_ids, logits, tolerance)
+
+    def _screen(
+        self, route: list[Hop], index: int, alternative: list[Hop], length: int, tolerance: float
+    ) -> bool | None:
+        """Re-run hop `index` alone on the alternative's peer from what the hop received, and compare with what it
+        gave (every position since the last check): whether they agree; None when the trace lacks a position or
+        the other peer cannot answer."""
+        hop = route[index]
+        trace = self.trace
+        inputs = trace.positions(hop.blocks[0], length) if trace is not None else None
+        outputs = trace.positions(hop.blocks[1], length) if trace is not None else None
+        if inputs is None or outputs is None or self.open_hop_shadow is None:
+            return None
+        try:
+            if self.following is None:
+                shadow = self.open_hop_shadow(alternative[index])
+                self.following = _Following(route, index, alternative, shadow)
+            shadow = self.following.shadow
+            output = shadow.run(inputs)
+        except SwarmError:
+            self.close()
+            return None
+        return relative_difference(output, outputs[:, shadow.start :]) <= tolerance
+
+    def _end_to_end(
+        self, route: list[Hop], index: int, alternatives: list[list[Hop]], token_ids: torch.Tensor,
+        logits: torch.Tensor, tolerance: float,
+    ) -> None:  # fmt: skip
+        """Compare the route's logits with those of routes where hop `index` is served by other peers; the majority
+        decides (PeerFailure when it contradicts the hop)."""
+        opinions = [(route[index].address, logits)]
         for alternative in alternatives:
             opinion = self._opinion(route, index, alternative, token_ids)
             if opinion is not None:
                 opinions.append((alternative[index].address, opinion))
             if len(opinions) > 1 and settled(opinions, tolerance):
                 break
-        self.checked += 1
         self._judge(route[index], majority(opinions, tolerance), len(opinions))
 
     def _hop_to_check(
@@ -137,6 +205,7 @@ class StepChecker:
         sessionless pass; None when the peers cannot give one (failures are handled where they matter)."""
         try:
             if self.open_shadow is not None and (self.following is None or self.following.alternative == alternative):
+                # (Never with checks of one hop: then `following` is a one-hop session, fed hidden states.)
                 if self.following is None:
                     self.following = _Following(route, index, alternative, self.open_shadow(alternative))
                 return self.following.shadow.run(token_ids)
@@ -167,4 +236,4 @@ class StepChecker:
 
     def record(self) -> dict[str, Any]:
         return {"fraction": self.fraction, "checked": self.checked, "unverifiable": self.unverifiable,
-                "excluded": self.excluded}  # fmt: skip
+                "one_hop": self.one_hop, "escalated": self.escalated, "excluded": self.excluded}  # fmt: skip

@@ -21,6 +21,7 @@ from swarm.client.checker import ShadowSession, StepChecker
 from swarm.client.draft import DraftModel
 from swarm.client.exclusions import load_exclusions, record_exclusions
 from swarm.client.generate import Generation, SamplingParams, generate
+from swarm.client.hop_trace import HopTrace
 from swarm.client.local_parts import LocalParts
 from swarm.client.resolve import Resolver
 from swarm.client.routing import (
@@ -364,10 +365,12 @@ class SwarmClient:
         return RunResult(generation, steps.route or [], steps.failovers, verification, speculation)
 
     def run_step(
-        self, session: InferenceSession, ids: torch.Tensor, start: int, all_positions: bool = False
-    ) -> torch.Tensor:
+        self, session: InferenceSession, ids: torch.Tensor, start: int, all_positions: bool = False,
+        trace: HopTrace | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """New tokens `ids` at positions [start, ...) through the session's route: the last position's logits
-        (batch, vocab), or every position's (batch, tokens, vocab)."""
+        (batch, vocab), or every position's (batch, tokens, vocab). `trace` (a span route's) gets what every hop
+        received and the last one gave."""
         last_peer = session.route[-1].address
         positions = (start, start + ids.shape[1])
         if self.parts.span is None:
@@ -380,13 +383,22 @@ class SwarmClient:
                     f"peer {last_peer} returned logits of shape {list(logits.shape)} for {list(ids.shape)} tokens"
                 )
             return logits.float()
-        outputs = session.step({"hidden": self.hidden_for(session.route[0], self.parts.embed(ids, start))}, positions)
-        hidden = expect_hidden(outputs, last_peer, self.parts.hidden_size)
-        if tuple(hidden.shape[:2]) != tuple(ids.shape):
-            raise SwarmError(
-                f"peer {last_peer} returned hidden states of shape {list(hidden.shape)} for {list(ids.shape)} tokens"
-            )
+        embedded = self.hidden_for(session.route[0], self.parts.embed(ids, start))
+        hidden = self.run_hidden(session, embedded, start)
+        if trace is not None:
+            trace.record_step(start, ids.shape[1], {0: embedded, **session.tees, session.route[-1].blocks[1]: hidden})
         return self.parts.head(hidden, all_positions)
+
+    def run_hidden(self, session: InferenceSession, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """Hidden states at positions [start, ...) through the session's route (of spans): the last hop's output."""
+        last_peer = session.route[-1].address
+        outputs = session.step({"hidden": hidden}, (start, start + hidden.shape[1]))
+        output = expect_hidden(outputs, last_peer, self.parts.hidden_size)
+        if tuple(output.shape[:2]) != tuple(hidden.shape[:2]):
+            raise SwarmError(
+                f"peer {last_peer} returned hidden states of shape {list(output.shape)} for {hidden.shape[1]} positions"
+            )
+        return output
 
     def run_stateless(self, endpoint: ComputeClient, route: list[Hop], ids: torch.Tensor) -> torch.Tensor:
         """Token ids at positions [0, n) through `route` without a session (a check of a step): last logits."""
@@ -401,14 +413,20 @@ class SwarmClient:
         """What checks a fraction of one generation's steps (Settings.verify_fraction), or None."""
         if self.settings.verify_fraction <= 0:
             return None
-        return StepChecker(
+        checker = StepChecker(
             self.settings.verify_fraction,
             lambda: list(self.peers),
             lambda route, ids: self.run_stateless(endpoint, route, ids),
             replica=self.parts.span is None,
             distrusted=self.distrusted,
-            open_shadow=lambda route: self.open_shadow(endpoint, route, max_length),
         )
+        if self.parts.span is None:
+            # A replica's route is one hop, token ids in: the shadow runs the whole route.
+            checker.open_shadow = lambda route: self.open_shadow(endpoint, route, max_length)
+        else:
+            checker.trace = HopTrace(self.parts.hidden_size)
+            checker.open_hop_shadow = lambda hop: self.open_hop_shadow(endpoint, hop, max_length)
+        return checker
 
     def open_shadow(self, endpoint: ComputeClient, route: list[Hop], max_length: int) -> ShadowSession:
         """A session on `route` that a checker feeds as the generation goes (swarm.client.checker)."""
@@ -419,6 +437,17 @@ class SwarmClient:
             session.abandon()
             raise
         return ShadowSession(lambda ids, start: self.run_step(session, ids, start), session.close)
+
+    def open_hop_shadow(self, endpoint: ComputeClient, hop: Hop, max_length: int) -> ShadowSession:
+        """A session of one hop, fed the hidden states its counterpart on the route received (checker.py)."""
+        session = InferenceSession(endpoint, [hop], max_length)
+        try:
+            session.open()
+        except BaseException:
+            session.abandon()
+            raise
+        return ShadowSession(lambda hidden, start: self.run_hidden(session, self.hidden_for(hop, hidden), start),
+                             session.close)  # fmt: skip
 
     def hidden_for(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states in the dtype the first hop computes in (it says so in its info; peers may run a
@@ -533,12 +562,15 @@ class _FailoverSteps:
         if self.session is None:
             if self.route is None:
                 self.route = self._plan()
-            self.session = InferenceSession(self.endpoint, self.route, self.max_length)
+            # Checks of one hop alone need every hop's input: the hops then send copies of it (tees).
+            tee = self.checker is not None and self.checker.trace is not None
+            self.session = InferenceSession(self.endpoint, self.route, self.max_length, tee=tee)
             self.session.open()
             if self.history is not None:
                 # A new route: replay everything the old one had cached.
                 ids, start = torch.cat([self.history, ids], dim=1), 0
-        logits = self.client.run_step(self.session, ids, start, every)
+        trace = self.checker.trace if self.checker is not None else None
+        logits = self.client.run_step(self.session, ids, start, every, trace)
         if every:
             logits = logits[:, -new_tokens:]  # a replay after a failover returns the replayed positions too
         if self.checker is not None:

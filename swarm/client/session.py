@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -68,6 +68,9 @@ PING_SECONDS = 2.0
 DEFAULT_LIVENESS_SECONDS = 2.0
 # Longest sleep of a wait that watches links: a hop still connecting is checked this often against its deadline.
 _LINK_CHECK_SECONDS = 0.1
+# How long a result waits for hops' tees still missing: a hop sends its tee before it computes, so they come first
+# but for a race between connections; one that does not come in time leaves its hop unchecked for that step.
+_TEE_GRACE_SECONDS = 0.05
 
 
 def new_id() -> str:
@@ -101,6 +104,8 @@ class Reply:
     header: Header
     tensors: dict[str, torch.Tensor]
     seconds: float
+    # What hops after the first received (Kind.TEE, when the request asked for it), by the first block they run.
+    tees: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class ComputeClient:
         except SwarmError as error:
             raise PeerFailure(f"cannot send to peer {first}: {error}", first, SEND_FAILED) from error
         deadline = time.monotonic() + timeout
+        tees: dict[int, torch.Tensor] = {}
         # Results come to the reply ROUTER; an error may come back on the DEALER to the first hop.
         for item in self._incoming(lambda: [self.router, self.dealers.get(first)], deadline, watched):
             if isinstance(item, _Lost):
@@ -264,21 +270,48 @@ class ComputeClient:
             sock, reply, reply_tensors, sender = item
             if reply.request_id != header.request_id:
                 continue  # a late reply to an earlier request that already timed out
-            if reply.kind is Kind.RESULT and not self._from_last_hop(route[-1].address, sender):
+            if reply.kind is Kind.TEE:
+                self._take_tee(route, reply, reply_tensors, sender, tees)
+                continue
+            if reply.kind is Kind.RESULT and not self._from_hop(route[-1].address, sender, "result"):
                 continue  # forged by a hop that saw the request: the real one may still come
             if reply.kind is Kind.ERROR:
                 raise peer_error(reply, route[-1].address if sock is self.router else first, route)
             if reply.kind is not Kind.RESULT:
                 raise SwarmError(f"peer {route[-1].address} answered {header.kind.value} with {reply.kind.value}")
-            return Reply(reply, reply_tensors, time.perf_counter() - sent)
+            if header.body.get("tee") is True:
+                self._late_tees(route, header.request_id, tees)
+            return Reply(reply, reply_tensors, time.perf_counter() - sent, tees)
         raise self._timeout_error(route, header.kind, timeout)
 
-    def _from_last_hop(self, last_hop: str, sender: str | None) -> bool:
-        expected = self.member_keys.get(last_hop)
+    def _take_tee(
+        self, route: Sequence[Hop], tee: Header, tensors: Mapping[str, torch.Tensor], sender: str | None,
+        tees: dict[int, torch.Tensor],
+    ) -> None:  # fmt: skip
+        """Keep a hop's copy of its input when it names a hop of the route and comes over that hop's key."""
+        hop = next((hop for hop in route[1:] if list(hop.blocks) == tee.body.get("blocks")), None)
+        hidden = tensors.get("hidden")
+        if hop is not None and hidden is not None and self._from_hop(hop.address, sender, "tee"):
+            tees[hop.blocks[0]] = hidden
+
+    def _late_tees(self, route: Sequence[Hop], request_id: str, tees: dict[int, torch.Tensor]) -> None:
+        """Wait a moment for the tees the result overtook (see _TEE_GRACE_SECONDS)."""
+        expected = {hop.blocks[0] for hop in route[1:]}
+        if expected <= set(tees):
+            return
+        for item in self._incoming(lambda: [self.router], time.monotonic() + _TEE_GRACE_SECONDS, {}):
+            if isinstance(item, _Lost) or item[1].request_id != request_id or item[1].kind is not Kind.TEE:
+                continue
+            self._take_tee(route, item[1], item[2], item[3], tees)
+            if expected <= set(tees):
+                return
+
+    def _from_hop(self, address: str, sender: str | None, what: str) -> bool:
+        """Whether a message came over a connection of the key `address` is known by (any, when none is known)."""
+        expected = self.member_keys.get(address)
         if expected is None or sender == expected:
             return True
-        log.warning("ignored a result that came over a connection of key %s, not that of the last hop %s", sender,
-                    last_hop)  # fmt: skip
+        log.warning("ignored a %s that came over a connection of key %s, not that of %s", what, sender, address)
         return False
 
     def post(self, route: Sequence[Hop], header: Header) -> None:
@@ -374,8 +407,13 @@ class InferenceSession:
         max_length: int,
         timeout: float | None = None,
         batch: int = 1,
+        tee: bool = False,
     ):
+        """`tee`: every step asks the hops after the first for a copy of their input (`tees` holds the last step's,
+        by the first block of each hop), for checks of one hop alone (--verify)."""
         self.client = client
+        self.tee = tee
+        self.tees: dict[int, torch.Tensor] = {}
         self.route = tuple(route)
         self.max_length = max_length
         self.batch = batch
@@ -411,9 +449,14 @@ class InferenceSession:
             session_id=self.session_id,
             step=self.step_index,
             positions=positions,
-            body={"secret": self.secret, **({"all_positions": True} if all_positions else {})},
+            body={
+                "secret": self.secret,
+                **({"all_positions": True} if all_positions else {}),
+                **({"tee": True} if self.tee else {}),
+            },
         )
         reply = self.client.request(self.route, header, tensors, timeout=self.timeout)
+        self.tees = reply.tees
         self.step_index += 1
         return reply.tensors
 

@@ -394,6 +394,7 @@ class PeerServer:
             body = {"closed": True}
         else:
             job = self._step_job(header, hop.blocks, tensors)
+            self._tee(job)
             if self._deferred is not None and self._joins_batch(job):
                 self._deferred.append((job, sender))
                 return
@@ -424,6 +425,20 @@ class PeerServer:
             self._send_direct(sender, frames)
         else:
             self._send_to(header.reply_to, frames, header, sender)
+
+    def _tee(self, job: _StepJob) -> None:
+        """Send the client a copy of this hop's input when the step asks (`--verify` re-runs one hop alone on it);
+        the first block's input is the client's own embedding, so it is never sent back."""
+        header = job.header
+        if header.body.get("tee") is not True or header.reply_to is None or job.blocks[0] == 0:
+            return
+        if self.runner.replica or not self.runner.causal:
+            return
+        tee = Header(kind=Kind.TEE, request_id=header.request_id, session_id=header.session_id, step=header.step,
+                     positions=header.positions, body={"blocks": list(job.blocks)})  # fmt: skip
+        self._send_to(
+            header.reply_to, wire.encode(tee, {"hidden": job.tensors["inputs"]}, validate=False), header, None
+        )
 
     def _check_next_hop(self, address: str) -> None:
         """Refuse, before computing anything, a message whose next hop is known to be gone."""
