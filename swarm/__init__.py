@@ -1,8 +1,17 @@
 """swarm: BitTorrent-backed model distribution and compute swarm."""
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("swarm")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """`swarm.__version__`, read only when asked: importlib.metadata costs every command ~60 ms of start-up."""
+    if name != "__version__":
+        raise AttributeError(f"module 'swarm' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("swarm")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"

@@ -1095,7 +1095,7 @@ def print_chunk_table(manifest: Manifest) -> None:
     from rich.table import Table
 
     table = Table(title=f"{manifest.name} ({manifest.family or manifest.architecture}, {manifest.dtype})")
-    for column in ("chunk", "kind", "blocks", "size", "pieces", "sha256"):
+    for column in ("chunk", "kind", "blocks", "size", "pieces", "root"):
         table.add_column(column, justify="right" if column in ("size", "pieces") else "left")
     for chunk in manifest.chunks:
         blocks = f"{chunk.blocks[0]}-{chunk.blocks[1]}" if chunk.blocks else ""
@@ -1105,6 +1105,6 @@ def print_chunk_table(manifest: Manifest) -> None:
             blocks,
             f"{chunk.size:,}",
             f"{chunk.first_piece}-{chunk.last_piece}",
-            chunk.sha256[:12],
+            chunk.root[:12],
         )
     terminal().print(table)

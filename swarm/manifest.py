@@ -6,7 +6,6 @@ signature and survive a load/save round trip.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,10 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarm import signing
 from swarm.errors import SwarmError
+from swarm.torrent.merkle import file_root
 
-MANIFEST_FORMAT = 1
+# 2: a chunk's hash is its BitTorrent v2 merkle root (`root`); format 1 had a flat SHA-256 (`sha256`).
+MANIFEST_FORMAT = 2
 CHUNK_KINDS = ("meta", "embed", "blocks", "head", "full")
-HASH_STEP = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Chunk:
     # Path inside the torrent (the torrent's root folder first), as libtorrent names the file.
     file: str
     size: int
-    sha256: str
+    # The file's merkle root (BEP 52: SHA-256 over 16 KiB blocks), hex: a v2 torrent's "pieces root" of the file.
+    root: str
     first_piece: int
     last_piece: int
     # [start, end) for blocks chunks, None otherwise.
@@ -143,6 +144,11 @@ def manifest_from_dict(record: Any, origin: str = "manifest") -> Manifest:
     if version > MANIFEST_FORMAT:
         # A newer manifest format may change meaning, not only add fields: refuse rather than guess.
         raise SwarmError(f"{origin}: manifest format {version} is newer than this swarm reads ({MANIFEST_FORMAT})")
+    if version < MANIFEST_FORMAT:
+        raise SwarmError(
+            f"{origin}: manifest format {version} comes from an older swarm (chunks hashed otherwise); publish the "
+            "model again"
+        )
     torrent = check.mapping(record.get("torrent"), "torrent")
     chunks = []
     for position, raw_chunk in enumerate(check.sequence(record, "chunks")):
@@ -167,7 +173,7 @@ def manifest_from_dict(record: Any, origin: str = "manifest") -> Manifest:
                 kind=kind,
                 file=check.text(chunk, "file"),
                 size=check.integer(chunk, "size"),
-                sha256=check.text(chunk, "sha256"),
+                root=check.text(chunk, "root"),
                 first_piece=check.integer(chunk, "first_piece"),
                 last_piece=check.integer(chunk, "last_piece"),
                 blocks=block_range,
@@ -239,14 +245,6 @@ class _Checker:
         return value
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(HASH_STEP):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def chunk_problem(manifest: Manifest, chunk: Chunk, models_dir: Path, *, check_hash: bool = True) -> str | None:
     """Why a chunk on disk is not usable ('missing', 'wrong size', 'corrupt'), or None when it verifies.
 
@@ -256,6 +254,6 @@ def chunk_problem(manifest: Manifest, chunk: Chunk, models_dir: Path, *, check_h
         return "missing"
     if path.stat().st_size != chunk.size:
         return "wrong size"
-    if check_hash and file_sha256(path) != chunk.sha256:
+    if check_hash and file_root(path) != chunk.root:
         return "corrupt"
     return None

@@ -8,7 +8,8 @@ import re
 import shutil
 import tempfile
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from swarm.catalog import check_name, manifest_path, torrent_path, write_atomica
 from swarm.config import TORRENT_FORMATS, Settings
 from swarm.discovery.bundle import write_name_record
 from swarm.errors import SwarmError
-from swarm.manifest import Chunk, Manifest, TorrentInfo, file_sha256, load_manifest
+from swarm.manifest import Chunk, Manifest, TorrentInfo, load_manifest
 from swarm.model.chunker import (
     PlannedChunk,
     dominant_dtype,
@@ -27,13 +28,16 @@ from swarm.model.chunker import (
     write_planned_chunk,
 )
 from swarm.model.families import Family, family_for
-from swarm.model.safetensors_stream import TensorEntry, read_entries
+from swarm.model.safetensors_stream import TensorEntry, read_entries, validate
 from swarm.model.source import ModelSource, locate_model, read_source
 from swarm.progress import ProgressSink, SilentProgress
 from swarm.tasks.catalog import split_into_spans, task_for
 from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
+from swarm.torrent.merkle import FileHashes, file_hashes
 
 # A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
+# Worker processes hashing chunk files while the next ones are written: one per core of a small machine.
+_HASHING_PROCESSES = 2
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 
 
@@ -70,7 +74,11 @@ def publish(
     if settings.piece_length:
         check_piece_length(settings.piece_length, settings.torrent_format)
     source = read_source(locate_model(reference))
-    by_file = {weight_file: read_entries(weight_file)[0] for weight_file in source.weight_files}
+    # The library's validation of the weight files runs beside the writing; nothing is published before it passes.
+    validator = ThreadPoolExecutor(max_workers=1)
+    validation = validator.submit(_validate_all, source.weight_files)
+    validator.shutdown(wait=False)
+    by_file = {weight_file: read_entries(weight_file, check=False)[0] for weight_file in source.weight_files}
     entries = [entry for found in by_file.values() for entry in found]
     task = task_for(source.config, task)
     adapter = family_for(source.config)
@@ -87,9 +95,14 @@ def publish(
     try:
         content_dir = staging_root / name
         content_dir.mkdir()
-        hashes = _write_chunks(planned, content_dir, progress)
-        total_bytes = sum(path.stat().st_size for path in content_dir.iterdir())
-        piece_length = settings.piece_length or choose_piece_length(total_bytes)
+        # Chosen before writing, so that each chunk is hashed for it as soon as it is written (the headers the
+        # chunks add, a few KB, do not matter to a choice by powers of two).
+        piece_length = settings.piece_length or choose_piece_length(_planned_bytes(planned))
+        try:
+            hashes = _write_chunks(planned, content_dir, progress, piece_length)
+        except SwarmError:
+            validation.result()  # a malformed source explains a failed copy better than the copy does
+            raise
         # Every chunk file starts on a piece boundary, so each takes whole pieces of its own.
         piece_count = sum(-(-path.stat().st_size // piece_length) for path in content_dir.iterdir())
         progress.stage("hashing pieces", piece_count)
@@ -100,6 +113,7 @@ def publish(
             lambda _piece: progress.advance(),
             settings.trackers,
             private=settings.private_torrent,
+            hashes={plan.file_name: hashes[plan.id].result() for plan in planned},
         )
         chunks = []
         for plan in planned:
@@ -110,13 +124,14 @@ def publish(
                     kind=plan.kind,
                     file=pieces.path,
                     size=pieces.size,
-                    sha256=hashes[plan.id].result(),
+                    root=hashes[plan.id].result().root.hex(),
                     first_piece=pieces.first_piece,
                     last_piece=pieces.last_piece,
                     blocks=plan.blocks,
                     requires=plan.requires,
                 )
             )
+        validation.result()
         key = signing.load_or_create_key(settings.keys_dir)
         manifest = Manifest(
             name=name,
@@ -180,21 +195,32 @@ def _plan(
     return plan_component_chunks(by_component, source.meta_files, source.directory, names)
 
 
-def _write_chunks(planned: list[PlannedChunk], directory: Path, progress: ProgressSink) -> dict[str, Future[str]]:
-    """Write every chunk; each file's SHA-256 runs in a worker process while the next one is written.
+def _validate_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        validate(path)
 
-    The copies run in the kernel (copy_file_range) and libtorrent's piece hashing holds the GIL, so a
-    second process is what lets the SHA-256 pass use the other core instead of adding to the wall time.
-    """
+
+def _planned_bytes(planned: list[PlannedChunk]) -> int:
+    """The chunks' size but for their headers: tensor bytes and meta files."""
+    tensors = sum(entry.length for plan in planned for entry in plan.entries)
+    return tensors + sum(path.stat().st_size for plan in planned for path in plan.meta_files)
+
+
+def _write_chunks(
+    planned: list[PlannedChunk], directory: Path, progress: ProgressSink, piece_length: int
+) -> dict[str, Future[FileHashes]]:
+    """Write every chunk; each file's merkle hashes (its manifest hash and its v2 torrent hashes) are computed by
+    worker processes while the next ones are written, so that hashing overlaps the writing on both cores (the copies
+    run in the kernel, copy_file_range; hashlib's many 16 KiB calls would contend for one process's GIL)."""
     progress.stage("writing chunks", len(planned))
-    digests: dict[str, Future[str]] = {}
-    hasher = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    hashes: dict[str, Future[FileHashes]] = {}
+    hashers = ProcessPoolExecutor(max_workers=_HASHING_PROCESSES, mp_context=multiprocessing.get_context("fork"))
     for plan in planned:
         path = write_planned_chunk(plan, directory)
-        digests[plan.id] = hasher.submit(file_sha256, path)
+        hashes[plan.id] = hashers.submit(file_hashes, path, piece_length)
         progress.advance()
-    hasher.shutdown(wait=False)
-    return digests
+    hashers.shutdown(wait=False)
+    return hashes
 
 
 def _same_content(existing_path: Path, manifest: Manifest) -> bool:
@@ -202,7 +228,7 @@ def _same_content(existing_path: Path, manifest: Manifest) -> bool:
         existing = load_manifest(existing_path)
     except SwarmError:
         return False
-    return [(c.id, c.sha256) for c in existing.chunks] == [(c.id, c.sha256) for c in manifest.chunks]
+    return [(c.id, c.root) for c in existing.chunks] == [(c.id, c.root) for c in manifest.chunks]
 
 
 def _check_writable(catalog: Path) -> None:

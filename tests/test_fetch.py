@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from swarm.manifest import Manifest, file_sha256, load_manifest
+from swarm.manifest import Manifest, load_manifest
+from swarm.torrent.merkle import file_root
 from tests.conftest import SWARM
 
 NAME = "tiny"
@@ -191,7 +192,7 @@ def test_partial_fetch_takes_only_the_selected_chunks_and_resumes(
     # Exactly the chunk files of block 1 plus meta: no other chunk file, no pad file, no libtorrent part file.
     assert files_under(models) == {chunk.file for chunk in wanted}
     for chunk in wanted:
-        assert file_sha256(models / chunk.file) == chunk.sha256
+        assert file_root(models / chunk.file) == chunk.root
     verified = last_event(done.stdout, "verified")
     assert verified["downloaded_bytes"] >= sum(chunk.size for chunk in wanted)
     assert (home / "data" / "resume" / f"{manifest.torrent.info_hash_v2}.resume").is_file()
@@ -203,7 +204,7 @@ def test_partial_fetch_takes_only_the_selected_chunks_and_resumes(
     assert sorted(verified["already_verified"]) == ["blocks-00001-00002", "meta"]
     new_chunk = manifest.chunk("blocks-00002-00003")
     assert new_chunk.size <= verified["downloaded_bytes"] < new_chunk.size + manifest.torrent.piece_length
-    assert file_sha256(models / new_chunk.file) == new_chunk.sha256
+    assert file_root(models / new_chunk.file) == new_chunk.root
     assert "embed.safetensors" not in {Path(path).name for path in files_under(models)}
 
 
@@ -230,7 +231,7 @@ def test_full_fetch_draws_from_several_partial_seeders(
     done = run_fetch(home, NAME, *peers, "--timeout", "20")
     assert done.returncode == 0, done.stderr
     for chunk in manifest.chunks:
-        assert file_sha256(home / "data" / "models" / chunk.file) == chunk.sha256
+        assert file_root(home / "data" / "models" / chunk.file) == chunk.root
     sources = last_event(done.stdout, "verified")["sources"]
     assert {f"127.0.0.1:{port}" for port in ports.values()} <= {address for address, got in sources.items() if got}
 
@@ -246,7 +247,7 @@ def test_chunks_behind_resume_data_get_the_full_sha256_check(
     assert done.returncode == 0, done.stderr
     chunk = manifest.chunk("blocks-00000-00001")
     path = home / "data" / "models" / chunk.file
-    assert file_sha256(path) == chunk.sha256
+    assert file_root(path) == chunk.root
     assert (home / "data" / "resume" / f"{manifest.torrent.info_hash_v2}.resume").is_file()
 
     # Same size, one byte different: the resume data still agrees with the disk, so libtorrent trusts it.
@@ -296,7 +297,7 @@ def test_corrupted_seeder_is_caught_by_piece_hashes(
     assert any(json.loads(line).get("event") == "hash_failed" for line in done.stdout.splitlines())
     for chunk in block_chunks:
         path = alone / "data" / "models" / chunk.file
-        assert not path.exists() or file_sha256(path) != chunk.sha256
+        assert not path.exists() or file_root(path) != chunk.root
 
     # With an honest (slower) seeder beside the liar, the fetch completes and every chunk verifies.
     honest, honest_port = start_seeder(publisher_home, NAME, "--upload-limit", "300000", "--limit-local-peers")
@@ -308,7 +309,7 @@ def test_corrupted_seeder_is_caught_by_piece_hashes(
     verified = last_event(done.stdout, "verified")
     assert verified["hash_failures"] >= 1
     for chunk in manifest.chunks:
-        assert file_sha256(home / "data" / "models" / chunk.file) == chunk.sha256
+        assert file_root(home / "data" / "models" / chunk.file) == chunk.root
 
 
 def _error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -389,6 +390,6 @@ def test_disk_full_is_a_clear_error(publisher: tuple[Path, Manifest], tmp_path: 
         wanted = [manifest.chunk("blocks-00000-00001"), manifest.chunk("blocks-00001-00002")]
         for chunk in wanted:
             path = small / "data" / "models" / chunk.file
-            assert not path.exists() or file_sha256(path) != chunk.sha256
+            assert not path.exists() or file_root(path) != chunk.root
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

@@ -17,7 +17,8 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from swarm.manifest import Manifest, file_sha256
+from swarm.manifest import Manifest
+from swarm.torrent.merkle import file_root
 from tests.test_fetch import NAME, Process, home_env, last_event, new_home, publish, run_fetch
 
 ARIA2 = shutil.which("aria2c")
@@ -89,7 +90,7 @@ def test_aria2_downloads_from_swarm(
     seeder.wait_for("seeding")
     assert aria2.wait(timeout=90) == 0, aria2.stderr.read() if aria2.stderr else ""
     for chunk in manifest.chunks:
-        assert file_sha256(download_dir / chunk.file) == chunk.sha256
+        assert file_root(download_dir / chunk.file) == chunk.root
 
 
 def test_swarm_fetches_from_aria2(
@@ -126,4 +127,4 @@ def test_swarm_fetches_from_aria2(
     assert verified["downloaded_bytes"] >= sum(chunk.size for chunk in manifest.chunks)
     assert set(verified["sources"]) <= {f"127.0.0.1:{port}"}
     for chunk in manifest.chunks:
-        assert file_sha256(home / "data" / "models" / chunk.file) == chunk.sha256
+        assert file_root(home / "data" / "models" / chunk.file) == chunk.root

@@ -21,6 +21,8 @@ from swarm.errors import SwarmError
 from swarm.manifest import load_manifest, manifest_from_dict
 from swarm.model.chunker import extract_meta_archive
 from swarm.publish import publish
+from swarm.torrent.create import make_torrent
+from swarm.torrent.merkle import file_root
 
 
 def source_tensors(model_dir: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
@@ -172,7 +174,7 @@ def test_tampered_manifest_and_flipped_byte_are_detected(model_dirs: dict[str, P
     assert result.exit_code == 1 and f"{chunk.id}: corrupt" in result.output
 
     record = json.loads(published.manifest_path.read_text())
-    record["chunks"][2]["sha256"] = "0" * 64
+    record["chunks"][2]["root"] = "0" * 64
     published.manifest_path.write_text(json.dumps(record))
     assert not load_manifest(published.manifest_path).signature_valid()
     result = runner.invoke(main, ["verify", "tamper"], env=home)
@@ -360,3 +362,48 @@ def test_memory_stays_flat_with_a_large_tensor(tmp_path: Path) -> None:
     peak = int(completed.stdout.split("PEAK")[-1])
     # The stated bound: the whole process stays under 200 MB, about half the largest tensor alone.
     assert peak < 200 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB with a {largest / 2**20:.0f} MiB tensor"
+
+
+BLOCK = 16 * 1024
+FILE_SIZES = [1, 5, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK + 7, 4 * BLOCK, 5 * BLOCK, 16 * BLOCK, 32 * BLOCK,
+              33 * BLOCK, 100_000, 0]  # fmt: skip
+
+
+@pytest.mark.parametrize("piece_length", [32 * 1024, 64 * 1024, 256 * 1024])
+@pytest.mark.parametrize(("private", "trackers"), [(False, []), (True, ["http://a/announce", "udp://b:1/announce"])])
+def test_a_v2_torrent_is_the_one_libtorrent_makes(
+    tmp_path: Path, piece_length: int, private: bool, trackers: list[str]
+) -> None:
+    """Our v2 hashing (hashlib, while chunks are written) gives libtorrent's torrent, byte for byte but the date:
+    every file's root and piece layer, empty files, one-piece files, trackers and the private flag."""
+    content = tmp_path / "model"
+    content.mkdir()
+    generator = np.random.default_rng(piece_length)
+    for index, size in enumerate(FILE_SIZES):
+        (content / f"file-{index:02}.bin").write_bytes(generator.bytes(size))
+    creator = lt.create_torrent(lt.list_files(str(content), flags=0), piece_length, lt.create_torrent.v2_only)
+    creator.set_creator("swarm")
+    creator.set_priv(private)
+    for tier, url in enumerate(trackers):
+        creator.add_tracker(url, tier)
+    lt.set_piece_hashes(creator, str(tmp_path), lambda _piece: None)
+    expected = creator.generate()
+    pieces: list[int] = []
+    made = make_torrent(content, "v2", piece_length, pieces.append, trackers, private)
+    ours = lt.bdecode(made.data)
+    assert {**ours, b"creation date": 0} == {**expected, b"creation date": 0}
+    assert pieces == list(range(sum(-(-size // piece_length) for size in FILE_SIZES)))
+    for index in range(len(FILE_SIZES)):
+        root = file_root(content / f"file-{index:02}.bin")
+        assert (
+            root
+            == (expected[b"info"][b"file tree"][f"file-{index:02}.bin".encode()][b""].get(b"pieces root", b"")).hex()
+        )
+
+
+def test_a_manifest_of_an_older_format_asks_to_publish_again(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    published = publish(str(model_dirs["llama"]), "old", settings_for(tmp_path))
+    record = json.loads(published.manifest_path.read_text())
+    record["format_version"] = 1
+    with pytest.raises(SwarmError, match=r"manifest format 1 comes from an older swarm .* publish the model again"):
+        manifest_from_dict(record)

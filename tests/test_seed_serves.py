@@ -10,7 +10,8 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from swarm.manifest import file_sha256, load_manifest
+from swarm.manifest import load_manifest
+from swarm.torrent.merkle import file_root
 from tests.conftest import SWARM
 
 
@@ -49,7 +50,7 @@ def test_seed_serves_a_downloader(model_dirs: dict[str, Path], swarm_env: dict[s
             assert time.monotonic() < deadline, f"download stalled at {handle.status().progress:.0%}"
             time.sleep(0.1)
         for chunk in manifest.chunks:
-            assert file_sha256(tmp_path / "download" / chunk.file) == chunk.sha256
+            assert file_root(tmp_path / "download" / chunk.file) == chunk.root
     finally:
         seeder.send_signal(signal.SIGTERM)
         _, stderr = seeder.communicate(timeout=30)

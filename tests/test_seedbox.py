@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarm.manifest import Manifest, file_sha256
+from swarm.manifest import Manifest
+from swarm.torrent.merkle import file_root
 from tests.test_fetch import NAME, Process, home_env, new_home, publish, start_seeder
 
 
@@ -141,7 +142,7 @@ def test_mirror_resumes_after_sigkill_and_stops_cleanly(publisher: tuple[Path, M
             assert fetched["downloaded_bytes"] <= total - held, fetched
             restarted.wait_for("seeding", name=NAME)
             for chunk in manifest.chunks:
-                assert file_sha256(home / "data" / "models" / chunk.file) == chunk.sha256
+                assert file_root(home / "data" / "models" / chunk.file) == chunk.root
         finally:
             returncode = restarted.stop()
         assert returncode == 0

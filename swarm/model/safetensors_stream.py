@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 
@@ -39,35 +40,43 @@ class TensorEntry:
     length: int
 
 
-def read_entries(path: Path) -> tuple[list[TensorEntry], dict[str, str]]:
-    """Every tensor of a safetensors file with its byte range, plus the file's metadata."""
+def validate(path: Path) -> None:
+    """The safetensors library's own check of a file (truncation, bad header, overlapping tensors): SwarmError."""
     try:
         with safe_open(str(path), framework="numpy"):
             pass
-    except Exception as error:  # the library's own validation: truncation, bad header, overlaps
+    except Exception as error:
         raise SwarmError(f"{path} is not a valid safetensors file: {error}") from error
+
+
+def read_entries(path: Path, check: bool = True) -> tuple[list[TensorEntry], dict[str, str]]:
+    """Every tensor of a safetensors file with its byte range, plus the file's metadata. `check=False` leaves the
+    library's validation (`validate`, which imports numpy: ~0.1 s) to the caller, who may run it meanwhile; the
+    header is still read defensively here."""
+    if check:
+        validate(path)
     size = path.stat().st_size
-    with path.open("rb") as handle:
-        (header_length,) = struct.unpack("<Q", handle.read(8))
-        if header_length > min(HEADER_LIMIT, size - 8):
-            raise SwarmError(f"{path} is not a valid safetensors file: header length {header_length}")
-        header = json.loads(handle.read(header_length))
-    data_start = 8 + header_length
-    metadata = header.pop("__metadata__", None) or {}
-    entries = []
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        entries.append(
-            TensorEntry(
-                name=name,
-                dtype=info["dtype"],
-                shape=tuple(info["shape"]),
-                source=path,
-                offset=data_start + begin,
-                length=end - begin,
-            )
-        )
+    try:
+        with path.open("rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > min(HEADER_LIMIT, size - 8):
+                raise SwarmError(f"{path} is not a valid safetensors file: header length {header_length}")
+            header = json.loads(handle.read(header_length))
+        data_start = 8 + header_length
+        metadata = header.pop("__metadata__", None) or {}
+        entries = [_entry(path, name, info, data_start) for name, info in header.items()]
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SwarmError(f"{path} is not a valid safetensors file: {type(error).__name__}: {error}") from None
     return entries, metadata
+
+
+def _entry(path: Path, name: str, info: dict[str, Any], data_start: int) -> TensorEntry:
+    begin, end = info["data_offsets"]
+    shape = info["shape"]
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and isinstance(shape, list)):
+        raise ValueError(f"tensor {name!r} has malformed data_offsets or shape")
+    return TensorEntry(name=name, dtype=str(info["dtype"]), shape=tuple(shape), source=path, offset=data_start + begin,
+                       length=end - begin)  # fmt: skip
 
 
 def write_chunk(path: Path, entries: list[TensorEntry], metadata: dict[str, str] | None = None) -> int:

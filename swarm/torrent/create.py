@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 
 from swarm.errors import SwarmError
+from swarm.torrent.merkle import BLOCK_LENGTH, FileHashes, file_hashes
 
-# BitTorrent's block size: the smallest piece there can be.
-BLOCK_LENGTH = 16 * 1024
 # Not one block for v2: when a v2 piece is a single 16 KiB block, libtorrent 2.1.1 rejects every peer's answer
 # to the block-hash request it sends after a piece fails its hash, and drops that peer ("invalid hashes"): one
 # corrupt seeder got the honest seeders disconnected and the fetch stalled (seen in tests/test_fetch.py).
@@ -80,10 +81,14 @@ def make_torrent(
     on_piece: Callable[[int], None] | None = None,
     trackers: Sequence[str] = (),
     private: bool = False,
+    hashes: Mapping[str, FileHashes] | None = None,
 ) -> MadeTorrent:
     """Hash every file under content_dir (the torrent's root folder) into a torrent that names `trackers` (their
     announce URLs sit outside the info dictionary: they do not change the info hash); `private` sets BEP 27's flag
-    (inside it: a private torrent is another torrent than the public one of the same files)."""
+    (inside it: a private torrent is another torrent than the public one of the same files). A v2 torrent takes the
+    `hashes` of files already hashed for this piece length (by file name) and hashes only the others."""
+    if torrent_format == "v2":
+        return describe_torrent(_v2_torrent(content_dir, piece_length, hashes or {}, trackers, private, on_piece))
     files = lt.list_files(str(content_dir), flags=0)
     if not files:
         raise SwarmError(f"{content_dir} holds no files to put in a torrent")
@@ -95,6 +100,44 @@ def make_torrent(
     lt.set_piece_hashes(creator, str(content_dir.parent), on_piece or (lambda _piece: None))
     data = lt.bencode(creator.generate())
     return describe_torrent(data)
+
+
+def _v2_torrent(
+    content_dir: Path, piece_length: int, hashes: Mapping[str, FileHashes], trackers: Sequence[str], private: bool,
+    on_piece: Callable[[int], None] | None,
+) -> bytes:  # fmt: skip
+    """The torrent libtorrent makes with v2_only, from hashlib's hashes (merkle.py): the same info dictionary, hence
+    the same info hash (tests/test_publish.py compares them). Chunk folders are flat: files only."""
+    paths = sorted(path for path in content_dir.iterdir() if path.is_file())
+    if not paths:
+        raise SwarmError(f"{content_dir} holds no files to put in a torrent")
+    files: dict[bytes, Any] = {}
+    layers: dict[bytes, bytes] = {}
+    pieces = 0
+    for path in paths:
+        found = hashes.get(path.name)
+        made = found if found is not None and found.size == path.stat().st_size else file_hashes(path, piece_length)
+        leaf: dict[bytes, Any] = {b"length": made.size}
+        if made.size:
+            leaf[b"pieces root"] = made.root
+        if made.piece_layer:
+            layers[made.root] = made.piece_layer
+        files[path.name.encode()] = {b"": leaf}
+        for piece in range(pieces, pieces + -(-made.size // piece_length)):
+            if on_piece is not None:
+                on_piece(piece)
+        pieces += -(-made.size // piece_length)
+    info: dict[bytes, Any] = {b"file tree": files, b"meta version": 2, b"name": content_dir.name.encode(),
+                              b"piece length": piece_length}  # fmt: skip
+    if private:
+        info[b"private"] = 1
+    torrent: dict[bytes, Any] = {b"info": info, b"created by": CREATOR.encode(), b"creation date": int(time.time())}
+    if layers:
+        torrent[b"piece layers"] = layers
+    if trackers:
+        torrent[b"announce"] = trackers[0].encode()
+        torrent[b"announce-list"] = [[url.encode()] for url in trackers]
+    return bytes(lt.bencode(torrent))
 
 
 def describe_torrent(data: bytes) -> MadeTorrent:

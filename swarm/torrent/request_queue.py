@@ -11,7 +11,7 @@ allows, like a congestion window, as long as the round trip is under QUEUE_SECON
 
 from __future__ import annotations
 
-from swarm.torrent.create import BLOCK_LENGTH
+from swarm.torrent.merkle import BLOCK_LENGTH
 
 QUEUE_SECONDS = 0.1
 # 256 KiB. In the benchmark (100 Mbit/s links, 8 fetchers) fixed caps of 8, 16, 24, 32 and 64 blocks gave the
