@@ -34,6 +34,7 @@ from swarm.progress import ProgressSink, SilentProgress
 from swarm.tasks.catalog import split_into_spans, task_for
 from swarm.torrent.create import check_piece_length, choose_piece_length, make_torrent
 from swarm.torrent.merkle import FileHashes, file_hashes
+from swarm.torrent.resume import write_complete_resume
 
 # A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
 # Worker processes hashing chunk files while the next ones are written: one per core of a small machine.
@@ -161,6 +162,7 @@ def publish(
         if final_dir.exists():
             shutil.rmtree(final_dir)
         content_dir.rename(final_dir)
+        write_complete_resume(settings.resume_dir, made.data, models_dir)
         torrent_file = torrent_path(catalog, name)
         write_atomically(torrent_file, made.data)
         manifest.save(existing_manifest)

@@ -407,3 +407,37 @@ def test_a_manifest_of_an_older_format_asks_to_publish_again(model_dirs: dict[st
     record["format_version"] = 1
     with pytest.raises(SwarmError, match=r"manifest format 1 comes from an older swarm .* publish the model again"):
         manifest_from_dict(record)
+
+
+def test_a_published_model_is_seeded_without_hashing_it_again(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Publishing leaves resume data that says every piece is here: seeding restores it (no seed mode, which would
+    hash each piece again as peers first ask), and only while the files keep their sizes."""
+    from swarm.address import Address
+    from swarm.torrent.session import TorrentNode
+
+    settings = settings_for(tmp_path)
+    published = publish(str(model_dirs["llama"]), "resumed", settings)
+    key = published.manifest.torrent.info_hash_v2
+    assert key is not None
+    params = lt.read_resume_data((settings.resume_dir / f"{key}.resume").read_bytes())
+    assert list(params.have_pieces) == [True] * lt.torrent_info(published.torrent_data).num_pieces()
+    node = TorrentNode(Address("127.0.0.1", 0), (), dht=False, resume_dir=settings.resume_dir)
+    try:
+        node.seed(published.torrent_data, published.content_dir.parent)
+        status = node.status_of(key)
+        assert status.is_seeding and status.progress == 1.0
+        handle = node.session.find_torrent(lt.sha256_hash(bytes.fromhex(key)))
+        assert not handle.flags() & lt.torrent_flags.seed_mode
+    finally:
+        node.close()
+    # A chunk whose size changed since: the resume data is not trusted (libtorrent checks the files instead).
+    chunk = published.manifest.chunks[-1]
+    with (published.content_dir.parent / chunk.file).open("ab") as handle:
+        handle.write(b"more")
+    node = TorrentNode(Address("127.0.0.1", 0), (), dht=False, resume_dir=settings.resume_dir)
+    try:
+        node.seed(published.torrent_data, published.content_dir.parent)
+        handle = node.session.find_torrent(lt.sha256_hash(bytes.fromhex(key)))
+        assert handle.flags() & lt.torrent_flags.seed_mode
+    finally:
+        node.close()

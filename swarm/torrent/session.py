@@ -22,7 +22,7 @@ from swarm.address import Address
 from swarm.errors import SwarmError
 from swarm.torrent.fetch import WANTED, fetch_params, file_priorities, seed_params, torrent_files
 from swarm.torrent.request_queue import MIN_ACCEPTED_REQUESTS, accepted_requests_per_peer
-from swarm.torrent.resume import resume_path, write_resume
+from swarm.torrent.resume import resume_path, torrent_key, write_resume
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class TorrentNode:
         """Seed a complete set of files already on disk: resume data when it agrees with the disk, otherwise
         seed mode (each piece is hash-checked the first time a peer asks for it, none up front)."""
         info = _torrent_info(torrent_data)
-        key = _info_key(info)
+        key = torrent_key(info)
         if key in self._tracked:
             return key
         resume_file = self._resume_file(key, resume_dir)
@@ -405,7 +405,7 @@ class TorrentNode:
         wanted files to the union.
         """
         info = _torrent_info(torrent_data)
-        key = _info_key(info)
+        key = torrent_key(info)
         addresses = [Address.parse(peer, "peer").pair for peer in peers]
         tracked = self._tracked.get(key)
         if tracked is not None:
@@ -767,11 +767,6 @@ def _torrent_info(torrent_data: bytes) -> lt.torrent_info:
         return lt.torrent_info(torrent_data)
     except RuntimeError as error:
         raise SwarmError(f"cannot read the torrent: {error}") from error
-
-
-def _info_key(info: lt.torrent_info) -> str:
-    hashes = info.info_hashes()
-    return str(hashes.v2) if hashes.has_v2() else str(hashes.v1)
 
 
 def _key(handle: lt.torrent_handle) -> str:
