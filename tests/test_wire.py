@@ -466,6 +466,7 @@ def test_protocol_constants() -> None:
         "ping",
         "pong",
         "task",
+        "tee",
     }
 
 
