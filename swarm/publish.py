@@ -36,9 +36,9 @@ from swarm.torrent.create import check_piece_length, choose_piece_length, make_t
 from swarm.torrent.merkle import FileHashes, file_hashes
 from swarm.torrent.resume import write_complete_resume
 
-# A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
 # Worker processes hashing chunk files while the next ones are written: one per core of a small machine.
 _HASHING_PROCESSES = 2
+# A sharded weights file's numbering ("-00001-of-00002"), which the one chunk of a component goes without.
 SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 
 

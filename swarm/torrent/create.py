@@ -123,10 +123,11 @@ def _v2_torrent(
         if made.piece_layer:
             layers[made.root] = made.piece_layer
         files[path.name.encode()] = {b"": leaf}
-        for piece in range(pieces, pieces + -(-made.size // piece_length)):
+        file_pieces = -(-made.size // piece_length)
+        for piece in range(pieces, pieces + file_pieces):
             if on_piece is not None:
                 on_piece(piece)
-        pieces += -(-made.size // piece_length)
+        pieces += file_pieces
     info: dict[bytes, Any] = {b"file tree": files, b"meta version": 2, b"name": content_dir.name.encode(),
                               b"piece length": piece_length}  # fmt: skip
     if private:
