@@ -49,6 +49,8 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
         run = run_prompt(tmp_path, bootstrap)
         draft = make_model_tool.make_model("llama", tmp_path / "draft", layers=1, seed=6, log=lambda _line: None)
         drafted = run_prompt(tmp_path, bootstrap, "--draft", str(draft))
+        # `--verify` as a user types it; with one peer no other can check it, and the answer is the same.
+        verified = run_prompt(tmp_path, bootstrap, "--verify", "0.5")
         batch = run_batch(tmp_path, bootstrap)
         server = LineProcess([SWARM, "serve", "--model", "demo", "--bootstrap", bootstrap], home(tmp_path, "server"))
         assert wait_line(server, "serving ", timeout=120) == (
@@ -64,6 +66,8 @@ def test_seed_seedbox_join_run_as_the_readme_shows(make_model_tool: ModuleType, 
     assert run.stdout == expected_text(model_dir) + "\n"
     assert drafted.returncode == 0, drafted.stderr
     assert drafted.stdout == run.stdout
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout == run.stdout
     assert served.choices[0].text == expected_text(model_dir)
     assert batch.returncode == 0, batch.stderr
     records = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
