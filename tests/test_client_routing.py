@@ -4,6 +4,7 @@ hops (or decisions, or averages) out."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -24,9 +25,11 @@ from swarm.client.routing import (
     smooth_latencies,
     uncovered_blocks,
 )
+from swarm.client.session import PING_ROUNDS, Reply, query_peers
 from swarm.errors import SwarmError
 from swarm.manifest import Manifest, TorrentInfo
 from swarm.measure import SpeedMeter, benchmark, ewma, median_rate
+from swarm.wire import Header, Kind
 
 
 def peer(name: str, start: int, end: int, throughput: float = 100.0, **fields: object) -> PeerInfo:
@@ -393,3 +396,49 @@ def test_candidates_explain_missing_blocks_with_the_silent_ones() -> None:
     )
     busy = BusyError("every peer serving blocks 0..3 is busy")
     assert found.explain(busy) is busy  # the silent ones are not why a route is busy
+
+
+class ScriptedPeers:
+    """Answers pings with the round trips given per peer and round, and info after them (query_peers' ranking is
+    pure given the round trips; real peers are queried in the integration tests)."""
+
+    def __init__(self, round_trips: dict[str, list[float]], info_seconds: float) -> None:
+        self.round_trips = round_trips
+        self.info_seconds = info_seconds
+        self.pings = 0
+
+    def ask_many(self, addresses: list[str], kind: Kind, timeout: float) -> dict[str, Reply | SwarmError]:
+        if kind is Kind.INFO:
+            body = {"blocks": [0, 4], "throughput": 10.0}
+            return {
+                a: Reply(Header(kind=Kind.INFO, request_id="i", body=body), {}, self.info_seconds) for a in addresses
+            }
+        replies: dict[str, Reply | SwarmError] = {}
+        for address in addresses:
+            seconds = self.round_trips[address][self.pings]
+            pong = Reply(Header(kind=Kind.PONG, request_id="p"), {}, seconds)
+            replies[address] = pong if seconds < math.inf else SwarmError(f"no answer from {address}")
+        self.pings += 1
+        return replies
+
+
+@pytest.mark.parametrize(
+    ("round_trips", "latencies"),
+    [
+        # The least round trip counts: a wait for a core in one round is not the path's latency.
+        (
+            {"tcp://a:1": [0.024, 0.002, 0.003], "tcp://b:1": [0.034, 0.009, 0.001]},
+            {"tcp://a:1": 0.002, "tcp://b:1": 0.001},
+        ),
+        # A ping lost after the first answer leaves the ones that came.
+        ({"tcp://a:1": [0.004, math.inf, 0.003]}, {"tcp://a:1": 0.003}),
+        # No answer to the first ping: the peer is not asked again and gets the error.
+        ({"tcp://a:1": [math.inf, 0.001, 0.001], "tcp://b:1": [0.005, 0.005, 0.005]}, {"tcp://b:1": 0.005}),
+    ],
+)
+def test_peers_are_ranked_by_their_least_round_trip(round_trips: dict, latencies: dict) -> None:
+    peers = ScriptedPeers(round_trips, info_seconds=0.05)
+    infos = query_peers(peers, list(round_trips), timeout=1.0)  # type: ignore[arg-type]
+    assert peers.pings == PING_ROUNDS
+    assert {a: i.latency for a, i in infos.items() if isinstance(i, PeerInfo)} == latencies
+    assert all(isinstance(infos[a], SwarmError) for a in round_trips if a not in latencies)

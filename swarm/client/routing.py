@@ -23,9 +23,10 @@ from swarm.wire import Hop
 
 # Estimated per-token times within this fraction of the best count as equal: measured throughputs are noisy.
 TIE_TOLERANCE = 0.10
-# ... and so do those within this many seconds: below it a difference is timer and scheduling noise (loopback round
-# trips on a busy machine vary by a millisecond), which must not stop equal replicas from taking turns.
-TIE_SECONDS = 0.002
+# ... and so do those within this many seconds: below it a difference is timer and scheduling noise, which must not
+# stop equal replicas from taking turns (on a loaded 2-core machine, identical loopback peers' least round trips
+# differed by up to 1.4 ms and their smoothed step times by up to 1.5 ms).
+TIE_SECONDS = 0.003
 # Weight of the newest round trip in a peer's smoothed latency (round trips are measured at each refresh of the
 # peers' info, seconds apart, so the newest counts for more than a step's time does).
 LATENCY_WEIGHT = 0.3

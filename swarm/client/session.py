@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -71,6 +72,8 @@ _LINK_CHECK_SECONDS = 0.1
 # How long a result waits for hops' tees still missing: a hop sends its tee before it computes, so they come first
 # but for a race between connections; one that does not come in time leaves its hop unchecked for that step.
 _TEE_GRACE_SECONDS = 0.05
+# Pings per peer when ranking peers: the least round trip counts (see query_peers).
+PING_ROUNDS = 3
 
 
 def new_id() -> str:
@@ -560,28 +563,39 @@ def probe_rate(client: ComputeClient, peer: PeerInfo, tensors: Mapping[str, torc
 def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float) -> dict[str, PeerInfo | SwarmError]:
     """Ask every address for its `info` at once; each gets a PeerInfo or the error that explains why not.
 
-    A ping goes first: the info's round trip ranks peers, and on a new connection it would count the CurveZMQ
-    handshake, whose ZAP check waits on a thread of each end (10-20 ms on a busy machine, in connection order)."""
+    A peer's latency is the least round trip of PING_ROUNDS pings, not the info's: on a new connection a round trip
+    counts the CurveZMQ handshake (whose ZAP check waits on a thread of each end, 10-20 ms on a busy machine, in
+    connection order), and on a loaded machine any one round trip counts the wait for the peer's turn on a core
+    (identical loopback peers measured 24 and 34 ms in one round). A delay adds to the path's, never subtracts: the
+    least round trip is the path's own."""
     pinged = client.ask_many(addresses, Kind.PING, timeout=timeout)
     reachable = [address for address in addresses if isinstance(pinged[address], Reply)]
+    least = {address: _seconds(pinged[address]) for address in reachable}
+    for _ in range(PING_ROUNDS - 1):
+        for address, reply in client.ask_many(reachable, Kind.PING, timeout=timeout).items():
+            least[address] = min(least[address], _seconds(reply))
     replies = {**pinged, **client.ask_many(reachable, Kind.INFO, timeout=timeout)}
     infos: dict[str, PeerInfo | SwarmError] = {}
     for address in addresses:
         reply = replies[address]
         if isinstance(reply, Reply):
-            infos[address] = _peer_info(reply, address)
+            infos[address] = _peer_info(reply, address, least.get(address, reply.seconds))
         else:
             infos[address] = reply
     return infos
 
 
-def _peer_info(reply: Reply, address: str) -> PeerInfo | SwarmError:
+def _seconds(reply: Reply | SwarmError) -> float:
+    return reply.seconds if isinstance(reply, Reply) else math.inf
+
+
+def _peer_info(reply: Reply, address: str, latency: float) -> PeerInfo | SwarmError:
     if reply.header.kind is not Kind.INFO:
         return SwarmError(f"peer {address} answered info with {reply.header.kind.value}")
     version = reply.header.body.get("version", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
         return SwarmError(f"peer {address} speaks compute protocol {version!r}, this client {PROTOCOL_VERSION}")
     try:
-        return PeerInfo.from_info(reply.header.body, address, latency=reply.seconds)
+        return PeerInfo.from_info(reply.header.body, address, latency=latency)
     except SwarmError as error:
         return error
