@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -282,6 +283,36 @@ def test_posted_messages_wait_for_their_connection_in_order() -> None:
         assert sorted((item.address, item.context) for item in given_up) == sorted(
             zip(addresses, ("refused", "silent"), strict=True)
         )
+    finally:
+        pool.close()
+        context.close(linger_ms=0)
+
+
+def test_a_post_after_a_lost_connection_reaches_who_listens_there_now() -> None:
+    """A client's reply port is the next client's once the first closes: a reply posted to that address after the
+    first connection was lost goes to the new listener (it was refused as 'connection lost', and its client waited
+    out its request timeout)."""
+    context = transport.Context()
+    pool = transport.DealerPool(context, connect_timeout=2.0, heartbeat=Heartbeat(1.0))
+    deadline = time.monotonic() + 10
+
+    def deliver(message: bytes, router: Any) -> None:
+        pool.post(address, [message])
+        while pool.waiting and time.monotonic() < deadline:
+            assert pool.flush() == []
+            time.sleep(0.01)
+        received = transport.recv_frames(router, 5)
+        assert received is not None and bytes(received[1][0]) == message
+
+    try:
+        first, address = context.bind_router("tcp://127.0.0.1:0")
+        deliver(b"to the first", first)
+        context.forget(first, 0)
+        while (link := pool.link(address)) is not None and link.state is not LinkState.DOWN:
+            assert time.monotonic() < deadline, "the closed listener's connection never counted as lost"
+            time.sleep(0.01)
+        second, _ = context.bind_router(address)
+        deliver(b"to the second", second)
     finally:
         pool.close()
         context.close(linger_ms=0)

@@ -724,10 +724,20 @@ class DealerPool:
     def post(self, address: str, frames: Sequence[Any], context: object = None) -> None:
         """Send one message to `address` without ever waiting: at once when its connection takes it, otherwise
         queued behind the earlier ones to the same address until `flush` finds the connection up (within the
-        connect timeout). TransportError when the connection is known to be down or the queue is full."""
-        entry = self._entry(address)
+        connect timeout). TransportError when the connection is known to be down or the queue is full.
+
+        A connection lost before, with nothing waiting on it, is made anew first: that says nothing of the address
+        now (the port of a client's reply address is the next client's once the first one closes, and a restarted
+        peer listens again), and libzmq's own reconnection may not be up yet. A dead address fails the new
+        connection within the connect timeout, as it does a first one."""
         key = self._key(address)
+        known = key in self._dealers
+        entry = self._entry(address)
         self._update(entry)
+        if known and entry.link.state is LinkState.DOWN and not self._outbox.get(key):
+            self.drop(key)
+            entry = self._entry(address)
+            self._update(entry)
         if entry.link.state is LinkState.DOWN:
             raise TransportError(f"cannot reach {address}: {entry.link.reason}")
         queue = self._outbox.get(key)
