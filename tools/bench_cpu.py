@@ -254,7 +254,7 @@ def main() -> None:
                 else:
                     runs[client].append(run_aria2(lab, work, content, size, arguments.timeout))
         print(json.dumps({client: results[-1] for client, results in runs.items()}), file=sys.stderr, flush=True)
-    rows = {client: {key: statistics.median(run[key] for run in results) for key in results[0]}
+    rows = {client: {key: round(statistics.median(run[key] for run in results), 2) for key in results[0]}
             for client, results in runs.items()}  # fmt: skip
     link = f"{arguments.rate}{' with GRO' if arguments.gro else ''}"
     if arguments.json:
