@@ -9,7 +9,6 @@ the fetcher's host receives are sampled. The figure is the CPU spent between 5 %
 them: the cost of moving bytes, not of starting a process (reported apart as the whole run's CPU).
 
 Usage (root; aria2c from Debian's aria2): python tools/bench_cpu.py [--rate 100mbit] [--params 128M] [--repeat 1]
-[--gro] (--gro needs ethtool: the lab's links then coalesce received segments as a network card does)
 """
 
 from __future__ import annotations
@@ -232,7 +231,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--clients", default="swarm,aria2", help="which clients to run (comma-separated)")
-    parser.add_argument("--gro", action="store_true", help="generic receive offload on the lab's links (needs ethtool)")
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     usable, reason = netlab.available()
@@ -248,7 +246,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {client: [] for client in clients}
     for _ in range(arguments.repeat):
         for client in clients:
-            with netlab.Lab(2, rate=arguments.rate, gro=arguments.gro) as lab:
+            with netlab.Lab(2, rate=arguments.rate) as lab:
                 if client == "swarm":
                     runs[client].append(run_swarm(lab, work, catalog, seed_data, size, arguments.timeout))
                 else:
@@ -256,12 +254,10 @@ def main() -> None:
         print(json.dumps({client: results[-1] for client, results in runs.items()}), file=sys.stderr, flush=True)
     rows = {client: {key: round(statistics.median(run[key] for run in results), 2) for key in results[0]}
             for client, results in runs.items()}  # fmt: skip
-    link = f"{arguments.rate}{' with GRO' if arguments.gro else ''}"
     if arguments.json:
-        result = {"model_bytes": size, "link": link, "repeat": arguments.repeat, "rows": rows}
-        print(json.dumps(result))
+        print(json.dumps({"model_bytes": size, "rate": arguments.rate, "repeat": arguments.repeat, "rows": rows}))
         return
-    print(f"model {size / 1e6:.0f} MB, link {link}, medians of {arguments.repeat} run(s)")
+    print(f"model {size / 1e6:.0f} MB, link {arguments.rate}, medians of {arguments.repeat} run(s)")
     print("| client | fetch CPU-s per GB | seed CPU-s per GB | steady MB/s | fetch process CPU-s, whole run |")
     print("|---|---|---|---|---|")
     for client, row in rows.items():

@@ -52,15 +52,13 @@ class Host:
 class Lab:
     """N hosts on switches (a bridge in a namespace of its own per subnet); each host's link shaped to `rate`
     (None: not shaped), or host i's to `rates[i]` where given. Host i sits on subnet i % subnets; with several
-    subnets a router forwards between them. `gro` turns on generic receive offload at both ends of every host's
-    link, as a real network card has it: a veth hands the receiver each TCP segment on its own otherwise."""
+    subnets a router forwards between them."""
 
     host_count: int
     rate: str | None = "100mbit"
     rates: Sequence[str | None] = ()
     subnet: str = "10.77.0"
     subnets: int = 1
-    gro: bool = False
     hosts: list[Host] = field(default_factory=list)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
 
@@ -112,10 +110,6 @@ class Lab:
             _run(*host.command(["ip", "link", "set", inside, "up"]))
             if self.subnets > 1:
                 _run(*host.command(["ip", "route", "add", "default", "via", f"{self.prefix(subnet)}.254"]))
-            if self.gro:
-                port = f"hp{index}{self.tag}"[:15]
-                for namespace, device in ((host.namespace, inside), (self.switch_of(subnet), port)):
-                    _run("ip", "netns", "exec", namespace, "ethtool", "-K", device, "gro", "on")
             rate = self.rate_of(index)
             if rate is not None:
                 # Shape both directions of the host's link: its egress, and the switch port's egress toward it.
