@@ -579,7 +579,7 @@ def query_peers(client: ComputeClient, addresses: Sequence[str], timeout: float)
     for address in addresses:
         reply = replies[address]
         if isinstance(reply, Reply):
-            infos[address] = _peer_info(reply, address, least.get(address, reply.seconds))
+            infos[address] = _peer_info(reply, address, least[address])
         else:
             infos[address] = reply
     return infos
