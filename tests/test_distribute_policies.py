@@ -315,7 +315,8 @@ def test_metrics_render_one_sample_per_model_with_escaped_labels() -> None:
     ("upload_rate", "downloading_peers", "expected"),
     [
         (0, 0, MIN_ACCEPTED_REQUESTS),  # idle: the floor
-        (12_500_000, 8, MIN_ACCEPTED_REQUESTS),  # 100 Mbit/s shared by 8 peers: 9.5 blocks in 0.1 s
+        (12_500_000, 8, 9),  # 100 Mbit/s shared by 8 peers: 9.5 blocks in 0.1 s
+        (6_250_000, 16, MIN_ACCEPTED_REQUESTS),  # 50 Mbit/s shared by 16 peers: 2.4 blocks, the floor
         (50_000_000, 8, 38),
         (12_500_000, 1, 76),  # the same link to one peer
         (125_000_000, 1, 762),  # 1 Gbit/s to one peer: deep enough for 0.1 s round trips

@@ -706,7 +706,9 @@ class TorrentNode:
         for tracked in self._tracked.values():
             status = tracked.handle.status(_STATUS_FLAGS)
             upload_rate += int(status.upload_payload_rate)
-            downloading_peers += max(0, int(status.num_peers) - int(status.num_seeds))
+            # The peers it unchokes, not every one that lacks pieces: a seed serving one of ten over a long path
+            # would otherwise grant that one a tenth of its rate's worth of requests.
+            downloading_peers += max(0, int(status.num_uploads))
         accepted = accepted_requests_per_peer(upload_rate, downloading_peers)
         if accepted != self._accepted_requests:
             self.session.apply_settings({"max_allowed_in_request_queue": accepted})
