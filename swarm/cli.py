@@ -53,16 +53,19 @@ class SwarmGroup(click.Group):
             ctx.exit(1)
 
 
-def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: click.Context, *, compute: bool = True, **overrides: Any) -> Settings:
     """The settings of this command; every compute socket it opens then belongs to the swarm they name: a private
-    one with a swarm secret, else the public one (encrypted unless SWARM_ENCRYPT=0)."""
+    one with a swarm secret, else the public one (encrypted unless SWARM_ENCRYPT=0). A command that opens none
+    (`compute=False`) checks a private swarm's keys all the same, but the public swarm's it does not load: that
+    import (zmq's socket layer, asyncio) and the node's key file were a quarter of a fetch's start-up CPU."""
     base: Settings = ctx.obj
     settings = base.with_overrides(**overrides)
     if settings.allow_file is not None and settings.swarm_secret is None:
         raise SwarmError("--allow names the members of a private swarm: give its --swarm-secret too")
-    from swarm import transport
+    if compute or settings.swarm_secret is not None:
+        from swarm import transport
 
-    transport.use_swarm_keys(swarm_keys(settings))
+        transport.use_swarm_keys(swarm_keys(settings))
     return settings
 
 
@@ -168,7 +171,7 @@ def seed(
     from swarm.progress import SilentProgress
     from swarm.publish import publish
 
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, compute=False, **flags)
     if as_json:
         published = publish(model, name, settings, force=force, progress=SilentProgress(), task=task)
     else:
@@ -276,7 +279,7 @@ def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: 
     from swarm.distribute import open_node
     from swarm.torrent.session import TorrentNode
 
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, compute=False, **flags)
     node = transfer = None
     if parse_reference(reference).kind != "path" and settings.bootstrap:
         # A one-shot lookup should not join routing tables it is about to leave: a read-only DHT node for
@@ -321,7 +324,7 @@ def resolve_command(ctx: click.Context, reference: str, as_json: bool, **flags: 
 @click.pass_context
 def verify(ctx: click.Context, model: str, present_only: bool, as_json: bool, **flags: Any) -> None:
     """Check MODEL's manifest signature and the SHA-256 of its chunk files."""
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, compute=False, **flags)
     manifest, path = resolve(model, settings.catalog)  # the local files as they are, even with a bad signature
     signature_ok = manifest.signature_valid()
     problems = {}
@@ -350,7 +353,7 @@ def inspect(ctx: click.Context, model: str, as_json: bool, **flags: Any) -> None
     """Show the chunks of MODEL (a catalog name, manifest or torrent): kind, blocks, size, pieces."""
     from swarm.torrent.create import read_torrent
 
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, compute=False, **flags)
     path = Path(model)
     if path.suffix == ".torrent" and path.is_file() and not path.with_suffix(".json").is_file():
         made = read_torrent(path)
@@ -1040,7 +1043,7 @@ def fetch(
     """Fetch MODEL's chunks over BitTorrent and verify them (MODEL: catalog name, manifest, torrent, magnet)."""
     from swarm.distribute import JsonTransfer, run_fetch
 
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, compute=False, **flags)
     stop = stop_event()
 
     def emit(event: dict[str, Any]) -> None:

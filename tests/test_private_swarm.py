@@ -209,7 +209,7 @@ def test_an_allow_list_admits_the_members_it_names(private: PrivateSwarm, tmp_pa
     assert len(lines) == 1 and "allow-list" in lines[0] and "swarm key" in lines[0], refused.stderr
 
 
-def test_allow_list_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path: Path) -> None:
+def test_private_swarm_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path: Path) -> None:
     bad = tmp_path / "bad.allow"
     bad.write_text("not a key\n")
     environment = peer_environment(os.environ, home=private.home)
@@ -217,11 +217,15 @@ def test_allow_list_mistakes_are_one_line_errors(private: PrivateSwarm, tmp_path
         (["--allow", str(bad)], "give its --swarm-secret too"),
         (["--allow", str(bad), "--swarm-secret", str(private.secret)], "line 1: not a member key"),
         (["--allow", str(tmp_path / "missing"), "--swarm-secret", str(private.secret)], "cannot read the allow-list"),
+        (["--swarm-secret", str(tmp_path / "missing")], "cannot read the swarm secret file"),
     ]
-    for flags, message in cases:
-        done = subprocess.run([SWARM, "join", "--model", "priv", "--blocks", "0:4", *flags], env=environment,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 1 and message in done.stderr, done.stderr
+    # `fetch` (no allow-list) opens no compute socket and skips loading the public swarm's keys, but a private
+    # swarm's it checks.
+    runs = [(["join", "--model", "priv", "--blocks", "0:4"], case) for case in cases] + [(["fetch", "priv"], cases[-1])]
+    for command, (flags, message) in runs:
+        done = subprocess.run([SWARM, *command, *flags], env=environment, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, (command, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
