@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netlab
+from bytecode import compile_package
 
 ROOT = Path(__file__).resolve().parent.parent
 SWARM = str(Path(sys.executable).with_name("swarm"))
@@ -323,6 +324,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip-http", action="store_true", help="run only the swarm side (quick experiments)")
     arguments = parser.parse_args()
+    compile_package()
     usable, reason = netlab.available()
     if not usable:
         print(f"skipped: {reason}")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_distribution import MODEL_NAME, SWARM, generated_llama, wait_for_line
+from bytecode import compile_package
 
 from swarm.client.session import ComputeClient, InferenceSession
 from swarm.peer.selection import parse_byte_size
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
+    compile_package()
     work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-join-"))
     work.mkdir(parents=True, exist_ok=True)
     model = generated_llama(work, arguments.params)

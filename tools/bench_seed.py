@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_distribution import generated_llama
+from bytecode import compile_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
+    compile_package()
     work = arguments.work or Path(tempfile.mkdtemp(prefix="bench-seed-"))
     work.mkdir(parents=True, exist_ok=True)
     model = generated_llama(work, arguments.params, "--max-shard-size", "10GB")
